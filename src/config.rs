@@ -1,0 +1,354 @@
+//! Retrieval, learning and bank configuration, validated before use.
+//!
+//! Defaults are the paper's (v2, Table 8) as listed in the spec: alpha 0.3, lambda 0.5, k1 10,
+//! k2 5, delta 0.5, q_init 0, dedup_sim 0.90, pool z-scores, z-clip 3, epsilon 0, q_min off.
+//! Every config is a plain struct with public fields; `validate()` is called by every operation
+//! that takes one, so an invalid value is an error at the call, never a wrong result.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How the similarity term of the Phase B score is standardised.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum ZSim {
+    /// z-score over the candidate pool of each query (the paper's wording). The default.
+    #[default]
+    Pool,
+    /// z-score with data-set-wide statistics of pairwise intent similarity (the authors' code);
+    /// `memrl calibrate` computes them.
+    Fixed {
+        /// Mean pairwise intent similarity.
+        mean: f32,
+        /// Standard deviation of pairwise intent similarity; must be > 0.
+        std: f32,
+    },
+}
+
+/// Parameters of two-phase retrieval.
+///
+/// ```
+/// let cfg = memrl::RetrievalConfig { k2: 3, ..Default::default() };
+/// assert!(cfg.validate().is_ok());
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetrievalConfig {
+    /// Phase A: how many intent keys to keep per query (by similarity). Must be >= 1.
+    pub k1: usize,
+    /// Phase B: how many memories to return per query. Must be >= 1.
+    pub k2: usize,
+    /// Phase A similarity gate: keys with cosine below it are never recalled.
+    pub delta: f32,
+    /// Weight of utility against similarity in the Phase B score, in [0, 1]. 0 = similarity only.
+    pub lambda: f32,
+    /// How similarity is standardised.
+    pub zsim: ZSim,
+    /// Both z-scores are clipped to [-z_clip, z_clip]. Must be > 0.
+    pub z_clip: f32,
+    /// Drop pool members whose Q is below this before ranking. `None` = keep all.
+    pub q_min: Option<f32>,
+    /// Probability, per query, of returning k2 pool members drawn uniformly instead. In [0, 1].
+    pub epsilon: f32,
+    /// Seed of the exploration draws. Draws depend on (seed, position of the query in the batch),
+    /// so the same call gives the same result; vary the seed (e.g. with the episode number) to get
+    /// fresh draws on every call.
+    pub seed: u64,
+}
+
+impl Default for RetrievalConfig {
+    fn default() -> Self {
+        Self {
+            k1: 10,
+            k2: 5,
+            delta: 0.5,
+            lambda: 0.5,
+            zsim: ZSim::Pool,
+            z_clip: 3.0,
+            q_min: None,
+            epsilon: 0.0,
+            seed: 0,
+        }
+    }
+}
+
+impl RetrievalConfig {
+    /// Checks every field; the error names the first invalid one.
+    pub fn validate(&self) -> Result<()> {
+        if self.k1 == 0 {
+            return Err(Error::config("k1", self.k1, "must be at least 1"));
+        }
+        if self.k2 == 0 {
+            return Err(Error::config("k2", self.k2, "must be at least 1"));
+        }
+        if !self.delta.is_finite() {
+            return Err(Error::config(
+                "delta",
+                self.delta,
+                "must be a finite number",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.lambda) {
+            return Err(Error::config("lambda", self.lambda, "must be in [0, 1]"));
+        }
+        if let ZSim::Fixed { mean, std } = self.zsim {
+            if !mean.is_finite() {
+                return Err(Error::config("zsim.mean", mean, "must be a finite number"));
+            }
+            if !(std.is_finite() && std > 0.0) {
+                return Err(Error::config(
+                    "zsim.std",
+                    std,
+                    "must be a finite number > 0",
+                ));
+            }
+        }
+        if !(self.z_clip.is_finite() && self.z_clip > 0.0) {
+            return Err(Error::config(
+                "z_clip",
+                self.z_clip,
+                "must be a finite number > 0",
+            ));
+        }
+        if let Some(q_min) = self.q_min {
+            if q_min.is_nan() {
+                return Err(Error::config("q_min", q_min, "must be a number"));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.epsilon) {
+            return Err(Error::config("epsilon", self.epsilon, "must be in [0, 1]"));
+        }
+        Ok(())
+    }
+}
+
+/// What to do with a reward outside [`RewardRange`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutOfRange {
+    /// Clamp the reward into the range.
+    Clamp,
+    /// Reject the whole batch.
+    Reject,
+}
+
+/// An optional bound on rewards.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RewardRange {
+    /// Smallest accepted reward.
+    pub min: f32,
+    /// Largest accepted reward.
+    pub max: f32,
+    /// Clamp or reject rewards outside [min, max].
+    pub out_of_range: OutOfRange,
+}
+
+/// Parameters of the runtime utility update `Q <- Q + alpha (r - Q)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LearningConfig {
+    /// Learning rate, in (0, 1]. (MemP, the no-learning baseline, is simply not calling
+    /// `apply_outcomes`.)
+    pub alpha: f32,
+    /// Q of a newly written memory, successes and failures alike.
+    pub q_init: f32,
+    /// Optional reward bounds; NaN and infinite rewards are always rejected.
+    pub reward_range: Option<RewardRange>,
+}
+
+impl Default for LearningConfig {
+    fn default() -> Self {
+        Self {
+            alpha: 0.3,
+            q_init: 0.0,
+            reward_range: None,
+        }
+    }
+}
+
+impl LearningConfig {
+    /// Checks every field; the error names the first invalid one.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.alpha > 0.0 && self.alpha <= 1.0) {
+            return Err(Error::config("alpha", self.alpha, "must be in (0, 1]"));
+        }
+        if !self.q_init.is_finite() {
+            return Err(Error::config(
+                "q_init",
+                self.q_init,
+                "must be a finite number",
+            ));
+        }
+        if let Some(range) = self.reward_range {
+            if !(range.min.is_finite() && range.max.is_finite() && range.min <= range.max) {
+                return Err(Error::config(
+                    "reward_range",
+                    format!("[{}, {}]", range.min, range.max),
+                    "must be finite with min <= max",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Storage precision of the intent-key matrix. Similarities are accumulated in f32 either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyDType {
+    /// 4 bytes per component. The default.
+    #[default]
+    F32,
+    /// 2 bytes per component: half the memory traffic of a scan.
+    F16,
+    /// 2 bytes per component, wider exponent, fewer mantissa bits than f16.
+    Bf16,
+}
+
+impl KeyDType {
+    pub(crate) fn candle(self) -> candle_core::DType {
+        match self {
+            KeyDType::F32 => candle_core::DType::F32,
+            KeyDType::F16 => candle_core::DType::F16,
+            KeyDType::Bf16 => candle_core::DType::BF16,
+        }
+    }
+
+    /// The name used in snapshots and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyDType::F32 => "f32",
+            KeyDType::F16 => "f16",
+            KeyDType::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::str::FromStr for KeyDType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(KeyDType::F32),
+            "f16" => Ok(KeyDType::F16),
+            "bf16" => Ok(KeyDType::Bf16),
+            _ => Err(Error::config("dtype", s, "must be one of f32, f16, bf16")),
+        }
+    }
+}
+
+/// Shape of a bank: fixed when it is created, stored in its snapshots.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BankConfig {
+    /// Embedding dimension (384 for all-MiniLM-L6-v2).
+    pub dim: usize,
+    /// Storage precision of intent keys.
+    pub dtype: KeyDType,
+    /// A new memory whose intent has cosine >= this with an existing key is filed under that key.
+    /// 1.0 or more turns sharing off (one key per memory).
+    pub dedup_sim: f32,
+    /// Identifier of the embedding model that produced the keys; snapshots of another model are
+    /// refused on load.
+    pub model_id: String,
+}
+
+impl BankConfig {
+    /// A bank for `dim`-dimensional embeddings from `model_id`, with the default f32 keys and
+    /// intent sharing at 0.90.
+    pub fn new(dim: usize, model_id: impl Into<String>) -> Self {
+        Self {
+            dim,
+            dtype: KeyDType::F32,
+            dedup_sim: 0.90,
+            model_id: model_id.into(),
+        }
+    }
+
+    /// Checks every field; the error names the first invalid one.
+    pub fn validate(&self) -> Result<()> {
+        if self.dim == 0 {
+            return Err(Error::config("dim", self.dim, "must be at least 1"));
+        }
+        if self.dedup_sim.is_nan() {
+            return Err(Error::config(
+                "dedup_sim",
+                self.dedup_sim,
+                "must be a number",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether intent sharing is on.
+    pub fn shares_intents(&self) -> bool {
+        self.dedup_sim < 1.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_spec() {
+        let r = RetrievalConfig::default();
+        r.validate().unwrap();
+        assert_eq!(
+            (r.k1, r.k2, r.delta, r.lambda, r.z_clip, r.epsilon),
+            (10, 5, 0.5, 0.5, 3.0, 0.0)
+        );
+        assert_eq!(r.q_min, None);
+        assert_eq!(r.zsim, ZSim::Pool);
+        let l = LearningConfig::default();
+        l.validate().unwrap();
+        assert_eq!((l.alpha, l.q_init), (0.3, 0.0));
+        assert_eq!(BankConfig::new(384, "m").dedup_sim, 0.90);
+    }
+
+    #[test]
+    fn each_bad_value_names_its_field() {
+        let field = |e: Error| match e {
+            Error::InvalidConfig { field, .. } => field,
+            other => panic!("unexpected {other}"),
+        };
+        let bad = |f: fn(&mut RetrievalConfig)| {
+            let mut c = RetrievalConfig::default();
+            f(&mut c);
+            field(c.validate().unwrap_err())
+        };
+        assert_eq!(bad(|c| c.k1 = 0), "k1");
+        assert_eq!(bad(|c| c.k2 = 0), "k2");
+        assert_eq!(bad(|c| c.lambda = 1.5), "lambda");
+        assert_eq!(bad(|c| c.lambda = -0.1), "lambda");
+        assert_eq!(bad(|c| c.lambda = f32::NAN), "lambda");
+        assert_eq!(bad(|c| c.delta = f32::NAN), "delta");
+        assert_eq!(bad(|c| c.epsilon = 2.0), "epsilon");
+        assert_eq!(bad(|c| c.z_clip = 0.0), "z_clip");
+        assert_eq!(
+            bad(|c| c.zsim = ZSim::Fixed {
+                mean: 0.1,
+                std: 0.0
+            }),
+            "zsim.std"
+        );
+        let bad_alpha = |a: f32| {
+            field(
+                LearningConfig {
+                    alpha: a,
+                    ..Default::default()
+                }
+                .validate()
+                .unwrap_err(),
+            )
+        };
+        assert_eq!(bad_alpha(0.0), "alpha");
+        assert_eq!(bad_alpha(1.01), "alpha");
+        assert_eq!(bad_alpha(f32::NAN), "alpha");
+        assert!(LearningConfig {
+            alpha: 1.0,
+            ..Default::default()
+        }
+        .validate()
+        .is_ok());
+    }
+}

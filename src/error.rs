@@ -1,0 +1,142 @@
+//! The one error type of the library.
+//!
+//! Every variant names the problem precisely enough for a person to act on it (which field, which
+//! id, which file); callers match on variants, never on message text. The binary wraps these in
+//! `anyhow` for context; the library never panics on user input or I/O.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in memrl.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A vector or matrix does not have the bank's embedding dimension.
+    #[error("{what}: expected dimension {expected}, got {got}")]
+    DimensionMismatch {
+        /// What was being checked ("query", "intent embedding", ...).
+        what: &'static str,
+        /// The bank's dimension.
+        expected: usize,
+        /// The dimension that was passed.
+        got: usize,
+    },
+
+    /// An embedding contains NaN or an infinite value, or has zero norm.
+    #[error("{what} #{index}: {problem}")]
+    InvalidEmbedding {
+        /// What was being checked ("query", "intent embedding").
+        what: &'static str,
+        /// Row within the batch.
+        index: usize,
+        /// What is wrong with it.
+        problem: String,
+    },
+
+    /// A reward is NaN or infinite, or outside the configured reward range.
+    #[error("outcome #{outcome}: reward {reward} is {problem}")]
+    InvalidReward {
+        /// Index of the outcome within its batch.
+        outcome: usize,
+        /// The offending reward.
+        reward: f32,
+        /// Why it is rejected.
+        problem: &'static str,
+    },
+
+    /// An outcome names a memory the bank does not hold; the whole batch is rejected.
+    #[error("outcome #{outcome}: unknown memory id {id} (the whole batch was rejected, nothing changed)")]
+    UnknownMemory {
+        /// Index of the outcome within its batch.
+        outcome: usize,
+        /// The unknown id.
+        id: u64,
+    },
+
+    /// A memory id was requested that the bank does not hold.
+    #[error("no memory with id {0}")]
+    NotFound(u64),
+
+    /// An insert reuses an id that is already in the bank (or twice in the same batch).
+    #[error("duplicate memory id {0}: ids must be unique within a bank")]
+    DuplicateId(u64),
+
+    /// A configuration value is out of its valid range.
+    #[error("invalid configuration: {field} = {value}: {reason}")]
+    InvalidConfig {
+        /// The field name, as spelled in the config struct.
+        field: &'static str,
+        /// The rejected value, formatted.
+        value: String,
+        /// The valid range or rule.
+        reason: &'static str,
+    },
+
+    /// A device string could not be parsed or the device is not compiled in.
+    #[error("device `{spec}`: {problem}")]
+    Device {
+        /// What the user asked for.
+        spec: String,
+        /// Why it cannot be used.
+        problem: String,
+    },
+
+    /// A snapshot file is malformed, corrupted or truncated.
+    #[error("snapshot {path}: {problem}")]
+    CorruptSnapshot {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the tensor or metadata field.
+        problem: String,
+    },
+
+    /// A snapshot is valid but does not fit what the caller expects (format version, model, dimension).
+    #[error("snapshot {path}: {field} is `{found}`, expected `{expected}`")]
+    SnapshotMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The mismatching field.
+        field: &'static str,
+        /// What the file says.
+        found: String,
+        /// What the caller or this version of memrl expects.
+        expected: String,
+    },
+
+    /// An I/O operation on a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An error from the tensor library.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn config(
+        field: &'static str,
+        value: impl std::fmt::Display,
+        reason: &'static str,
+    ) -> Self {
+        Error::InvalidConfig {
+            field,
+            value: value.to_string(),
+            reason,
+        }
+    }
+}

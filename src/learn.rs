@@ -1,0 +1,215 @@
+//! Runtime utility learning: `Q <- Q + alpha (r - Q)` for every memory injected in an episode.
+//!
+//! This module only plans: it validates a whole batch of outcomes and computes the new state of
+//! every touched memory without changing anything. The bank then commits the plan (device first,
+//! host after), which is what makes a batch all-or-nothing. A memory named several times in one
+//! batch is updated in arrival order (spec: "the updates apply in arrival order").
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{LearningConfig, OutOfRange};
+use crate::error::{Error, Result};
+
+/// The result of one episode: the memories that were injected and the reward it earned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Ids of every memory given to the agent in the episode.
+    pub memory_ids: Vec<u64>,
+    /// The environment's reward (the authors use +1 success, -1 failure). Must be finite.
+    pub reward: f32,
+}
+
+/// What a batch of outcomes changed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeReport {
+    /// Outcomes applied.
+    pub outcomes: usize,
+    /// Q updates applied (one per (outcome, memory) pair).
+    pub updates: usize,
+    /// Distinct memories touched.
+    pub memories: usize,
+    /// Rewards that were clamped into the configured range.
+    pub clamped: usize,
+}
+
+/// The final state of one touched memory.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct SlotUpdate {
+    pub(crate) slot: u32,
+    pub(crate) q: f32,
+    pub(crate) visits: u64,
+    pub(crate) last_reward: f32,
+}
+
+pub(crate) struct Plan {
+    pub(crate) updates: Vec<SlotUpdate>,
+    pub(crate) report: OutcomeReport,
+}
+
+/// One step of the update rule.
+#[inline]
+pub fn update_q(q: f32, reward: f32, alpha: f32) -> f32 {
+    q + alpha * (reward - q)
+}
+
+/// Validates `outcomes` and computes the final state of every memory they touch.
+/// `lookup(id)` gives a memory's slot, current Q and visits, or `None` if it does not exist.
+pub(crate) fn plan(
+    outcomes: &[Outcome],
+    config: &LearningConfig,
+    lookup: impl Fn(u64) -> Option<(u32, f32, u64)>,
+) -> Result<Plan> {
+    config.validate()?;
+    let mut report = OutcomeReport {
+        outcomes: outcomes.len(),
+        ..Default::default()
+    };
+    let mut state: HashMap<u32, SlotUpdate> = HashMap::new();
+    let mut order: Vec<u32> = Vec::new();
+    for (index, outcome) in outcomes.iter().enumerate() {
+        let mut reward = outcome.reward;
+        if !reward.is_finite() {
+            return Err(Error::InvalidReward {
+                outcome: index,
+                reward,
+                problem: "not a finite number",
+            });
+        }
+        if let Some(range) = config.reward_range {
+            if reward < range.min || reward > range.max {
+                match range.out_of_range {
+                    OutOfRange::Reject => {
+                        return Err(Error::InvalidReward {
+                            outcome: index,
+                            reward,
+                            problem: "outside the configured reward range",
+                        })
+                    }
+                    OutOfRange::Clamp => {
+                        reward = reward.clamp(range.min, range.max);
+                        report.clamped += 1;
+                    }
+                }
+            }
+        }
+        for &id in &outcome.memory_ids {
+            let (slot, q, visits) =
+                lookup(id).ok_or(Error::UnknownMemory { outcome: index, id })?;
+            let entry = state.entry(slot).or_insert_with(|| {
+                order.push(slot);
+                SlotUpdate {
+                    slot,
+                    q,
+                    visits,
+                    last_reward: reward,
+                }
+            });
+            entry.q = update_q(entry.q, reward, config.alpha);
+            entry.visits = entry.visits.saturating_add(1);
+            entry.last_reward = reward;
+            report.updates += 1;
+        }
+    }
+    report.memories = order.len();
+    let updates = order.iter().map(|slot| state[slot]).collect();
+    Ok(Plan { updates, report })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(q: f32) -> impl Fn(u64) -> Option<(u32, f32, u64)> {
+        move |id| (id < 3).then_some((id as u32, q, 0))
+    }
+
+    #[test]
+    fn repeated_ids_apply_in_arrival_order() {
+        let cfg = LearningConfig {
+            alpha: 0.5,
+            ..Default::default()
+        };
+        let outcomes = [
+            Outcome {
+                memory_ids: vec![0, 1],
+                reward: 1.0,
+            },
+            Outcome {
+                memory_ids: vec![0],
+                reward: -1.0,
+            },
+        ];
+        let p = plan(&outcomes, &cfg, one(0.0)).unwrap();
+        // memory 0: 0 -> 0.5 -> -0.25 ; memory 1: 0 -> 0.5
+        assert_eq!(p.updates[0].q, -0.25);
+        assert_eq!(p.updates[0].visits, 2);
+        assert_eq!(p.updates[0].last_reward, -1.0);
+        assert_eq!(p.updates[1].q, 0.5);
+        assert_eq!(
+            p.report,
+            OutcomeReport {
+                outcomes: 2,
+                updates: 3,
+                memories: 2,
+                clamped: 0
+            }
+        );
+    }
+
+    #[test]
+    fn bad_batches_are_rejected_whole() {
+        let cfg = LearningConfig::default();
+        let unknown = [
+            Outcome {
+                memory_ids: vec![0],
+                reward: 1.0,
+            },
+            Outcome {
+                memory_ids: vec![9],
+                reward: 1.0,
+            },
+        ];
+        assert!(matches!(
+            plan(&unknown, &cfg, one(0.0)),
+            Err(Error::UnknownMemory { outcome: 1, id: 9 })
+        ));
+        for r in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let bad = [Outcome {
+                memory_ids: vec![0],
+                reward: r,
+            }];
+            assert!(matches!(
+                plan(&bad, &cfg, one(0.0)),
+                Err(Error::InvalidReward { outcome: 0, .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn reward_range_clamps_or_rejects() {
+        use crate::config::RewardRange;
+        let mut cfg = LearningConfig {
+            alpha: 1.0,
+            reward_range: Some(RewardRange {
+                min: -1.0,
+                max: 1.0,
+                out_of_range: OutOfRange::Clamp,
+            }),
+            ..Default::default()
+        };
+        let o = [Outcome {
+            memory_ids: vec![0],
+            reward: 5.0,
+        }];
+        let p = plan(&o, &cfg, one(0.0)).unwrap();
+        assert_eq!((p.updates[0].q, p.report.clamped), (1.0, 1));
+        cfg.reward_range = Some(RewardRange {
+            min: -1.0,
+            max: 1.0,
+            out_of_range: OutOfRange::Reject,
+        });
+        assert!(plan(&o, &cfg, one(0.0)).is_err());
+    }
+}

@@ -1,0 +1,164 @@
+//! Phase B: value-aware selection over each query's candidate pool, as tensor ops.
+//!
+//! The pools of a batch are laid out as a padded `B x P` matrix (P = largest pool) with a
+//! validity mask. Q is gathered from the bank's device vector, both z-scores, the mix and the
+//! top-k2 are tensor ops, and only `B x k2` positions and scores come back.
+//!
+//! Conventions (spec, "Phase B"):
+//! - z-scores use the population std; std is taken as 1 when the pool has one member, when
+//!   std <= 1e-9, or when every value is equal (an exact test, so a pool of equal Q gives zq = 0
+//!   up to rounding however f32 rounds the mean).
+//! - both z-scores are clipped to [-z_clip, z_clip] (in `pool` mode |zsim| <= sqrt(P - 1) anyway).
+//! - `q_min` removes members before the statistics are taken.
+//! - Columns are in tie-break order (similarity desc, memory id asc), so the top-k's
+//!   "lower position first" on equal scores is the spec's tie rule.
+//! - Exploration: a query explores with probability epsilon; it then ranks its (filtered) pool
+//!   by uniform random keys instead of scores, which picks k2 members uniformly without
+//!   replacement. Its hits still carry their real zsim, zq and score.
+
+use candle_core::{DType, Device, Tensor, D};
+
+use super::topk::topk_indices;
+use crate::config::{RetrievalConfig, ZSim};
+use crate::error::Result;
+use crate::rng::SplitMix64;
+
+/// One candidate: a memory slot and the similarity of its intent key to the query.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Candidate {
+    pub(crate) slot: u32,
+    pub(crate) sim: f32,
+}
+
+/// One selected candidate: its position in the pool and its Phase B figures.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ranked {
+    pub(crate) position: usize,
+    pub(crate) zsim: f32,
+    pub(crate) zq: f32,
+    pub(crate) score: f32,
+}
+
+/// A random key in [0, 1) exactly representable in f32 (24 bits).
+fn exploration_key(rng: &mut SplitMix64) -> f32 {
+    (rng.next_u64() >> 40) as f32 / (1u32 << 24) as f32
+}
+
+/// Ranks each pool (already in tie-break order) and returns up to k2 picks per query.
+pub(crate) fn rank(
+    pools: &[Vec<Candidate>],
+    utility: &Tensor,
+    cfg: &RetrievalConfig,
+) -> Result<Vec<Vec<Ranked>>> {
+    let b = pools.len();
+    let p = pools.iter().map(Vec::len).max().unwrap_or(0);
+    if p == 0 {
+        return Ok(vec![Vec::new(); b]);
+    }
+    let device = utility.device();
+
+    // Host layout: padded slots, sims, validity and (when exploring) random keys.
+    let mut slots = vec![0u32; b * p];
+    let mut sims = vec![0f32; b * p];
+    let mut valid = vec![0f32; b * p];
+    let mut explore = vec![0u8; b * p];
+    let mut random_keys = vec![0f32; b * p];
+    let mut any_exploring = false;
+    for (i, pool) in pools.iter().enumerate() {
+        for (j, c) in pool.iter().enumerate() {
+            slots[i * p + j] = c.slot;
+            sims[i * p + j] = c.sim;
+            valid[i * p + j] = 1.0;
+        }
+        if cfg.epsilon > 0.0 && !pool.is_empty() {
+            let mut rng = SplitMix64::for_item(cfg.seed, i as u64);
+            if rng.next_f64() < cfg.epsilon as f64 {
+                any_exploring = true;
+                for j in 0..pool.len() {
+                    explore[i * p + j] = 1;
+                    random_keys[i * p + j] = exploration_key(&mut rng);
+                }
+            }
+        }
+    }
+    let slots = Tensor::from_vec(slots, b * p, device)?;
+    let sims = Tensor::from_vec(sims, (b, p), device)?;
+    let mut valid = Tensor::from_vec(valid, (b, p), device)?;
+    let q = utility.index_select(&slots, 0)?.reshape((b, p))?;
+    if let Some(q_min) = cfg.q_min {
+        valid = (valid * q.ge(q_min as f64)?.to_dtype(DType::F32)?)?;
+    }
+    let count = valid.sum_keepdim(D::Minus1)?;
+
+    let zq = pool_zscore(&q, &valid, &count, cfg.z_clip)?;
+    let zsim = match cfg.zsim {
+        ZSim::Pool => pool_zscore(&sims, &valid, &count, cfg.z_clip)?,
+        ZSim::Fixed { mean, std } => sims
+            .affine(1.0 / std as f64, -(mean as f64) / std as f64)?
+            .clamp(-cfg.z_clip, cfg.z_clip)?,
+    };
+    let lambda = cfg.lambda as f64;
+    let score = (zsim.affine(1.0 - lambda, 0.0)? + zq.affine(lambda, 0.0)?)?;
+    let is_valid = valid.gt(0.0)?;
+    let neg_inf = Tensor::full(f32::NEG_INFINITY, (b, p), device)?;
+    let mut key = is_valid.where_cond(&score, &neg_inf)?;
+    if any_exploring {
+        let explore = Tensor::from_vec(explore, (b, p), device)?;
+        let random_keys = Tensor::from_vec(random_keys, (b, p), device)?;
+        key = is_valid.where_cond(&explore.where_cond(&random_keys, &score)?, &neg_inf)?;
+    }
+
+    let pos = topk_indices(&key, cfg.k2)?;
+    let picked = Tensor::stack(
+        &[
+            valid.gather(&pos, 1)?,
+            zsim.gather(&pos, 1)?,
+            zq.gather(&pos, 1)?,
+            score.gather(&pos, 1)?,
+        ],
+        0,
+    )?
+    .to_device(&Device::Cpu)?;
+    let picked: Vec<Vec<Vec<f32>>> = picked.to_vec3()?;
+    let pos: Vec<Vec<u32>> = pos.to_vec2()?;
+    let mut out = Vec::with_capacity(b);
+    for (i, row) in pos.iter().enumerate() {
+        let mut hits = Vec::with_capacity(row.len());
+        for (j, &position) in row.iter().enumerate() {
+            if picked[0][i][j] > 0.0 {
+                hits.push(Ranked {
+                    position: position as usize,
+                    zsim: picked[1][i][j],
+                    zq: picked[2][i][j],
+                    score: picked[3][i][j],
+                });
+            }
+        }
+        out.push(hits);
+    }
+    Ok(out)
+}
+
+/// Row-wise z-score of `x` over the entries where `valid` is 1 (see the module docs).
+fn pool_zscore(x: &Tensor, valid: &Tensor, count: &Tensor, clip: f32) -> Result<Tensor> {
+    let denom = count.clamp(1.0, f64::INFINITY)?;
+    let mean = (x * valid)?.sum_keepdim(D::Minus1)?.broadcast_div(&denom)?;
+    let centred = (x.broadcast_sub(&mean)? * valid)?;
+    let var = centred
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .broadcast_div(&denom)?;
+    let std = var.sqrt()?;
+    let is_valid = valid.gt(0.0)?;
+    let big = Tensor::full(f32::MAX, x.shape(), x.device())?;
+    let max = is_valid
+        .where_cond(x, &big.neg()?)?
+        .max_keepdim(D::Minus1)?;
+    let min = is_valid.where_cond(x, &big)?.min_keepdim(D::Minus1)?;
+    let spread = (std.gt(1e-9)?.to_dtype(DType::F32)?
+        * count.gt(1.0)?.to_dtype(DType::F32)?
+        * max.gt(&min)?.to_dtype(DType::F32)?)?;
+    // std where it is meaningful, 1 elsewhere.
+    let std = ((std * &spread)? + (1.0 - spread)?)?;
+    Ok(centred.broadcast_div(&std)?.clamp(-clip, clip)?)
+}
