@@ -1,0 +1,272 @@
+//! Shared helpers for the integration tests: a plain scalar reference of the spec (no candle)
+//! and generators of exactly representable unit vectors.
+#![allow(dead_code)]
+
+use memrl::{Bank, Hit, RetrievalConfig, ZSim};
+
+/// SplitMix64, written again from the published algorithm so the reference does not share code
+/// with the engine.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^ (z >> 31)
+    }
+    pub fn for_item(seed: u64, item: u64) -> Rng {
+        let mut mixer = Rng(seed ^ item.wrapping_mul(0xD1B54A32D192ED03));
+        Rng(mixer.next_u64())
+    }
+    pub fn unit_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    pub fn key_f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u32 << 24) as f32
+    }
+    pub fn gaussian(&mut self) -> f32 {
+        // Box-Muller.
+        let u1 = self.unit_f64().max(1e-300);
+        let u2 = self.unit_f64();
+        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+    }
+}
+
+pub fn normalise(v: &[f32]) -> Vec<f32> {
+    let n = v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
+    v.iter().map(|&x| (x as f64 / n) as f32).collect()
+}
+
+pub fn random_unit(rng: &mut Rng, dim: usize) -> Vec<f32> {
+    let v: Vec<f32> = (0..dim).map(|_| rng.gaussian()).collect();
+    normalise(&v)
+}
+
+/// A unit vector of dimension 16 whose components are multiples of 1/4 (sixteen entries in
+/// {0, ±1, ±2} with squares summing to 16) or of 1/2 (four ±1): dot products between such
+/// vectors are exact in f16, f32 and f64, so every implementation computes the same similarity.
+pub fn dyadic_unit(pattern: u64) -> Vec<f32> {
+    let mut rng = Rng(pattern);
+    let dim = 16;
+    let mut v = vec![0f32; dim];
+    let mut positions: Vec<usize> = (0..dim).collect();
+    for i in (1..dim).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        positions.swap(i, j);
+    }
+    let sign = |rng: &mut Rng| if rng.next_u64() & 1 == 0 { 1.0 } else { -1.0 };
+    if rng.next_u64() % 3 == 0 {
+        for &p in &positions[..4] {
+            v[p] = 0.5 * sign(&mut rng);
+        }
+    } else {
+        let twos = (rng.next_u64() % 5) as usize; // 0..=4 entries of ±2
+        let ones = 16 - 4 * twos;
+        for &p in &positions[..twos] {
+            v[p] = 0.5 * sign(&mut rng);
+        }
+        for &p in &positions[twos..twos + ones] {
+            v[p] = 0.25 * sign(&mut rng);
+        }
+    }
+    v
+}
+
+#[derive(Debug, Clone)]
+pub struct RefMemory {
+    pub id: u64,
+    pub key: usize,
+    pub q: f32,
+    pub experience: String,
+}
+
+/// The spec, computed the obvious way in f64.
+#[derive(Debug, Default)]
+pub struct RefBank {
+    pub keys: Vec<Vec<f32>>,
+    pub memories: Vec<RefMemory>,
+    pub dedup_sim: f32,
+}
+
+#[derive(Debug, Clone)]
+pub struct RefHit {
+    pub id: u64,
+    pub q: f32,
+    pub sim: f64,
+    pub zsim: f64,
+    pub zq: f64,
+    pub score: f64,
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+}
+
+fn zscores(x: &[f64], clip: f64) -> Vec<f64> {
+    let n = x.len() as f64;
+    let mean = x.iter().sum::<f64>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+    let mut std = var.sqrt();
+    if x.len() == 1 || std <= 1e-9 {
+        std = 1.0;
+    }
+    x.iter().map(|v| ((v - mean) / std).clamp(-clip, clip)).collect()
+}
+
+impl RefBank {
+    pub fn new(dedup_sim: f32) -> Self {
+        Self {
+            dedup_sim,
+            ..Default::default()
+        }
+    }
+
+    /// Files a memory as the spec says: under the most similar key (lowest row on ties) when
+    /// its cosine is >= dedup_sim and sharing is on, else under a new key.
+    pub fn add(&mut self, id: u64, embedding: &[f32], q: f32, experience: &str) {
+        let unit = normalise(embedding);
+        let mut best: Option<(f64, usize)> = None;
+        if self.dedup_sim < 1.0 {
+            for (row, key) in self.keys.iter().enumerate() {
+                let s = dot(&unit, key);
+                if s >= self.dedup_sim as f64 && best.is_none_or(|(bs, _)| s > bs) {
+                    best = Some((s, row));
+                }
+            }
+        }
+        let key = match best {
+            Some((_, row)) => row,
+            None => {
+                self.keys.push(unit);
+                self.keys.len() - 1
+            }
+        };
+        self.memories.push(RefMemory {
+            id,
+            key,
+            q,
+            experience: experience.to_string(),
+        });
+    }
+
+    /// Every surviving pool member ranked (best first), and the hits the spec returns.
+    pub fn retrieve_one(&self, query: &[f32], index: usize, cfg: &RetrievalConfig) -> (Vec<RefHit>, Vec<RefHit>) {
+        let query = normalise(query);
+        let mut keys: Vec<(f64, usize)> = self.keys.iter().enumerate().map(|(r, k)| (dot(&query, k), r)).collect();
+        keys.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let kept: Vec<(f64, usize)> = keys.into_iter().filter(|(s, _)| *s >= cfg.delta as f64).take(cfg.k1).collect();
+        // Pool in tie-break order.
+        let mut pool: Vec<(f64, &RefMemory)> = Vec::new();
+        for &(s, row) in &kept {
+            for m in self.memories.iter().filter(|m| m.key == row) {
+                pool.push((s, m));
+            }
+        }
+        pool.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.id.cmp(&b.1.id)));
+        // Exploration draws come before filtering so they do not depend on Q.
+        let mut explore_keys: Option<Vec<f32>> = None;
+        if cfg.epsilon > 0.0 && !pool.is_empty() {
+            let mut rng = Rng::for_item(cfg.seed, index as u64);
+            if rng.unit_f64() < cfg.epsilon as f64 {
+                explore_keys = Some(pool.iter().map(|_| rng.key_f32()).collect());
+            }
+        }
+        let survivors: Vec<usize> = (0..pool.len())
+            .filter(|&i| cfg.q_min.is_none_or(|qm| pool[i].1.q >= qm))
+            .collect();
+        if survivors.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        let clip = cfg.z_clip as f64;
+        let sims: Vec<f64> = survivors.iter().map(|&i| pool[i].0).collect();
+        let qs: Vec<f64> = survivors.iter().map(|&i| pool[i].1.q as f64).collect();
+        let zsim = match cfg.zsim {
+            ZSim::Pool => zscores(&sims, clip),
+            ZSim::Fixed { mean, std } => sims
+                .iter()
+                .map(|s| ((s - mean as f64) / std as f64).clamp(-clip, clip))
+                .collect(),
+        };
+        let zq = zscores(&qs, clip);
+        let lambda = cfg.lambda as f64;
+        let mut ranked: Vec<(usize, RefHit)> = survivors
+            .iter()
+            .enumerate()
+            .map(|(j, &i)| {
+                let m = pool[i].1;
+                (
+                    i,
+                    RefHit {
+                        id: m.id,
+                        q: m.q,
+                        sim: pool[i].0,
+                        zsim: zsim[j],
+                        zq: zq[j],
+                        score: (1.0 - lambda) * zsim[j] + lambda * zq[j],
+                    },
+                )
+            })
+            .collect();
+        // Score desc; ties by pool position (similarity desc, id asc).
+        ranked.sort_by(|a, b| b.1.score.total_cmp(&a.1.score).then(a.0.cmp(&b.0)));
+        let all: Vec<RefHit> = ranked.iter().map(|(_, h)| h.clone()).collect();
+        let hits = match explore_keys {
+            None => all.iter().take(cfg.k2).cloned().collect(),
+            Some(keys) => {
+                let mut by_key = ranked.clone();
+                by_key.sort_by(|a, b| keys[b.0].total_cmp(&keys[a.0]).then(a.0.cmp(&b.0)));
+                by_key.into_iter().take(cfg.k2).map(|(_, h)| h).collect()
+            }
+        };
+        (all, hits)
+    }
+}
+
+/// Checks one query's hits against the reference: same length, same memories in the same order
+/// (a swap is accepted only between memories whose reference scores are within `tol`, a float
+/// near-tie, never between memories with identical inputs), and every figure within `tol`.
+pub fn assert_hits_match(ours: &[Hit], all: &[RefHit], want: &[RefHit], tol: f64, exploring: bool, ctx: &str) {
+    assert_eq!(ours.len(), want.len(), "{ctx}: number of hits\nours {ours:#?}\nwant {want:#?}");
+    let mut seen = std::collections::HashSet::new();
+    for (i, (o, w)) in ours.iter().zip(want).enumerate() {
+        assert!(seen.insert(o.id), "{ctx}: id {} returned twice", o.id);
+        if o.id != w.id {
+            assert!(!exploring, "{ctx}: exploring pick {i} is {} not {}", o.id, w.id);
+            let r = all.iter().find(|h| h.id == o.id).unwrap_or_else(|| panic!("{ctx}: id {} not in the pool", o.id));
+            assert!(
+                (r.score - w.score).abs() <= tol && (r.sim != w.sim || r.q != w.q),
+                "{ctx}: rank {i} is {} (score {}) but the reference has {} (score {})\nours {ours:#?}\nwant {want:#?}",
+                o.id,
+                r.score,
+                w.id,
+                w.score
+            );
+        }
+        let r = all.iter().find(|h| h.id == o.id).expect("in pool");
+        for (name, a, b) in [
+            ("sim", o.sim as f64, r.sim),
+            ("zsim", o.zsim as f64, r.zsim),
+            ("zq", o.zq as f64, r.zq),
+            ("score", o.score as f64, r.score),
+            ("q", o.q as f64, r.q as f64),
+        ] {
+            assert!((a - b).abs() <= tol, "{ctx}: hit {} {name} {a} vs reference {b}", o.id);
+        }
+    }
+}
+
+/// Bank contents as comparable data: every memory and the bits of its key.
+pub fn state(bank: &Bank) -> Vec<(memrl::Memory, Vec<u32>, Vec<u64>)> {
+    let mut out: Vec<_> = bank
+        .iter()
+        .map(|m| {
+            let key = bank.intent_key(m.id).expect("key").iter().map(|v| v.to_bits()).collect();
+            let members = bank.intent_members(m.id).expect("members");
+            (m.clone(), key, members)
+        })
+        .collect();
+    out.sort_by_key(|(m, _, _)| m.id);
+    out
+}

@@ -1,0 +1,259 @@
+//! The tensor path against the scalar reference of the spec (tests/common).
+
+mod common;
+
+use common::{assert_hits_match, dyadic_unit, random_unit, RefBank, Rng};
+use memrl::{Bank, BankConfig, Device, KeyDType, NewMemory, RetrievalConfig, ZSim};
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+struct Case {
+    dtype: KeyDType,
+    dedup_sim: f32,
+    /// (pattern of the intent vector, Q) per memory; patterns repeat to create shared intents.
+    memories: Vec<(u64, f32)>,
+    queries: Vec<u64>,
+    cfg: RetrievalConfig,
+    batch_size: usize,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    let q_value = prop_oneof![
+        (-16i32..=16).prop_map(|k| k as f32 / 16.0),
+        Just(0.0f32),
+    ];
+    let memories = (0usize..40, 1u64..30).prop_flat_map(move |(n, patterns)| {
+        prop::collection::vec((0..patterns, q_value.clone()), n)
+    });
+    let cfg = (
+        1usize..15,
+        1usize..10,
+        prop::sample::select(vec![-1.0f32, -0.25, 0.0, 0.125, 0.25, 0.5, 0.75, 1.0, 1.5]),
+        prop::sample::select(vec![0.0f32, 0.25, 0.5, 0.75, 1.0]),
+        prop::bool::ANY,
+        prop::sample::select(vec![3.0f32, 1.0]),
+        prop::option::of(prop::sample::select(vec![-0.5f32, 0.0, 0.25])),
+        prop::sample::select(vec![0.0f32, 0.0, 0.5, 1.0]),
+        any::<u64>(),
+    )
+        .prop_map(|(k1, k2, delta, lambda, fixed, z_clip, q_min, epsilon, seed)| RetrievalConfig {
+            k1,
+            k2,
+            delta,
+            lambda,
+            zsim: if fixed { ZSim::Fixed { mean: 0.1, std: 0.3 } } else { ZSim::Pool },
+            z_clip,
+            q_min,
+            epsilon,
+            seed,
+        });
+    (
+        prop::sample::select(vec![KeyDType::F32, KeyDType::F32, KeyDType::F16]),
+        prop::sample::select(vec![0.9f32, 1.0]),
+        memories,
+        prop::collection::vec(0u64..40, 1..5),
+        cfg,
+        1usize..8,
+        prop::bool::ANY,
+    )
+        .prop_map(|(dtype, dedup_sim, memories, queries, cfg, batch_size, all_equal_q)| Case {
+            dtype,
+            dedup_sim,
+            memories: if all_equal_q {
+                memories.into_iter().map(|(p, _)| (p, 0.25)).collect()
+            } else {
+                memories
+            },
+            queries,
+            cfg,
+            batch_size,
+        })
+}
+
+fn build(case: &Case) -> (Bank, RefBank) {
+    let mut config = BankConfig::new(16, "dyadic");
+    config.dtype = case.dtype;
+    config.dedup_sim = case.dedup_sim;
+    let mut bank = Bank::new(config, &Device::Cpu).unwrap();
+    let mut reference = RefBank::new(case.dedup_sim);
+    let mut batch = Vec::new();
+    for (i, &(pattern, q)) in case.memories.iter().enumerate() {
+        let id = 1000 - 7 * i as u64; // ids not in insertion order, so id ties are meaningful
+        let embedding = dyadic_unit(pattern);
+        reference.add(id, &embedding, q, &format!("exp {id}"));
+        batch.push(NewMemory {
+            id: Some(id),
+            intent: format!("intent {pattern}"),
+            embedding,
+            experience: format!("exp {id}"),
+            q: Some(q),
+            ..Default::default()
+        });
+        if batch.len() == case.batch_size {
+            bank.add_many(std::mem::take(&mut batch)).unwrap();
+        }
+    }
+    bank.add_many(batch).unwrap();
+    bank.debug_check().unwrap();
+    (bank, reference)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn tensor_path_matches_the_scalar_reference(case in case()) {
+        let (bank, reference) = build(&case);
+        prop_assert_eq!(bank.num_intents(), reference.keys.len());
+        let queries: Vec<Vec<f32>> = case.queries.iter().map(|&p| dyadic_unit(p)).collect();
+        let ours = bank.retrieve_vectors(&queries, &case.cfg).unwrap();
+        prop_assert_eq!(ours.len(), queries.len());
+        for (i, q) in queries.iter().enumerate() {
+            let (all, want) = reference.retrieve_one(q, i, &case.cfg);
+            let exploring = case.cfg.epsilon > 0.0 && {
+                let mut rng = Rng::for_item(case.cfg.seed, i as u64);
+                rng.unit_f64() < case.cfg.epsilon as f64
+            };
+            assert_hits_match(&ours[i], &all, &want, 1e-5, exploring, &format!("query {i} of {case:?}"));
+            for h in &ours[i] {
+                prop_assert_eq!(&h.experience, &format!("exp {}", h.id));
+            }
+        }
+    }
+}
+
+#[test]
+fn exact_ties_follow_similarity_then_id() {
+    // Five memories with the same intent direction (no sharing) and the same Q: every score ties,
+    // so the order must be by id ascending; one more key with a lower similarity comes after.
+    let mut config = BankConfig::new(2, "ties");
+    config.dedup_sim = 1.0;
+    let mut bank = Bank::new(config, &Device::Cpu).unwrap();
+    for id in [50u64, 10, 40, 20, 30] {
+        bank.add(NewMemory { id: Some(id), embedding: vec![1.0, 0.0], ..Default::default() }).unwrap();
+    }
+    bank.add(NewMemory { id: Some(1), embedding: vec![0.8, 0.6], ..Default::default() }).unwrap();
+    let cfg = RetrievalConfig { k1: 10, k2: 6, delta: 0.0, ..Default::default() };
+    let hits = bank.retrieve_vectors(&[vec![1.0, 0.0]], &cfg).unwrap();
+    let ids: Vec<u64> = hits[0].iter().map(|h| h.id).collect();
+    assert_eq!(ids, vec![10, 20, 30, 40, 50, 1]);
+    // k1 cuts equal-similarity keys by row (creation order): the first two created win.
+    let cfg = RetrievalConfig { k1: 2, k2: 6, delta: 0.0, ..Default::default() };
+    let ids: Vec<u64> = bank.retrieve_vectors(&[vec![1.0, 0.0]], &cfg).unwrap()[0].iter().map(|h| h.id).collect();
+    assert_eq!(ids, vec![10, 50]);
+}
+
+#[test]
+fn edge_cases_of_the_pool() {
+    let mut bank = Bank::new(BankConfig::new(2, "edge"), &Device::Cpu).unwrap();
+    let cfg = RetrievalConfig::default();
+    // Empty bank: no hits, not an error.
+    assert_eq!(bank.retrieve_vectors(&[vec![1.0, 0.0]], &cfg).unwrap(), vec![vec![]]);
+    let a = bank.add(NewMemory { embedding: vec![1.0, 0.0], q: Some(0.7), ..Default::default() }).unwrap();
+    // Pool of one: std taken as 1, z-scores 0, score 0.
+    let hits = bank.retrieve_vectors(&[vec![1.0, 0.1]], &cfg).unwrap();
+    assert_eq!(hits[0].len(), 1);
+    assert_eq!((hits[0][0].id, hits[0][0].zsim, hits[0][0].zq, hits[0][0].score), (a, 0.0, 0.0, 0.0));
+    // Nothing above delta.
+    assert!(bank.retrieve_vectors(&[vec![0.0, 1.0]], &cfg).unwrap()[0].is_empty());
+    // q_min filters everything.
+    let strict = RetrievalConfig { q_min: Some(0.9), ..cfg.clone() };
+    assert!(bank.retrieve_vectors(&[vec![1.0, 0.0]], &strict).unwrap()[0].is_empty());
+    // An empty batch of queries.
+    assert!(bank.retrieve_vectors(&[], &cfg).unwrap().is_empty());
+}
+
+#[test]
+fn utility_reorders_lookalikes() {
+    // A close look-alike with low Q wins on similarity alone (lambda 0) and loses once utility
+    // weighs more (lambda 0.75): the point of the whole engine. In a pool of two both z-scores
+    // are +-1, so at lambda 0.5 the scores tie exactly and the tie rule (higher similarity) picks
+    // the look-alike.
+    let mut bank = Bank::new(BankConfig::new(2, "toy"), &Device::Cpu).unwrap();
+    let lookalike = bank.add(NewMemory { embedding: vec![1.0, 0.05], q: Some(-0.9), ..Default::default() }).unwrap();
+    let helpful = bank.add(NewMemory { embedding: vec![1.0, 0.6], q: Some(0.9), ..Default::default() }).unwrap();
+    let query = vec![vec![1.0, 0.0]];
+    let top = |lambda: f32| {
+        let cfg = RetrievalConfig { k2: 1, lambda, ..Default::default() };
+        bank.retrieve_vectors(&query, &cfg).unwrap()[0][0].id
+    };
+    assert_eq!(top(0.0), lookalike);
+    assert_eq!(top(0.5), lookalike);
+    assert_eq!(top(0.75), helpful);
+    assert_eq!(top(1.0), helpful);
+}
+
+#[test]
+fn random_vectors_large_bank_agree_with_the_reference_across_tiles() {
+    // Real-valued vectors over more keys than one score tile holds for this batch, so the
+    // running top-k merge across tiles is exercised. Similarities are not exact here, so the
+    // tolerance is looser; ties have probability ~0.
+    let dim = 24;
+    let n = 9000;
+    let b = 600; // 16 MiB / (4 * 600) rows per tile < n
+    let mut rng = Rng(99);
+    let mut config = BankConfig::new(dim, "random");
+    config.dedup_sim = 1.0;
+    let mut bank = Bank::new(config, &Device::Cpu).unwrap();
+    let mut reference = RefBank::new(1.0);
+    let mut batch = Vec::new();
+    for id in 0..n as u64 {
+        let e = random_unit(&mut rng, dim);
+        let q = (rng.unit_f64() * 2.0 - 1.0) as f32;
+        reference.add(id, &e, q, "");
+        batch.push(NewMemory { id: Some(id), embedding: e, q: Some(q), ..Default::default() });
+    }
+    bank.add_many(batch).unwrap();
+    let queries: Vec<Vec<f32>> = (0..b).map(|_| random_unit(&mut rng, dim)).collect();
+    let cfg = RetrievalConfig { k1: 20, k2: 5, delta: 0.3, ..Default::default() };
+    let ours = bank.retrieve_vectors(&queries, &cfg).unwrap();
+    for i in (0..b).step_by(37) {
+        let (all, want) = reference.retrieve_one(&queries[i], i, &cfg);
+        assert_hits_match(&ours[i], &all, &want, 2e-4, false, &format!("query {i}"));
+    }
+}
+
+#[test]
+fn shared_intents_pool_every_member() {
+    let mut bank = Bank::new(BankConfig::new(3, "share"), &Device::Cpu).unwrap();
+    let ids = bank
+        .add_many(vec![
+            NewMemory { embedding: vec![1.0, 0.0, 0.0], ..Default::default() },
+            NewMemory { embedding: vec![0.99, 0.05, 0.0], ..Default::default() },
+            NewMemory { embedding: vec![0.0, 1.0, 0.0], ..Default::default() },
+        ])
+        .unwrap();
+    bank.add(NewMemory { embedding: vec![1.0, 0.01, 0.0], ..Default::default() }).unwrap();
+    assert_eq!(bank.num_intents(), 2);
+    assert_eq!(bank.intent_members(ids[0]).unwrap().len(), 3);
+    // k1 = 1 key, but the pool holds its three memories.
+    let cfg = RetrievalConfig { k1: 1, k2: 10, ..Default::default() };
+    assert_eq!(bank.retrieve_vectors(&[vec![1.0, 0.0, 0.0]], &cfg).unwrap()[0].len(), 3);
+    // Removing memories keeps the invariants; the key goes with its last memory.
+    bank.remove(ids[0]).unwrap();
+    bank.debug_check().unwrap();
+    bank.remove(ids[2]).unwrap();
+    bank.debug_check().unwrap();
+    assert_eq!(bank.num_intents(), 1);
+    assert_eq!(bank.retrieve_vectors(&[vec![1.0, 0.0, 0.0]], &cfg).unwrap()[0].len(), 2);
+}
+
+#[test]
+fn removal_in_any_order_keeps_invariants() {
+    let mut rng = Rng(5);
+    let mut config = BankConfig::new(16, "remove");
+    config.dedup_sim = 0.9;
+    let mut bank = Bank::new(config, &Device::Cpu).unwrap();
+    let ids = bank
+        .add_many((0..200).map(|i| NewMemory { embedding: dyadic_unit(i % 37), ..Default::default() }).collect())
+        .unwrap();
+    let mut live = ids.clone();
+    while !live.is_empty() {
+        let i = (rng.next_u64() % live.len() as u64) as usize;
+        let id = live.swap_remove(i);
+        assert_eq!(bank.remove(id).unwrap().id, id);
+        bank.debug_check().unwrap();
+        assert!(bank.get(id).is_none());
+    }
+    assert_eq!((bank.len(), bank.num_intents()), (0, 0));
+}
