@@ -326,6 +326,12 @@ pub fn load(path: &Path, device: &Device, options: &LoadOptions) -> Result<Bank>
     Bank::from_parts(parts, device)
 }
 
+/// [`load`] from bytes already in memory; errors name the source as `<memory>`.
+pub fn load_bytes(bytes: &[u8], device: &Device, options: &LoadOptions) -> Result<Bank> {
+    let parts = parse(Path::new("<memory>"), bytes, options)?;
+    Bank::from_parts(parts, device)
+}
+
 /// Validates snapshot bytes into bank parts (no device work but the key tensor on the CPU).
 pub(crate) fn parse(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<BankParts> {
     let corrupt = |problem: String| Error::CorruptSnapshot {
