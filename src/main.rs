@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -44,7 +45,11 @@ block of 100 episodes and the learned Q of helpful vs misleading memories, then 
 bank to <OUT>/bank.safetensors and loads it back.";
 
 #[derive(Parser)]
-#[command(name = "memrl", version, about = "Episodic memory with learned utility for AI agents")]
+#[command(
+    name = "memrl",
+    version,
+    about = "Episodic memory with learned utility for AI agents"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -70,9 +75,17 @@ struct DemoArgs {
     out: PathBuf,
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
         Command::Demo(args) => demo(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // `{:#}` prints the whole context chain on one line, without a backtrace.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -117,7 +130,11 @@ fn tilted(centre: &[f32], cos: f32, rng: &mut Rng) -> Vec<f32> {
     let along = dot(&r, centre);
     let perp = normalised(r.iter().zip(centre).map(|(x, c)| x - along * c).collect());
     let sin = (1.0 - cos * cos).sqrt();
-    centre.iter().zip(&perp).map(|(c, p)| cos * c + sin * p).collect()
+    centre
+        .iter()
+        .zip(&perp)
+        .map(|(c, p)| cos * c + sin * p)
+        .collect()
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -142,15 +159,23 @@ struct Episode {
 
 /// The hidden success probability of an attempt at a task of `family` with `injected` memories.
 fn success_probability(family: usize, injected: &[&Planted]) -> f64 {
-    let helpful = injected.iter().any(|m| m.kind == Kind::Helpful && m.family == family);
-    let misleading = injected.iter().filter(|m| m.kind == Kind::Misleading).count();
+    let helpful = injected
+        .iter()
+        .any(|m| m.kind == Kind::Helpful && m.family == family);
+    let misleading = injected
+        .iter()
+        .filter(|m| m.kind == Kind::Misleading)
+        .count();
     let p = 0.2 + if helpful { 0.6 } else { 0.0 } - 0.15 * misleading as f64;
     p.clamp(0.05, 0.95)
 }
 
 /// A bank holding every planted memory (one key each), and the planted index of each id.
 fn build_bank(planted: &[Planted]) -> Result<(Bank, HashMap<u64, usize>)> {
-    let config = BankConfig { dedup_sim: 1.0, ..BankConfig::new(DIM, MODEL_ID) };
+    let config = BankConfig {
+        dedup_sim: 1.0,
+        ..BankConfig::new(DIM, MODEL_ID)
+    };
     let mut bank = Bank::new(config, &Device::Cpu)?;
     let memories = planted.iter().map(|p| NewMemory {
         intent: format!("family {} task", p.family),
@@ -171,20 +196,34 @@ fn run_policy(
     learn: bool,
 ) -> Result<(Vec<bool>, Bank, HashMap<u64, usize>)> {
     let (mut bank, index) = build_bank(planted)?;
-    let cfg = RetrievalConfig { k1: 5, k2: 2, delta: 0.3, lambda, ..Default::default() };
+    let cfg = RetrievalConfig {
+        k1: 5,
+        k2: 2,
+        delta: 0.3,
+        lambda,
+        ..Default::default()
+    };
     let mut successes = Vec::with_capacity(episodes.len());
     for ep in episodes {
         let hits = bank.retrieve_vectors(std::slice::from_ref(&ep.task), &cfg)?;
         let ids: Vec<u64> = hits.into_iter().flatten().map(|h| h.id).collect();
         let injected = ids
             .iter()
-            .map(|id| index.get(id).map(|&i| &planted[i]).context("retrieved an unknown id"))
+            .map(|id| {
+                index
+                    .get(id)
+                    .map(|&i| &planted[i])
+                    .context("retrieved an unknown id")
+            })
             .collect::<Result<Vec<_>>>()?;
         let success = ep.u < success_probability(ep.family, &injected);
         successes.push(success);
         if learn && !ids.is_empty() {
             let reward = if success { 1.0 } else { -1.0 };
-            bank.apply_outcomes(&[Outcome { memory_ids: ids, reward }])?;
+            bank.apply_outcomes(&[Outcome {
+                memory_ids: ids,
+                reward,
+            }])?;
         }
     }
     Ok((successes, bank, index))
@@ -202,26 +241,45 @@ fn mean(xs: impl Iterator<Item = f32>) -> f32 {
 fn demo(args: &DemoArgs) -> Result<()> {
     let start = Instant::now();
     let mut rng = Rng(args.seed);
-    let centres: Vec<Vec<f32>> = (0..FAMILIES).map(|_| normalised(rng.gaussian_vec())).collect();
+    let centres: Vec<Vec<f32>> = (0..FAMILIES)
+        .map(|_| normalised(rng.gaussian_vec()))
+        .collect();
     let mut planted = Vec::new();
     for (family, centre) in centres.iter().enumerate() {
         let intent = tilted(centre, HELPFUL_COS, &mut rng);
-        planted.push(Planted { family, kind: Kind::Helpful, intent });
+        planted.push(Planted {
+            family,
+            kind: Kind::Helpful,
+            intent,
+        });
         for _ in 0..1 + family % 2 {
             let intent = tilted(centre, MISLEADING_COS, &mut rng);
-            planted.push(Planted { family, kind: Kind::Misleading, intent });
+            planted.push(Planted {
+                family,
+                kind: Kind::Misleading,
+                intent,
+            });
         }
     }
     // Common random numbers: both policies see these exact tasks and draws.
     let episodes: Vec<Episode> = (0..args.episodes)
         .map(|_| {
             let family = (rng.next_u64() % FAMILIES as u64) as usize;
-            let noisy = centres[family].iter().map(|c| c + TASK_NOISE * rng.gaussian());
-            Episode { family, task: normalised(noisy.collect()), u: rng.uniform() }
+            let noisy = centres[family]
+                .iter()
+                .map(|c| c + TASK_NOISE * rng.gaussian());
+            Episode {
+                family,
+                task: normalised(noisy.collect()),
+                u: rng.uniform(),
+            }
         })
         .collect();
 
-    let n_misleading = planted.iter().filter(|p| p.kind == Kind::Misleading).count();
+    let n_misleading = planted
+        .iter()
+        .filter(|p| p.kind == Kind::Misleading)
+        .count();
     println!("memrl demo: a synthetic world with NO LLM and NO embedding model");
     println!("  embeddings are synthetic unit vectors (d = {DIM}); {FAMILIES} task families");
     println!(
@@ -230,7 +288,9 @@ fn demo(args: &DemoArgs) -> Result<()> {
     );
     let mean_sim = |kind: Kind| {
         let pairs = episodes.iter().flat_map(|ep| {
-            let own = planted.iter().filter(move |p| p.family == ep.family && p.kind == kind);
+            let own = planted
+                .iter()
+                .filter(move |p| p.family == ep.family && p.kind == kind);
             own.map(|p| dot(&p.intent, &ep.task))
         });
         mean(pairs)
@@ -241,7 +301,10 @@ fn demo(args: &DemoArgs) -> Result<()> {
         mean_sim(Kind::Misleading)
     );
     println!("  RAG: lambda 0, no learning | MemRL: lambda 0.5, alpha 0.3, reward +1/-1");
-    println!("  both: k1 5, k2 2, delta 0.3; same tasks, same random draws (seed {})", args.seed);
+    println!(
+        "  both: k1 5, k2 2, delta 0.3; same tasks, same random draws (seed {})",
+        args.seed
+    );
 
     let (rag, _, _) = run_policy(&planted, &episodes, 0.0, false)?;
     let (memrl, bank, index) = run_policy(&planted, &episodes, 0.5, true)?;
@@ -251,10 +314,21 @@ fn demo(args: &DemoArgs) -> Result<()> {
         let range = format!("{}-{}", b * BLOCK + 1, b * BLOCK + r.len());
         println!("  {range:>9}    {:.2}     {:.2}", rate(r), rate(m));
     }
-    println!("  {:>9}    {:.2}     {:.2}", "all", rate(&rag), rate(&memrl));
+    println!(
+        "  {:>9}    {:.2}     {:.2}",
+        "all",
+        rate(&rag),
+        rate(&memrl)
+    );
 
     let kind_of = |id: u64| index.get(&id).map(|&i| planted[i].kind);
-    let mean_q = |kind: Kind| mean(bank.iter().filter(|m| kind_of(m.id) == Some(kind)).map(|m| m.q));
+    let mean_q = |kind: Kind| {
+        mean(
+            bank.iter()
+                .filter(|m| kind_of(m.id) == Some(kind))
+                .map(|m| m.q),
+        )
+    };
     println!(
         "\nMemRL bank after {} episodes: mean Q of helpful memories {:+.3}, misleading {:+.3}",
         args.episodes,
@@ -266,13 +340,24 @@ fn demo(args: &DemoArgs) -> Result<()> {
         .with_context(|| format!("cannot create directory {}", args.out.display()))?;
     let path = args.out.join("bank.safetensors");
     snapshot::save(&bank, &path).with_context(|| format!("saving {}", path.display()))?;
-    let options = LoadOptions { expect_model: Some(MODEL_ID.into()), expect_dim: Some(DIM) };
+    let options = LoadOptions {
+        expect_model: Some(MODEL_ID.into()),
+        expect_dim: Some(DIM),
+    };
     let loaded = snapshot::load(&path, &Device::Cpu, &options)
         .with_context(|| format!("loading {}", path.display()))?;
     if loaded.len() != bank.len() {
-        bail!("reloaded bank has {} memories, expected {}", loaded.len(), bank.len());
+        bail!(
+            "reloaded bank has {} memories, expected {}",
+            loaded.len(),
+            bank.len()
+        );
     }
-    println!("saved the MemRL bank ({} memories) to {}; reloaded it", loaded.len(), path.display());
+    println!(
+        "saved the MemRL bank ({} memories) to {}; reloaded it",
+        loaded.len(),
+        path.display()
+    );
     println!("done in {:.2} s", start.elapsed().as_secs_f64());
     Ok(())
 }

@@ -7,7 +7,12 @@ use memrl::{Bank, BankConfig, Device, Error, NewMemory, RetrievalConfig};
 
 fn bank() -> Bank {
     let mut b = Bank::new(BankConfig::new(3, "bad"), &Device::Cpu).unwrap();
-    b.add(NewMemory { id: Some(7), embedding: vec![1.0, 0.0, 0.0], ..Default::default() }).unwrap();
+    b.add(NewMemory {
+        id: Some(7),
+        embedding: vec![1.0, 0.0, 0.0],
+        ..Default::default()
+    })
+    .unwrap();
     b
 }
 
@@ -15,13 +20,50 @@ fn bank() -> Bank {
 fn wrong_dimension_is_refused() {
     let mut b = bank();
     let before = state(&b);
-    let e = b.retrieve_vectors(&[vec![1.0, 0.0]], &RetrievalConfig::default()).unwrap_err();
-    assert!(matches!(e, Error::DimensionMismatch { what: "query", expected: 3, got: 2 }), "{e}");
+    let e = b
+        .retrieve_vectors(&[vec![1.0, 0.0]], &RetrievalConfig::default())
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::DimensionMismatch {
+                what: "query",
+                expected: 3,
+                got: 2
+            }
+        ),
+        "{e}"
+    );
     let q = candle_core::Tensor::zeros((2, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
     let e = b.retrieve(&q, &RetrievalConfig::default()).unwrap_err();
-    assert!(matches!(e, Error::DimensionMismatch { expected: 3, got: 5, .. }), "{e}");
-    let e = b.add(NewMemory { embedding: vec![1.0; 4], ..Default::default() }).unwrap_err();
-    assert!(matches!(e, Error::DimensionMismatch { what: "intent embedding", expected: 3, got: 4 }), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::DimensionMismatch {
+                expected: 3,
+                got: 5,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = b
+        .add(NewMemory {
+            embedding: vec![1.0; 4],
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::DimensionMismatch {
+                what: "intent embedding",
+                expected: 3,
+                got: 4
+            }
+        ),
+        "{e}"
+    );
     assert_eq!(state(&b), before);
 }
 
@@ -29,15 +71,37 @@ fn wrong_dimension_is_refused() {
 fn non_finite_and_zero_embeddings_are_refused_and_the_batch_is_not_half_added() {
     let mut b = bank();
     let before = state(&b);
-    for bad in [vec![f32::NAN, 0.0, 0.0], vec![0.0, f32::INFINITY, 0.0], vec![0.0, 0.0, 0.0]] {
+    for bad in [
+        vec![f32::NAN, 0.0, 0.0],
+        vec![0.0, f32::INFINITY, 0.0],
+        vec![0.0, 0.0, 0.0],
+    ] {
         let batch = vec![
-            NewMemory { embedding: vec![0.0, 1.0, 0.0], ..Default::default() },
-            NewMemory { embedding: bad.clone(), ..Default::default() },
+            NewMemory {
+                embedding: vec![0.0, 1.0, 0.0],
+                ..Default::default()
+            },
+            NewMemory {
+                embedding: bad.clone(),
+                ..Default::default()
+            },
         ];
         let e = b.add_many(batch).unwrap_err();
         assert!(matches!(e, Error::InvalidEmbedding { index: 1, .. }), "{e}");
-        let e = b.retrieve_vectors(&[vec![1.0, 0.0, 0.0], bad], &RetrievalConfig::default()).unwrap_err();
-        assert!(matches!(e, Error::InvalidEmbedding { what: "query", index: 1, .. }), "{e}");
+        let e = b
+            .retrieve_vectors(&[vec![1.0, 0.0, 0.0], bad], &RetrievalConfig::default())
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::InvalidEmbedding {
+                    what: "query",
+                    index: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
     assert_eq!(state(&b), before);
     assert_eq!(b.len(), 1);
@@ -47,12 +111,26 @@ fn non_finite_and_zero_embeddings_are_refused_and_the_batch_is_not_half_added() 
 fn duplicate_ids_are_refused() {
     let mut b = bank();
     let before = state(&b);
-    let e = b.add(NewMemory { id: Some(7), embedding: vec![0.0, 1.0, 0.0], ..Default::default() }).unwrap_err();
+    let e = b
+        .add(NewMemory {
+            id: Some(7),
+            embedding: vec![0.0, 1.0, 0.0],
+            ..Default::default()
+        })
+        .unwrap_err();
     assert!(matches!(e, Error::DuplicateId(7)), "{e}");
     let e = b
         .add_many(vec![
-            NewMemory { id: Some(8), embedding: vec![0.0, 1.0, 0.0], ..Default::default() },
-            NewMemory { id: Some(8), embedding: vec![0.0, 0.0, 1.0], ..Default::default() },
+            NewMemory {
+                id: Some(8),
+                embedding: vec![0.0, 1.0, 0.0],
+                ..Default::default()
+            },
+            NewMemory {
+                id: Some(8),
+                embedding: vec![0.0, 0.0, 1.0],
+                ..Default::default()
+            },
         ])
         .unwrap_err();
     assert!(matches!(e, Error::DuplicateId(8)), "{e}");
@@ -60,8 +138,15 @@ fn duplicate_ids_are_refused() {
     // Automatic ids skip explicit ones.
     let ids = b
         .add_many(vec![
-            NewMemory { id: Some(9), embedding: vec![0.0, 1.0, 0.0], ..Default::default() },
-            NewMemory { embedding: vec![0.0, 0.0, 1.0], ..Default::default() },
+            NewMemory {
+                id: Some(9),
+                embedding: vec![0.0, 1.0, 0.0],
+                ..Default::default()
+            },
+            NewMemory {
+                embedding: vec![0.0, 0.0, 1.0],
+                ..Default::default()
+            },
         ])
         .unwrap();
     assert_eq!(ids, vec![9, 8]);
@@ -73,13 +158,40 @@ fn invalid_retrieval_configs_name_their_field() {
     let b = bank();
     let q = [vec![1.0, 0.0, 0.0]];
     for (cfg, field) in [
-        (RetrievalConfig { k1: 0, ..Default::default() }, "k1"),
-        (RetrievalConfig { k2: 0, ..Default::default() }, "k2"),
-        (RetrievalConfig { lambda: 1.1, ..Default::default() }, "lambda"),
-        (RetrievalConfig { lambda: -0.5, ..Default::default() }, "lambda"),
+        (
+            RetrievalConfig {
+                k1: 0,
+                ..Default::default()
+            },
+            "k1",
+        ),
+        (
+            RetrievalConfig {
+                k2: 0,
+                ..Default::default()
+            },
+            "k2",
+        ),
+        (
+            RetrievalConfig {
+                lambda: 1.1,
+                ..Default::default()
+            },
+            "lambda",
+        ),
+        (
+            RetrievalConfig {
+                lambda: -0.5,
+                ..Default::default()
+            },
+            "lambda",
+        ),
     ] {
         let e = b.retrieve_vectors(&q, &cfg).unwrap_err();
-        assert!(matches!(e, Error::InvalidConfig { field: f, .. } if f == field), "{e}");
+        assert!(
+            matches!(e, Error::InvalidConfig { field: f, .. } if f == field),
+            "{e}"
+        );
         assert!(e.to_string().contains(field), "{e}");
     }
 }

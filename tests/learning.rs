@@ -13,7 +13,11 @@ fn bank_with(n: usize, q: f32) -> (Bank, Vec<u64>) {
     let ids = bank
         .add_many(
             (0..n)
-                .map(|i| NewMemory { embedding: vec![1.0, i as f32], q: Some(q), ..Default::default() })
+                .map(|i| NewMemory {
+                    embedding: vec![1.0, i as f32],
+                    q: Some(q),
+                    ..Default::default()
+                })
                 .collect(),
         )
         .unwrap();
@@ -47,12 +51,20 @@ fn bernoulli_rewards_drive_q_to_the_mean() {
     // Success with p = 0.7 (reward +1) else -1: mean reward 0.4. With a constant alpha Q is an
     // exponential average, so its time average converges to the mean.
     let (mut bank, ids) = bank_with(1, 0.0);
-    bank.set_learning_config(LearningConfig { alpha: 0.05, ..Default::default() }).unwrap();
+    bank.set_learning_config(LearningConfig {
+        alpha: 0.05,
+        ..Default::default()
+    })
+    .unwrap();
     let mut rng = Rng(11);
     let (mut sum, mut count) = (0.0f64, 0);
     for step in 0..20_000 {
         let reward = if rng.unit_f64() < 0.7 { 1.0 } else { -1.0 };
-        bank.apply_outcomes(&[Outcome { memory_ids: ids.clone(), reward }]).unwrap();
+        bank.apply_outcomes(&[Outcome {
+            memory_ids: ids.clone(),
+            reward,
+        }])
+        .unwrap();
         if step >= 1_000 {
             sum += bank.get(ids[0]).unwrap().q as f64;
             count += 1;
@@ -67,14 +79,45 @@ fn every_injected_memory_gets_the_reward_and_new_memories_start_at_q_init() {
     let mut config = BankConfig::new(2, "learn");
     config.dedup_sim = 1.0;
     let mut bank = Bank::new(config, &Device::Cpu).unwrap();
-    bank.set_learning_config(LearningConfig { alpha: 0.5, q_init: 0.25, ..Default::default() }).unwrap();
-    let a = bank.add(NewMemory { embedding: vec![1.0, 0.0], ..Default::default() }).unwrap();
-    let b = bank.add(NewMemory { embedding: vec![0.0, 1.0], success: false, ..Default::default() }).unwrap();
-    assert_eq!((bank.get(a).unwrap().q, bank.get(b).unwrap().q), (0.25, 0.25));
-    let report = bank
-        .apply_outcomes(&[Outcome { memory_ids: vec![a, b], reward: -1.0 }, Outcome { memory_ids: vec![a], reward: 1.0 }])
+    bank.set_learning_config(LearningConfig {
+        alpha: 0.5,
+        q_init: 0.25,
+        ..Default::default()
+    })
+    .unwrap();
+    let a = bank
+        .add(NewMemory {
+            embedding: vec![1.0, 0.0],
+            ..Default::default()
+        })
         .unwrap();
-    assert_eq!((report.outcomes, report.updates, report.memories), (2, 3, 2));
+    let b = bank
+        .add(NewMemory {
+            embedding: vec![0.0, 1.0],
+            success: false,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        (bank.get(a).unwrap().q, bank.get(b).unwrap().q),
+        (0.25, 0.25)
+    );
+    let report = bank
+        .apply_outcomes(&[
+            Outcome {
+                memory_ids: vec![a, b],
+                reward: -1.0,
+            },
+            Outcome {
+                memory_ids: vec![a],
+                reward: 1.0,
+            },
+        ])
+        .unwrap();
+    assert_eq!(
+        (report.outcomes, report.updates, report.memories),
+        (2, 3, 2)
+    );
     // a: 0.25 -> -0.375 -> 0.3125 ; b: 0.25 -> -0.375
     assert_eq!(bank.get(a).unwrap().q, 0.3125);
     assert_eq!(bank.get(b).unwrap().q, -0.375);
@@ -85,19 +128,56 @@ fn every_injected_memory_gets_the_reward_and_new_memories_start_at_q_init() {
 #[test]
 fn a_bad_batch_changes_nothing() {
     let (mut bank, ids) = bank_with(3, 0.0);
-    bank.apply_outcomes(&[Outcome { memory_ids: vec![ids[0]], reward: 1.0 }]).unwrap();
+    bank.apply_outcomes(&[Outcome {
+        memory_ids: vec![ids[0]],
+        reward: 1.0,
+    }])
+    .unwrap();
     let before = state(&bank);
-    let good = Outcome { memory_ids: vec![ids[1], ids[2]], reward: 1.0 };
-    let cases: Vec<(Vec<Outcome>, fn(&Error) -> bool)> = vec![
-        (vec![good.clone(), Outcome { memory_ids: vec![999], reward: 1.0 }], |e| {
-            matches!(e, Error::UnknownMemory { outcome: 1, id: 999 })
-        }),
-        (vec![good.clone(), Outcome { memory_ids: vec![ids[0]], reward: f32::NAN }], |e| {
-            matches!(e, Error::InvalidReward { outcome: 1, .. })
-        }),
-        (vec![good.clone(), Outcome { memory_ids: vec![ids[0]], reward: f32::INFINITY }], |e| {
-            matches!(e, Error::InvalidReward { outcome: 1, .. })
-        }),
+    let good = Outcome {
+        memory_ids: vec![ids[1], ids[2]],
+        reward: 1.0,
+    };
+    type Check = fn(&Error) -> bool;
+    let cases: Vec<(Vec<Outcome>, Check)> = vec![
+        (
+            vec![
+                good.clone(),
+                Outcome {
+                    memory_ids: vec![999],
+                    reward: 1.0,
+                },
+            ],
+            |e| {
+                matches!(
+                    e,
+                    Error::UnknownMemory {
+                        outcome: 1,
+                        id: 999
+                    }
+                )
+            },
+        ),
+        (
+            vec![
+                good.clone(),
+                Outcome {
+                    memory_ids: vec![ids[0]],
+                    reward: f32::NAN,
+                },
+            ],
+            |e| matches!(e, Error::InvalidReward { outcome: 1, .. }),
+        ),
+        (
+            vec![
+                good.clone(),
+                Outcome {
+                    memory_ids: vec![ids[0]],
+                    reward: f32::INFINITY,
+                },
+            ],
+            |e| matches!(e, Error::InvalidReward { outcome: 1, .. }),
+        ),
     ];
     for (batch, is_expected) in cases {
         let err = bank.apply_outcomes(&batch).unwrap_err();
@@ -107,9 +187,18 @@ fn a_bad_batch_changes_nothing() {
     }
     for alpha in [0.0, -0.1, 1.5, f32::NAN] {
         let err = bank
-            .apply_outcomes_with(&[good.clone()], &LearningConfig { alpha, ..Default::default() })
+            .apply_outcomes_with(
+                std::slice::from_ref(&good),
+                &LearningConfig {
+                    alpha,
+                    ..Default::default()
+                },
+            )
             .unwrap_err();
-        assert!(matches!(err, Error::InvalidConfig { field: "alpha", .. }), "{err}");
+        assert!(
+            matches!(err, Error::InvalidConfig { field: "alpha", .. }),
+            "{err}"
+        );
         assert_eq!(state(&bank), before);
     }
 }

@@ -18,10 +18,7 @@ struct Case {
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    let q_value = prop_oneof![
-        (-16i32..=16).prop_map(|k| k as f32 / 16.0),
-        Just(0.0f32),
-    ];
+    let q_value = prop_oneof![(-16i32..=16).prop_map(|k| k as f32 / 16.0), Just(0.0f32),];
     let memories = (0usize..40, 1u64..30).prop_flat_map(move |(n, patterns)| {
         prop::collection::vec((0..patterns, q_value.clone()), n)
     });
@@ -36,17 +33,26 @@ fn case() -> impl Strategy<Value = Case> {
         prop::sample::select(vec![0.0f32, 0.0, 0.5, 1.0]),
         any::<u64>(),
     )
-        .prop_map(|(k1, k2, delta, lambda, fixed, z_clip, q_min, epsilon, seed)| RetrievalConfig {
-            k1,
-            k2,
-            delta,
-            lambda,
-            zsim: if fixed { ZSim::Fixed { mean: 0.1, std: 0.3 } } else { ZSim::Pool },
-            z_clip,
-            q_min,
-            epsilon,
-            seed,
-        });
+        .prop_map(
+            |(k1, k2, delta, lambda, fixed, z_clip, q_min, epsilon, seed)| RetrievalConfig {
+                k1,
+                k2,
+                delta,
+                lambda,
+                zsim: if fixed {
+                    ZSim::Fixed {
+                        mean: 0.1,
+                        std: 0.3,
+                    }
+                } else {
+                    ZSim::Pool
+                },
+                z_clip,
+                q_min,
+                epsilon,
+                seed,
+            },
+        );
     (
         prop::sample::select(vec![KeyDType::F32, KeyDType::F32, KeyDType::F16]),
         prop::sample::select(vec![0.9f32, 1.0]),
@@ -56,18 +62,20 @@ fn case() -> impl Strategy<Value = Case> {
         1usize..8,
         prop::bool::ANY,
     )
-        .prop_map(|(dtype, dedup_sim, memories, queries, cfg, batch_size, all_equal_q)| Case {
-            dtype,
-            dedup_sim,
-            memories: if all_equal_q {
-                memories.into_iter().map(|(p, _)| (p, 0.25)).collect()
-            } else {
-                memories
+        .prop_map(
+            |(dtype, dedup_sim, memories, queries, cfg, batch_size, all_equal_q)| Case {
+                dtype,
+                dedup_sim,
+                memories: if all_equal_q {
+                    memories.into_iter().map(|(p, _)| (p, 0.25)).collect()
+                } else {
+                    memories
+                },
+                queries,
+                cfg,
+                batch_size,
             },
-            queries,
-            cfg,
-            batch_size,
-        })
+        )
 }
 
 fn build(case: &Case) -> (Bank, RefBank) {
@@ -130,16 +138,39 @@ fn exact_ties_follow_similarity_then_id() {
     config.dedup_sim = 1.0;
     let mut bank = Bank::new(config, &Device::Cpu).unwrap();
     for id in [50u64, 10, 40, 20, 30] {
-        bank.add(NewMemory { id: Some(id), embedding: vec![1.0, 0.0], ..Default::default() }).unwrap();
+        bank.add(NewMemory {
+            id: Some(id),
+            embedding: vec![1.0, 0.0],
+            ..Default::default()
+        })
+        .unwrap();
     }
-    bank.add(NewMemory { id: Some(1), embedding: vec![0.8, 0.6], ..Default::default() }).unwrap();
-    let cfg = RetrievalConfig { k1: 10, k2: 6, delta: 0.0, ..Default::default() };
+    bank.add(NewMemory {
+        id: Some(1),
+        embedding: vec![0.8, 0.6],
+        ..Default::default()
+    })
+    .unwrap();
+    let cfg = RetrievalConfig {
+        k1: 10,
+        k2: 6,
+        delta: 0.0,
+        ..Default::default()
+    };
     let hits = bank.retrieve_vectors(&[vec![1.0, 0.0]], &cfg).unwrap();
     let ids: Vec<u64> = hits[0].iter().map(|h| h.id).collect();
     assert_eq!(ids, vec![10, 20, 30, 40, 50, 1]);
     // k1 cuts equal-similarity keys by row (creation order): the first two created win.
-    let cfg = RetrievalConfig { k1: 2, k2: 6, delta: 0.0, ..Default::default() };
-    let ids: Vec<u64> = bank.retrieve_vectors(&[vec![1.0, 0.0]], &cfg).unwrap()[0].iter().map(|h| h.id).collect();
+    let cfg = RetrievalConfig {
+        k1: 2,
+        k2: 6,
+        delta: 0.0,
+        ..Default::default()
+    };
+    let ids: Vec<u64> = bank.retrieve_vectors(&[vec![1.0, 0.0]], &cfg).unwrap()[0]
+        .iter()
+        .map(|h| h.id)
+        .collect();
     assert_eq!(ids, vec![10, 50]);
 }
 
@@ -148,16 +179,36 @@ fn edge_cases_of_the_pool() {
     let mut bank = Bank::new(BankConfig::new(2, "edge"), &Device::Cpu).unwrap();
     let cfg = RetrievalConfig::default();
     // Empty bank: no hits, not an error.
-    assert_eq!(bank.retrieve_vectors(&[vec![1.0, 0.0]], &cfg).unwrap(), vec![vec![]]);
-    let a = bank.add(NewMemory { embedding: vec![1.0, 0.0], q: Some(0.7), ..Default::default() }).unwrap();
+    assert_eq!(
+        bank.retrieve_vectors(&[vec![1.0, 0.0]], &cfg).unwrap(),
+        vec![vec![]]
+    );
+    let a = bank
+        .add(NewMemory {
+            embedding: vec![1.0, 0.0],
+            q: Some(0.7),
+            ..Default::default()
+        })
+        .unwrap();
     // Pool of one: std taken as 1, z-scores 0, score 0.
     let hits = bank.retrieve_vectors(&[vec![1.0, 0.1]], &cfg).unwrap();
     assert_eq!(hits[0].len(), 1);
-    assert_eq!((hits[0][0].id, hits[0][0].zsim, hits[0][0].zq, hits[0][0].score), (a, 0.0, 0.0, 0.0));
+    assert_eq!(
+        (
+            hits[0][0].id,
+            hits[0][0].zsim,
+            hits[0][0].zq,
+            hits[0][0].score
+        ),
+        (a, 0.0, 0.0, 0.0)
+    );
     // Nothing above delta.
     assert!(bank.retrieve_vectors(&[vec![0.0, 1.0]], &cfg).unwrap()[0].is_empty());
     // q_min filters everything.
-    let strict = RetrievalConfig { q_min: Some(0.9), ..cfg.clone() };
+    let strict = RetrievalConfig {
+        q_min: Some(0.9),
+        ..cfg.clone()
+    };
     assert!(bank.retrieve_vectors(&[vec![1.0, 0.0]], &strict).unwrap()[0].is_empty());
     // An empty batch of queries.
     assert!(bank.retrieve_vectors(&[], &cfg).unwrap().is_empty());
@@ -170,11 +221,27 @@ fn utility_reorders_lookalikes() {
     // are +-1, so at lambda 0.5 the scores tie exactly and the tie rule (higher similarity) picks
     // the look-alike.
     let mut bank = Bank::new(BankConfig::new(2, "toy"), &Device::Cpu).unwrap();
-    let lookalike = bank.add(NewMemory { embedding: vec![1.0, 0.05], q: Some(-0.9), ..Default::default() }).unwrap();
-    let helpful = bank.add(NewMemory { embedding: vec![1.0, 0.6], q: Some(0.9), ..Default::default() }).unwrap();
+    let lookalike = bank
+        .add(NewMemory {
+            embedding: vec![1.0, 0.05],
+            q: Some(-0.9),
+            ..Default::default()
+        })
+        .unwrap();
+    let helpful = bank
+        .add(NewMemory {
+            embedding: vec![1.0, 0.6],
+            q: Some(0.9),
+            ..Default::default()
+        })
+        .unwrap();
     let query = vec![vec![1.0, 0.0]];
     let top = |lambda: f32| {
-        let cfg = RetrievalConfig { k2: 1, lambda, ..Default::default() };
+        let cfg = RetrievalConfig {
+            k2: 1,
+            lambda,
+            ..Default::default()
+        };
         bank.retrieve_vectors(&query, &cfg).unwrap()[0][0].id
     };
     assert_eq!(top(0.0), lookalike);
@@ -201,11 +268,21 @@ fn random_vectors_large_bank_agree_with_the_reference_across_tiles() {
         let e = random_unit(&mut rng, dim);
         let q = (rng.unit_f64() * 2.0 - 1.0) as f32;
         reference.add(id, &e, q, "");
-        batch.push(NewMemory { id: Some(id), embedding: e, q: Some(q), ..Default::default() });
+        batch.push(NewMemory {
+            id: Some(id),
+            embedding: e,
+            q: Some(q),
+            ..Default::default()
+        });
     }
     bank.add_many(batch).unwrap();
     let queries: Vec<Vec<f32>> = (0..b).map(|_| random_unit(&mut rng, dim)).collect();
-    let cfg = RetrievalConfig { k1: 20, k2: 5, delta: 0.3, ..Default::default() };
+    let cfg = RetrievalConfig {
+        k1: 20,
+        k2: 5,
+        delta: 0.3,
+        ..Default::default()
+    };
     let ours = bank.retrieve_vectors(&queries, &cfg).unwrap();
     for i in (0..b).step_by(37) {
         let (all, want) = reference.retrieve_one(&queries[i], i, &cfg);
@@ -218,24 +295,47 @@ fn shared_intents_pool_every_member() {
     let mut bank = Bank::new(BankConfig::new(3, "share"), &Device::Cpu).unwrap();
     let ids = bank
         .add_many(vec![
-            NewMemory { embedding: vec![1.0, 0.0, 0.0], ..Default::default() },
-            NewMemory { embedding: vec![0.99, 0.05, 0.0], ..Default::default() },
-            NewMemory { embedding: vec![0.0, 1.0, 0.0], ..Default::default() },
+            NewMemory {
+                embedding: vec![1.0, 0.0, 0.0],
+                ..Default::default()
+            },
+            NewMemory {
+                embedding: vec![0.99, 0.05, 0.0],
+                ..Default::default()
+            },
+            NewMemory {
+                embedding: vec![0.0, 1.0, 0.0],
+                ..Default::default()
+            },
         ])
         .unwrap();
-    bank.add(NewMemory { embedding: vec![1.0, 0.01, 0.0], ..Default::default() }).unwrap();
+    bank.add(NewMemory {
+        embedding: vec![1.0, 0.01, 0.0],
+        ..Default::default()
+    })
+    .unwrap();
     assert_eq!(bank.num_intents(), 2);
     assert_eq!(bank.intent_members(ids[0]).unwrap().len(), 3);
     // k1 = 1 key, but the pool holds its three memories.
-    let cfg = RetrievalConfig { k1: 1, k2: 10, ..Default::default() };
-    assert_eq!(bank.retrieve_vectors(&[vec![1.0, 0.0, 0.0]], &cfg).unwrap()[0].len(), 3);
+    let cfg = RetrievalConfig {
+        k1: 1,
+        k2: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        bank.retrieve_vectors(&[vec![1.0, 0.0, 0.0]], &cfg).unwrap()[0].len(),
+        3
+    );
     // Removing memories keeps the invariants; the key goes with its last memory.
     bank.remove(ids[0]).unwrap();
     bank.debug_check().unwrap();
     bank.remove(ids[2]).unwrap();
     bank.debug_check().unwrap();
     assert_eq!(bank.num_intents(), 1);
-    assert_eq!(bank.retrieve_vectors(&[vec![1.0, 0.0, 0.0]], &cfg).unwrap()[0].len(), 2);
+    assert_eq!(
+        bank.retrieve_vectors(&[vec![1.0, 0.0, 0.0]], &cfg).unwrap()[0].len(),
+        2
+    );
 }
 
 #[test]
@@ -245,7 +345,14 @@ fn removal_in_any_order_keeps_invariants() {
     config.dedup_sim = 0.9;
     let mut bank = Bank::new(config, &Device::Cpu).unwrap();
     let ids = bank
-        .add_many((0..200).map(|i| NewMemory { embedding: dyadic_unit(i % 37), ..Default::default() }).collect())
+        .add_many(
+            (0..200)
+                .map(|i| NewMemory {
+                    embedding: dyadic_unit(i % 37),
+                    ..Default::default()
+                })
+                .collect(),
+        )
         .unwrap();
     let mut live = ids.clone();
     while !live.is_empty() {

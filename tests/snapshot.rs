@@ -13,7 +13,10 @@ fn small_bank(dtype: KeyDType) -> Bank {
     bank.set_retrieval_config(RetrievalConfig {
         k1: 7,
         delta: 0.3,
-        zsim: ZSim::Fixed { mean: 0.12, std: 0.2 },
+        zsim: ZSim::Fixed {
+            mean: 0.12,
+            std: 0.2,
+        },
         q_min: Some(-0.8),
         ..Default::default()
     })
@@ -28,11 +31,25 @@ fn small_bank(dtype: KeyDType) -> Bank {
                 metadata: Some(serde_json::json!({"task": "x", "n": [1, 2]})),
                 ..Default::default()
             },
-            NewMemory { intent: "".into(), embedding: dyadic_unit(1), experience: "shared key".into(), ..Default::default() },
-            NewMemory { id: Some(40), intent: "другое".into(), embedding: dyadic_unit(2), ..Default::default() },
+            NewMemory {
+                intent: "".into(),
+                embedding: dyadic_unit(1),
+                experience: "shared key".into(),
+                ..Default::default()
+            },
+            NewMemory {
+                id: Some(40),
+                intent: "другое".into(),
+                embedding: dyadic_unit(2),
+                ..Default::default()
+            },
         ])
         .unwrap();
-    bank.apply_outcomes(&[Outcome { memory_ids: vec![ids[0], ids[2]], reward: 1.0 }]).unwrap();
+    bank.apply_outcomes(&[Outcome {
+        memory_ids: vec![ids[0], ids[2]],
+        reward: 1.0,
+    }])
+    .unwrap();
     bank
 }
 
@@ -57,8 +74,14 @@ fn round_trip_is_bit_exact() {
         assert_eq!(loaded.next_id(), bank.next_id());
         assert_eq!(loaded.num_intents(), 2);
         let q = [dyadic_unit(1), dyadic_unit(3)];
-        let cfg = RetrievalConfig { delta: -1.0, ..Default::default() };
-        assert_eq!(loaded.retrieve_vectors(&q, &cfg).unwrap(), bank.retrieve_vectors(&q, &cfg).unwrap());
+        let cfg = RetrievalConfig {
+            delta: -1.0,
+            ..Default::default()
+        };
+        assert_eq!(
+            loaded.retrieve_vectors(&q, &cfg).unwrap(),
+            bank.retrieve_vectors(&q, &cfg).unwrap()
+        );
         // And a second generation is still the same bank.
         let again = save_to(&loaded, &dir, "again.safetensors");
         let reloaded = snapshot::load(&again, &Device::Cpu, &LoadOptions::default()).unwrap();
@@ -72,7 +95,10 @@ fn empty_bank_round_trips() {
     let bank = Bank::new(BankConfig::new(4, "m"), &Device::Cpu).unwrap();
     let path = save_to(&bank, &dir, "empty.safetensors");
     let loaded = snapshot::load(&path, &Device::Cpu, &LoadOptions::default()).unwrap();
-    assert_eq!((loaded.len(), loaded.num_intents(), loaded.config().dim), (0, 0, 4));
+    assert_eq!(
+        (loaded.len(), loaded.num_intents(), loaded.config().dim),
+        (0, 0, 4)
+    );
 }
 
 #[test]
@@ -87,7 +113,9 @@ fn every_flipped_bit_and_every_truncation_is_an_error() {
             let mut bad = good.clone();
             bad[pos] ^= 1 << bit;
             match snapshot::load_bytes(&bad, &Device::Cpu, &opts) {
-                Err(Error::CorruptSnapshot { .. }) | Err(Error::SnapshotMismatch { .. }) => checked += 1,
+                Err(Error::CorruptSnapshot { .. }) | Err(Error::SnapshotMismatch { .. }) => {
+                    checked += 1
+                }
                 Err(other) => panic!("byte {pos} bit {bit}: unexpected error kind {other}"),
                 Ok(_) => panic!("byte {pos} bit {bit}: a corrupted file loaded"),
             }
@@ -95,7 +123,10 @@ fn every_flipped_bit_and_every_truncation_is_an_error() {
     }
     for len in 0..good.len() {
         assert!(
-            matches!(snapshot::load_bytes(&good[..len], &Device::Cpu, &opts), Err(Error::CorruptSnapshot { .. })),
+            matches!(
+                snapshot::load_bytes(&good[..len], &Device::Cpu, &opts),
+                Err(Error::CorruptSnapshot { .. })
+            ),
             "truncated to {len} bytes"
         );
     }
@@ -105,7 +136,10 @@ fn every_flipped_bit_and_every_truncation_is_an_error() {
     // The file on disk goes through the same checks.
     let target = dir.path().join("bad.safetensors");
     std::fs::write(&target, &good[..good.len() / 2]).unwrap();
-    assert!(matches!(snapshot::load(&target, &Device::Cpu, &opts), Err(Error::CorruptSnapshot { .. })));
+    assert!(matches!(
+        snapshot::load(&target, &Device::Cpu, &opts),
+        Err(Error::CorruptSnapshot { .. })
+    ));
     assert_eq!(checked, good.len() * 8);
 }
 
@@ -114,15 +148,30 @@ fn another_version_model_or_dimension_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = save_to(&small_bank(KeyDType::F32), &dir, "bank.safetensors");
     let mismatch = |opts: LoadOptions| match snapshot::load(&path, &Device::Cpu, &opts) {
-        Err(Error::SnapshotMismatch { field, found, expected, .. }) => (field, found, expected),
+        Err(Error::SnapshotMismatch {
+            field,
+            found,
+            expected,
+            ..
+        }) => (field, found, expected),
         other => panic!("expected a mismatch, got {other:?}"),
     };
     assert_eq!(
-        mismatch(LoadOptions { expect_model: Some("other/model".into()), ..Default::default() }),
-        ("model_id", "test/model".to_string(), "other/model".to_string())
+        mismatch(LoadOptions {
+            expect_model: Some("other/model".into()),
+            ..Default::default()
+        }),
+        (
+            "model_id",
+            "test/model".to_string(),
+            "other/model".to_string()
+        )
     );
     assert_eq!(
-        mismatch(LoadOptions { expect_dim: Some(384), ..Default::default() }),
+        mismatch(LoadOptions {
+            expect_dim: Some(384),
+            ..Default::default()
+        }),
         ("dim", "16".to_string(), "384".to_string())
     );
     // A file from a future format version: same length, so offsets stay valid.
@@ -131,12 +180,19 @@ fn another_version_model_or_dimension_is_refused() {
     assert!(text.contains("\"format_version\":\"1\""));
     let future = dir.path().join("future.safetensors");
     let needle = b"\"format_version\":\"1\"";
-    let at = bytes.windows(needle.len()).position(|w| w == needle).unwrap();
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap();
     let mut changed = bytes.clone();
     changed[at + needle.len() - 2] = b'2';
     std::fs::write(&future, &changed).unwrap();
     match snapshot::load(&future, &Device::Cpu, &LoadOptions::default()) {
-        Err(Error::SnapshotMismatch { field: "format_version", found, .. }) => assert_eq!(found, "2"),
+        Err(Error::SnapshotMismatch {
+            field: "format_version",
+            found,
+            ..
+        }) => assert_eq!(found, "2"),
         other => panic!("{other:?}"),
     }
 }
@@ -145,14 +201,27 @@ fn another_version_model_or_dimension_is_refused() {
 fn missing_file_and_failed_save_leave_everything_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.safetensors");
-    assert!(matches!(snapshot::load(&missing, &Device::Cpu, &LoadOptions::default()), Err(Error::Io { .. })));
+    assert!(matches!(
+        snapshot::load(&missing, &Device::Cpu, &LoadOptions::default()),
+        Err(Error::Io { .. })
+    ));
     // Saving over an existing snapshot replaces it whole, and leaves no temporary file.
     let bank = small_bank(KeyDType::F32);
     let path = save_to(&bank, &dir, "bank.safetensors");
     let mut bigger = small_bank(KeyDType::F32);
-    bigger.add(NewMemory { embedding: dyadic_unit(9), ..Default::default() }).unwrap();
+    bigger
+        .add(NewMemory {
+            embedding: dyadic_unit(9),
+            ..Default::default()
+        })
+        .unwrap();
     snapshot::save(&bigger, &path).unwrap();
-    assert_eq!(snapshot::load(&path, &Device::Cpu, &LoadOptions::default()).unwrap().len(), 4);
+    assert_eq!(
+        snapshot::load(&path, &Device::Cpu, &LoadOptions::default())
+            .unwrap()
+            .len(),
+        4
+    );
     let names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -170,6 +239,14 @@ fn engine_save_and_load_through_the_facade() {
     let engine = memrl::Engine::from_bank(small_bank(KeyDType::F16));
     let path = dir.path().join("e.safetensors");
     engine.save(&path).unwrap();
-    let loaded = memrl::Engine::load(&path, &Device::Cpu, &LoadOptions { expect_model: Some("test/model".into()), expect_dim: Some(16) }).unwrap();
+    let loaded = memrl::Engine::load(
+        &path,
+        &Device::Cpu,
+        &LoadOptions {
+            expect_model: Some("test/model".into()),
+            expect_dim: Some(16),
+        },
+    )
+    .unwrap();
     assert_eq!(loaded.len(), 3);
 }

@@ -380,11 +380,11 @@ impl Bank {
         let mut best_existing: Vec<Option<(f32, usize)>> = vec![None; n];
         if self.keys.len() > 0 && n > 0 {
             let queries = Tensor::from_slice(unit, (n, dim), self.device())?;
-            let (sims, rows) = retrieve::top_keys(&queries, &self.keys.view()?, 1)?;
-            for i in 0..n {
-                if let (Some(&s), Some(&r)) = (sims[i].first(), rows[i].first()) {
+            let top = retrieve::top_keys(&queries, &self.keys.view()?, 1)?;
+            for ((best, sims), rows) in best_existing.iter_mut().zip(&top.sims).zip(&top.rows) {
+                if let (Some(&s), Some(&r)) = (sims.first(), rows.first()) {
                     if s >= threshold {
-                        best_existing[i] = Some((s, r as usize));
+                        *best = Some((s, r as usize));
                     }
                 }
             }

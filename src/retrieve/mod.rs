@@ -76,9 +76,9 @@ pub(crate) fn retrieve(
         .to_dtype(bank.keys_dtype())?;
 
     // Phase A.
-    let (sims, rows) = top_keys(&unit, &bank.keys_view()?, cfg.k1)?;
+    let top = top_keys(&unit, &bank.keys_view()?, cfg.k1)?;
     let mut pools = Vec::with_capacity(b);
-    for (row_sims, row_keys) in sims.iter().zip(&rows) {
+    for (row_sims, row_keys) in top.sims.iter().zip(&top.rows) {
         let mut pool = Vec::new();
         for (&sim, &key) in row_sims.iter().zip(row_keys) {
             // Lists are best first, so the gate cuts a suffix.

@@ -19,17 +19,29 @@ const TILE_SCORE_BYTES: usize = 16 << 20;
 /// Smallest tile worth a matmul call.
 const MIN_TILE_ROWS: usize = 4096;
 
-/// The best `k` keys of each query: similarities (f32) and key rows, best first.
-/// `queries` is `B x d` (unit rows), `keys` is `N x d`; both on the same device.
-pub(crate) fn top_keys(
-    queries: &Tensor,
-    keys: &Tensor,
-    k: usize,
-) -> Result<(Vec<Vec<f32>>, Vec<Vec<u32>>)> {
+/// The best keys of each query, best first.
+pub(crate) struct TopKeys {
+    /// Similarity of each kept key, per query.
+    pub(crate) sims: Vec<Vec<f32>>,
+    /// Row of each kept key, per query.
+    pub(crate) rows: Vec<Vec<u32>>,
+}
+
+impl TopKeys {
+    fn empty(b: usize) -> Self {
+        Self {
+            sims: vec![Vec::new(); b],
+            rows: vec![Vec::new(); b],
+        }
+    }
+}
+
+/// The best `k` keys of each query. `queries` is `B x d` (unit rows), `keys` is `N x d`.
+pub(crate) fn top_keys(queries: &Tensor, keys: &Tensor, k: usize) -> Result<TopKeys> {
     let (b, _) = queries.dims2()?;
     let (n, _) = keys.dims2()?;
     if b == 0 || n == 0 || k == 0 {
-        return Ok((vec![Vec::new(); b], vec![Vec::new(); b]));
+        return Ok(TopKeys::empty(b));
     }
     let queries = queries
         .to_device(keys.device())?
@@ -57,7 +69,10 @@ pub(crate) fn top_keys(
         start += rows;
     }
     match best {
-        Some((values, rows)) => Ok((values.to_vec2()?, rows.to_vec2()?)),
-        None => Ok((vec![Vec::new(); b], vec![Vec::new(); b])),
+        Some((values, rows)) => Ok(TopKeys {
+            sims: values.to_vec2()?,
+            rows: rows.to_vec2()?,
+        }),
+        None => Ok(TopKeys::empty(b)),
     }
 }

@@ -35,7 +35,11 @@ impl Rng {
 }
 
 pub fn normalise(v: &[f32]) -> Vec<f32> {
-    let n = v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
+    let n = v
+        .iter()
+        .map(|&x| (x as f64) * (x as f64))
+        .sum::<f64>()
+        .sqrt();
     v.iter().map(|&x| (x as f64 / n) as f32).collect()
 }
 
@@ -112,7 +116,9 @@ fn zscores(x: &[f64], clip: f64) -> Vec<f64> {
     if x.len() == 1 || std <= 1e-9 {
         std = 1.0;
     }
-    x.iter().map(|v| ((v - mean) / std).clamp(-clip, clip)).collect()
+    x.iter()
+        .map(|v| ((v - mean) / std).clamp(-clip, clip))
+        .collect()
 }
 
 impl RefBank {
@@ -152,11 +158,25 @@ impl RefBank {
     }
 
     /// Every surviving pool member ranked (best first), and the hits the spec returns.
-    pub fn retrieve_one(&self, query: &[f32], index: usize, cfg: &RetrievalConfig) -> (Vec<RefHit>, Vec<RefHit>) {
+    pub fn retrieve_one(
+        &self,
+        query: &[f32],
+        index: usize,
+        cfg: &RetrievalConfig,
+    ) -> (Vec<RefHit>, Vec<RefHit>) {
         let query = normalise(query);
-        let mut keys: Vec<(f64, usize)> = self.keys.iter().enumerate().map(|(r, k)| (dot(&query, k), r)).collect();
+        let mut keys: Vec<(f64, usize)> = self
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(r, k)| (dot(&query, k), r))
+            .collect();
         keys.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        let kept: Vec<(f64, usize)> = keys.into_iter().filter(|(s, _)| *s >= cfg.delta as f64).take(cfg.k1).collect();
+        let kept: Vec<(f64, usize)> = keys
+            .into_iter()
+            .filter(|(s, _)| *s >= cfg.delta as f64)
+            .take(cfg.k1)
+            .collect();
         // Pool in tie-break order.
         let mut pool: Vec<(f64, &RefMemory)> = Vec::new();
         for &(s, row) in &kept {
@@ -227,14 +247,32 @@ impl RefBank {
 /// Checks one query's hits against the reference: same length, same memories in the same order
 /// (a swap is accepted only between memories whose reference scores are within `tol`, a float
 /// near-tie, never between memories with identical inputs), and every figure within `tol`.
-pub fn assert_hits_match(ours: &[Hit], all: &[RefHit], want: &[RefHit], tol: f64, exploring: bool, ctx: &str) {
-    assert_eq!(ours.len(), want.len(), "{ctx}: number of hits\nours {ours:#?}\nwant {want:#?}");
+pub fn assert_hits_match(
+    ours: &[Hit],
+    all: &[RefHit],
+    want: &[RefHit],
+    tol: f64,
+    exploring: bool,
+    ctx: &str,
+) {
+    assert_eq!(
+        ours.len(),
+        want.len(),
+        "{ctx}: number of hits\nours {ours:#?}\nwant {want:#?}"
+    );
     let mut seen = std::collections::HashSet::new();
     for (i, (o, w)) in ours.iter().zip(want).enumerate() {
         assert!(seen.insert(o.id), "{ctx}: id {} returned twice", o.id);
         if o.id != w.id {
-            assert!(!exploring, "{ctx}: exploring pick {i} is {} not {}", o.id, w.id);
-            let r = all.iter().find(|h| h.id == o.id).unwrap_or_else(|| panic!("{ctx}: id {} not in the pool", o.id));
+            assert!(
+                !exploring,
+                "{ctx}: exploring pick {i} is {} not {}",
+                o.id, w.id
+            );
+            let r = all
+                .iter()
+                .find(|h| h.id == o.id)
+                .unwrap_or_else(|| panic!("{ctx}: id {} not in the pool", o.id));
             assert!(
                 (r.score - w.score).abs() <= tol && (r.sim != w.sim || r.q != w.q),
                 "{ctx}: rank {i} is {} (score {}) but the reference has {} (score {})\nours {ours:#?}\nwant {want:#?}",
@@ -252,7 +290,11 @@ pub fn assert_hits_match(ours: &[Hit], all: &[RefHit], want: &[RefHit], tol: f64
             ("score", o.score as f64, r.score),
             ("q", o.q as f64, r.q as f64),
         ] {
-            assert!((a - b).abs() <= tol, "{ctx}: hit {} {name} {a} vs reference {b}", o.id);
+            assert!(
+                (a - b).abs() <= tol,
+                "{ctx}: hit {} {name} {a} vs reference {b}",
+                o.id
+            );
         }
     }
 }
@@ -262,7 +304,12 @@ pub fn state(bank: &Bank) -> Vec<(memrl::Memory, Vec<u32>, Vec<u64>)> {
     let mut out: Vec<_> = bank
         .iter()
         .map(|m| {
-            let key = bank.intent_key(m.id).expect("key").iter().map(|v| v.to_bits()).collect();
+            let key = bank
+                .intent_key(m.id)
+                .expect("key")
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
             let members = bank.intent_members(m.id).expect("members");
             (m.clone(), key, members)
         })
