@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 /// The result of one episode: the memories that were injected and the reward it earned.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
-    /// Ids of every memory given to the agent in the episode.
+    /// Ids of every memory given to the agent in the episode. May be empty (an episode run
+    /// without memory): it is counted and changes nothing.
     pub memory_ids: Vec<u64>,
     /// The environment's reward (the authors use +1 success, -1 failure). Must be finite.
     pub reward: f32,

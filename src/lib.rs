@@ -39,7 +39,7 @@ mod rng;
 pub mod snapshot;
 
 pub use bank::{Bank, Memory, NewMemory};
-pub use candle_core::Device;
+pub use candle_core::{Device, Tensor};
 pub use config::{
     BankConfig, KeyDType, LearningConfig, OutOfRange, RetrievalConfig, RewardRange, ZSim,
 };

@@ -238,44 +238,46 @@ fn mean(xs: impl Iterator<Item = f32>) -> f32 {
     sum / n.max(1) as f32
 }
 
-fn demo(args: &DemoArgs) -> Result<()> {
-    let start = Instant::now();
-    let mut rng = Rng(args.seed);
+/// The hidden world: planted memories, then the episodes (task and success draw) in order.
+fn make_world(seed: u64, episodes: u64) -> (Vec<Planted>, Vec<Episode>) {
+    let mut rng = Rng(seed);
     let centres: Vec<Vec<f32>> = (0..FAMILIES)
         .map(|_| normalised(rng.gaussian_vec()))
         .collect();
     let mut planted = Vec::new();
     for (family, centre) in centres.iter().enumerate() {
-        let intent = tilted(centre, HELPFUL_COS, &mut rng);
-        planted.push(Planted {
-            family,
-            kind: Kind::Helpful,
-            intent,
-        });
-        for _ in 0..1 + family % 2 {
-            let intent = tilted(centre, MISLEADING_COS, &mut rng);
+        // One helpful memory, then one look-alike (even families) or two (odd families).
+        let look_alikes = std::iter::repeat_n((Kind::Misleading, MISLEADING_COS), 1 + family % 2);
+        for (kind, cos) in std::iter::once((Kind::Helpful, HELPFUL_COS)).chain(look_alikes) {
+            let intent = tilted(centre, cos, &mut rng);
             planted.push(Planted {
                 family,
-                kind: Kind::Misleading,
+                kind,
                 intent,
             });
         }
     }
     // Common random numbers: both policies see these exact tasks and draws.
-    let episodes: Vec<Episode> = (0..args.episodes)
+    let episodes = (0..episodes)
         .map(|_| {
             let family = (rng.next_u64() % FAMILIES as u64) as usize;
             let noisy = centres[family]
                 .iter()
                 .map(|c| c + TASK_NOISE * rng.gaussian());
+            let task = normalised(noisy.collect());
             Episode {
                 family,
-                task: normalised(noisy.collect()),
+                task,
                 u: rng.uniform(),
             }
         })
         .collect();
+    (planted, episodes)
+}
 
+fn demo(args: &DemoArgs) -> Result<()> {
+    let start = Instant::now();
+    let (planted, episodes) = make_world(args.seed, args.episodes);
     let n_misleading = planted
         .iter()
         .filter(|p| p.kind == Kind::Misleading)
@@ -346,9 +348,9 @@ fn demo(args: &DemoArgs) -> Result<()> {
     };
     let loaded = snapshot::load(&path, &Device::Cpu, &options)
         .with_context(|| format!("loading {}", path.display()))?;
-    if loaded.len() != bank.len() {
+    if !loaded.iter().eq(bank.iter()) {
         bail!(
-            "reloaded bank has {} memories, expected {}",
+            "the reloaded bank differs from the saved one ({} vs {} memories)",
             loaded.len(),
             bank.len()
         );
