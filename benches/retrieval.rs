@@ -7,41 +7,18 @@
 
 use std::time::{Duration, Instant};
 
-use candle_core::Tensor;
-use memrl::{Bank, BankConfig, Device, NewMemory, RetrievalConfig};
+use memrl::{Bank, BankConfig, Device, NewMemory, RetrievalConfig, Tensor};
 
 const DIM: usize = 384;
 const ADD_BATCH: usize = 10_000;
 const REPS: usize = 7;
-
-/// SplitMix64, for reproducible random vectors.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A random unit vector (uniform components in [-1, 1), normalised).
-    fn unit_vector(&mut self) -> Vec<f32> {
-        let v: Vec<f32> = (0..DIM)
-            .map(|_| (self.next_u64() >> 40) as f32 / (1u32 << 23) as f32 - 1.0)
-            .collect();
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-        v.into_iter().map(|x| x / norm).collect()
-    }
-}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: usize = match std::env::var("MEMRL_BENCH_N") {
         Ok(s) => s.parse().map_err(|e| format!("MEMRL_BENCH_N={s:?}: {e}"))?,
         Err(_) => 100_000,
     };
-    let mut rng = Rng(42);
+    let mut rng = memrl::rng::SplitMix64::new(42);
     let config = BankConfig {
         dedup_sim: 1.0,
         ..BankConfig::new(DIM, "bench-random")
@@ -52,7 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     while left > 0 {
         let batch = (0..left.min(ADD_BATCH))
             .map(|_| NewMemory {
-                embedding: rng.unit_vector(),
+                embedding: rng.unit_vector(DIM),
                 ..Default::default()
             })
             .collect();
@@ -73,7 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         cfg.k1, cfg.k2, cfg.delta, cfg.lambda
     );
     for b in [1usize, 32, 256] {
-        let flat: Vec<f32> = (0..b).flat_map(|_| rng.unit_vector()).collect();
+        let flat: Vec<f32> = (0..b).flat_map(|_| rng.unit_vector(DIM)).collect();
         let queries = Tensor::from_vec(flat, (b, DIM), &Device::Cpu)?;
         bank.retrieve(&queries, &cfg)?; // warm-up
         let mut times: Vec<Duration> = (0..REPS)

@@ -35,7 +35,7 @@ pub mod engine;
 pub mod error;
 pub mod learn;
 pub mod retrieve;
-mod rng;
+pub mod rng;
 pub mod snapshot;
 
 pub use bank::{Bank, Memory, NewMemory};

@@ -89,29 +89,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// SplitMix64 (Steele, Lea, Flood 2014): a tiny, fully specified generator.
-struct Rng(u64);
+type Rng = memrl::rng::SplitMix64;
 
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Standard normal (Box-Muller).
-    fn gaussian(&mut self) -> f32 {
-        let (u1, u2) = (1.0 - self.uniform(), self.uniform());
-        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-    }
-    fn gaussian_vec(&mut self) -> Vec<f32> {
-        (0..DIM).map(|_| self.gaussian()).collect()
-    }
+fn gaussian_vec(rng: &mut Rng) -> Vec<f32> {
+    (0..DIM).map(|_| rng.gaussian()).collect()
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -126,7 +107,7 @@ fn normalised(mut v: Vec<f32>) -> Vec<f32> {
 
 /// A unit vector at exactly cosine `cos` from the unit vector `centre`, in a random direction.
 fn tilted(centre: &[f32], cos: f32, rng: &mut Rng) -> Vec<f32> {
-    let r = rng.gaussian_vec();
+    let r = gaussian_vec(rng);
     let along = dot(&r, centre);
     let perp = normalised(r.iter().zip(centre).map(|(x, c)| x - along * c).collect());
     let sin = (1.0 - cos * cos).sqrt();
@@ -240,9 +221,9 @@ fn mean(xs: impl Iterator<Item = f32>) -> f32 {
 
 /// The hidden world: planted memories, then the episodes (task and success draw) in order.
 fn make_world(seed: u64, episodes: u64) -> (Vec<Planted>, Vec<Episode>) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let centres: Vec<Vec<f32>> = (0..FAMILIES)
-        .map(|_| normalised(rng.gaussian_vec()))
+        .map(|_| normalised(gaussian_vec(&mut rng)))
         .collect();
     let mut planted = Vec::new();
     for (family, centre) in centres.iter().enumerate() {
@@ -268,7 +249,7 @@ fn make_world(seed: u64, episodes: u64) -> (Vec<Planted>, Vec<Episode>) {
             Episode {
                 family,
                 task,
-                u: rng.uniform(),
+                u: rng.next_f64(),
             }
         })
         .collect();

@@ -1,17 +1,24 @@
-//! A tiny seeded random number generator for exploration.
+//! A tiny seeded random number generator: exploration draws, the demo's world, benchmarks.
 //!
-//! Why not `rand`: runs must be reproducible from a seed across releases and platforms, and the
-//! engine needs only uniform integers. SplitMix64 (Steele, Lea, Flood 2014) is a fixed, fully
-//! specified algorithm, so a seed means the same draws forever.
+//! Why not `rand`: runs must be reproducible from a seed across releases and platforms, and
+//! memrl needs only uniform and normal draws. SplitMix64 (Steele, Lea, Flood 2014) is a fixed,
+//! fully specified algorithm, so a seed means the same draws forever.
 
 /// SplitMix64: a 64-bit state, one add and a mix per draw.
+///
+/// ```
+/// let mut rng = memrl::rng::SplitMix64::new(7);
+/// let v = rng.unit_vector(8);
+/// assert!((v.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-5);
+/// ```
 #[derive(Debug, Clone)]
-pub(crate) struct SplitMix64 {
+pub struct SplitMix64 {
     state: u64,
 }
 
 impl SplitMix64 {
-    pub(crate) fn new(seed: u64) -> Self {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
         Self { state: seed }
     }
 
@@ -21,7 +28,8 @@ impl SplitMix64 {
         Self::new(mixer.next_u64())
     }
 
-    pub(crate) fn next_u64(&mut self) -> u64 {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -30,8 +38,22 @@ impl SplitMix64 {
     }
 
     /// Uniform in [0, 1) with 53 bits of precision.
-    pub(crate) fn next_f64(&mut self) -> f64 {
+    pub fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// A standard normal draw (Box-Muller).
+    pub fn gaussian(&mut self) -> f32 {
+        let u1 = 1.0 - self.next_f64(); // in (0, 1], so ln is finite
+        let u2 = self.next_f64();
+        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+    }
+
+    /// A random direction in `dim` dimensions: a unit vector, uniform on the sphere.
+    pub fn unit_vector(&mut self, dim: usize) -> Vec<f32> {
+        let v: Vec<f32> = (0..dim).map(|_| self.gaussian()).collect();
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        v.into_iter().map(|x| x / norm).collect()
     }
 
     #[cfg(test)]
