@@ -237,6 +237,9 @@ impl std::str::FromStr for KeyDType {
     }
 }
 
+/// Largest embedding dimension a bank accepts (the largest common models use 4096).
+pub const MAX_DIM: usize = 1 << 16;
+
 /// Shape of a bank: fixed when it is created, stored in its snapshots.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BankConfig {
@@ -266,8 +269,12 @@ impl BankConfig {
 
     /// Checks every field; the error names the first invalid one.
     pub fn validate(&self) -> Result<()> {
-        if self.dim == 0 {
-            return Err(Error::config("dim", self.dim, "must be at least 1"));
+        if self.dim == 0 || self.dim > MAX_DIM {
+            return Err(Error::config(
+                "dim",
+                self.dim,
+                "must be between 1 and 65536",
+            ));
         }
         if self.dedup_sim.is_nan() {
             return Err(Error::config(

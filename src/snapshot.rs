@@ -168,8 +168,40 @@ fn keys_bytes(keys: &Tensor) -> Result<(Dtype, Vec<u8>)> {
     })
 }
 
+/// A snapshot's content before it is written: tensors by name and header metadata.
+struct Encoded {
+    tensors: BTreeMap<String, Bytes>,
+    metadata: HashMap<String, String>,
+}
+
+impl Encoded {
+    /// Sets the checksum entry from everything else.
+    fn sign(&mut self) {
+        let described: Vec<(String, Dtype, Vec<usize>, &[u8])> = self
+            .tensors
+            .iter()
+            .map(|(n, b)| (n.clone(), b.dtype, b.shape.clone(), b.data.as_slice()))
+            .collect();
+        let crc = checksum(&self.metadata, &described);
+        self.metadata
+            .insert(CHECKSUM_KEY.into(), format!("{crc:08x}"));
+    }
+}
+
 /// Writes `bank` to `path` atomically (see the module docs).
 pub fn save(bank: &Bank, path: &Path) -> Result<()> {
+    let encoded = encode(bank)?;
+    write_atomically(path, |tmp| {
+        safetensors::serialize_to_file(
+            encoded.tensors.iter().map(|(n, b)| (n.as_str(), b)),
+            Some(encoded.metadata.clone()),
+            tmp,
+        )
+        .map_err(|e| Error::io(tmp, std::io::Error::other(e.to_string())))
+    })
+}
+
+fn encode(bank: &Bank) -> Result<Encoded> {
     let config = bank.config();
     let memories: Vec<&Memory> = bank.iter().collect();
     let mut tensors: BTreeMap<String, Bytes> = BTreeMap::new();
@@ -263,21 +295,9 @@ pub fn save(bank: &Bank, path: &Path) -> Result<()> {
     metadata.insert("next_id".into(), bank.next_id().to_string());
     metadata.insert("retrieval_config".into(), to_json(bank.retrieval_config())?);
     metadata.insert("learning_config".into(), to_json(bank.learning_config())?);
-    let described: Vec<(String, Dtype, Vec<usize>, &[u8])> = tensors
-        .iter()
-        .map(|(n, b)| (n.clone(), b.dtype, b.shape.clone(), b.data.as_slice()))
-        .collect();
-    let crc = checksum(&metadata, &described);
-    metadata.insert(CHECKSUM_KEY.into(), format!("{crc:08x}"));
-
-    write_atomically(path, |tmp| {
-        safetensors::serialize_to_file(
-            tensors.iter().map(|(n, b)| (n.as_str(), b)),
-            Some(metadata.clone()),
-            tmp,
-        )
-        .map_err(|e| Error::io(tmp, std::io::Error::other(e.to_string())))
-    })
+    let mut encoded = Encoded { tensors, metadata };
+    encoded.sign();
+    Ok(encoded)
 }
 
 fn to_json(value: &impl serde::Serialize) -> Result<String> {
@@ -521,9 +541,9 @@ pub(crate) fn parse(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<
         }
         for i in 0..n {
             let (a, b) = (offsets[i], offsets[i + 1]);
-            if a > b {
+            if a > b || b > bytes.len() as u64 {
                 return Err(corrupt(format!(
-                    "`memories.{name}.offsets` decrease at memory {i}"
+                    "`memories.{name}.offsets` are out of order or out of range at memory {i}"
                 )));
             }
             let s = std::str::from_utf8(&bytes[a as usize..b as usize])
@@ -650,4 +670,119 @@ fn f32s(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bank::NewMemory;
+
+    fn bank() -> Bank {
+        let mut bank = Bank::new(BankConfig::new(2, "m"), &Device::Cpu).unwrap();
+        for (e, text) in [([1.0, 0.0], "abc"), ([0.0, 1.0], "de")] {
+            bank.add(NewMemory {
+                embedding: e.to_vec(),
+                experience: text.into(),
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        bank
+    }
+
+    /// Applies `edit` to a bank's encoding, re-signs it (a crafted file, not a random
+    /// corruption) and returns what loading it says.
+    fn load_crafted(edit: impl FnOnce(&mut Encoded)) -> Result<Bank> {
+        let mut encoded = encode(&bank()).unwrap();
+        edit(&mut encoded);
+        encoded.sign();
+        let bytes = safetensors::serialize(
+            encoded.tensors.iter().map(|(n, b)| (n.as_str(), b)),
+            Some(encoded.metadata),
+        )
+        .unwrap();
+        load_bytes(&bytes, &Device::Cpu, &LoadOptions::default())
+    }
+
+    fn problem(result: Result<Bank>) -> String {
+        match result {
+            Err(Error::CorruptSnapshot { problem, .. }) => problem,
+            other => panic!("expected a corrupt-snapshot error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn crafted_files_with_valid_checksums_are_still_validated() {
+        assert!(load_crafted(|_| {}).is_ok());
+        let offsets = |values: &[u64]| {
+            vector(
+                Dtype::U64,
+                le_bytes(values.iter().copied(), u64::to_le_bytes),
+                8,
+            )
+        };
+        // Offsets that overshoot the bytes and come back.
+        let p = problem(load_crafted(|e| {
+            e.tensors
+                .insert("memories.experience.offsets".into(), offsets(&[0, 100, 5]));
+        }));
+        assert!(p.contains("out of order or out of range"), "{p}");
+        // Ids that repeat.
+        let p = problem(load_crafted(|e| {
+            e.tensors.insert("memories.id".into(), offsets(&[3, 3]));
+            e.metadata.insert("next_id".into(), "4".into());
+        }));
+        assert!(p.contains("appears twice"), "{p}");
+        // A key reference out of range, and an orphan key.
+        let p = problem(load_crafted(|e| {
+            e.tensors.insert(
+                "memories.key".into(),
+                vector(
+                    Dtype::U32,
+                    le_bytes([0u32, 7].into_iter(), u32::to_le_bytes),
+                    4,
+                ),
+            );
+        }));
+        assert!(p.contains("points at key 7"), "{p}");
+        let p = problem(load_crafted(|e| {
+            e.tensors.insert(
+                "memories.key".into(),
+                vector(
+                    Dtype::U32,
+                    le_bytes([0u32, 0].into_iter(), u32::to_le_bytes),
+                    4,
+                ),
+            );
+        }));
+        assert!(p.contains("no memory"), "{p}");
+        // Invalid UTF-8, a non-unit key, a dimension no allocation should follow.
+        let p = problem(load_crafted(|e| {
+            e.tensors.insert(
+                "memories.experience.bytes".into(),
+                vector(Dtype::U8, vec![b'a', 0xff, b'c', b'd', b'e'], 1),
+            );
+        }));
+        assert!(p.contains("not UTF-8"), "{p}");
+        let p = problem(load_crafted(|e| {
+            e.tensors.insert(
+                "intents.keys".into(),
+                Bytes {
+                    dtype: Dtype::F32,
+                    shape: vec![2, 2],
+                    data: le_bytes([3.0f32, 0.0, 0.0, 1.0].into_iter(), f32::to_le_bytes),
+                },
+            );
+        }));
+        assert!(p.contains("not a unit vector"), "{p}");
+        let p = problem(load_crafted(|e| {
+            e.metadata.insert("dim".into(), "1000000000000".into());
+        }));
+        assert!(p.contains("dim"), "{p}");
+        let p = problem(load_crafted(|e| {
+            e.tensors
+                .insert("extra".into(), vector(Dtype::U8, vec![1], 1));
+        }));
+        assert!(p.contains("unexpected tensor"), "{p}");
+    }
 }
