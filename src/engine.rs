@@ -5,7 +5,8 @@
 //! [`Engine::add_many`], [`Engine::remove`] and [`Engine::apply_outcomes`] take the write lock,
 //! so each is applied whole, in some serial order, and a retrieval sees the bank either before or
 //! after it, never half-way. Writers are short (host tables plus small device writes), so readers
-//! wait at most one batch. Lock poisoning cannot leave a half-applied batch (every mutation
+//! wait at most one batch. A save holds the read lock while it writes the file, so writers wait
+//! for the save to finish (a snapshot is one consistent state of the bank). Lock poisoning cannot leave a half-applied batch (every mutation
 //! validates first and writes the device before the host), so a poisoned lock is recovered.
 
 use std::path::Path;
@@ -55,7 +56,7 @@ impl Engine {
         Ok(Self::from_bank(snapshot::load(path, device, options)?))
     }
 
-    /// Writes a snapshot atomically while retrievals go on.
+    /// Writes a snapshot atomically; retrievals go on meanwhile, writers wait for it.
     pub fn save(&self, path: &Path) -> Result<()> {
         snapshot::save(&self.read(), path)
     }
