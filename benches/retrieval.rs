@@ -1,8 +1,9 @@
 //! Retrieval latency: a plain timing program (no criterion yet).
 //!
 //! Builds a bank of N random unit vectors (d = 384, N from `MEMRL_BENCH_N`, default 100000,
-//! intent sharing off) and times `Bank::retrieve` for batches of 1, 32 and 256 queries with the
-//! default config except `delta = -1` (the gate keeps everything). Reports the median latency of
+//! intent sharing off) and times `Bank::retrieve` for batches of 1, 32 and 256 queries (or the
+//! comma-separated sizes in `MEMRL_BENCH_BATCHES`) with the default config except `delta = -1`
+//! (the gate keeps everything). Reports the median latency of
 //! a few repetitions and queries per second. Run with `cargo bench --bench retrieval`.
 
 use std::time::{Duration, Instant};
@@ -49,7 +50,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "retrieve: k1 {}, k2 {}, delta {}, lambda {}; median of {REPS} runs",
         cfg.k1, cfg.k2, cfg.delta, cfg.lambda
     );
-    for b in [1usize, 32, 256] {
+    let batches: Vec<usize> = match std::env::var("MEMRL_BENCH_BATCHES") {
+        Ok(list) => list
+            .split(',')
+            .map(|b| b.trim().parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("MEMRL_BENCH_BATCHES={list}: {e}"))?,
+        Err(_) => vec![1, 32, 256],
+    };
+    for b in batches {
         let flat: Vec<f32> = (0..b).flat_map(|_| rng.unit_vector(DIM)).collect();
         let queries = Tensor::from_vec(flat, (b, DIM), &Device::Cpu)?;
         bank.retrieve(&queries, &cfg)?; // warm-up

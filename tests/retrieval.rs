@@ -288,6 +288,12 @@ fn random_vectors_large_bank_agree_with_the_reference_across_tiles() {
         let (all, want) = reference.retrieve_one(&queries[i], i, &cfg);
         assert_hits_match(&ours[i], &all, &want, 2e-4, false, &format!("query {i}"));
     }
+    // A few queries take the fused CPU scan instead (chunks of keys in parallel, merged).
+    let few = bank.retrieve_vectors(&queries[..3], &cfg).unwrap();
+    for (i, hits) in few.iter().enumerate() {
+        let (all, want) = reference.retrieve_one(&queries[i], i, &cfg);
+        assert_hits_match(hits, &all, &want, 2e-4, false, &format!("fused query {i}"));
+    }
 }
 
 #[test]

@@ -9,15 +9,23 @@
 //!   tiles without comparing rows.
 //! - Every step is a tensor op on the bank's device; only the final `B x k` lists come back.
 
-use candle_core::{DType, Tensor};
+use candle_core::{CpuStorage, DType, Storage, Tensor};
+use rayon::prelude::*;
 
-use super::topk::topk_indices;
+use super::topk::{merge_sorted, topk_indices, topk_row};
 use crate::error::Result;
 
 /// Target size of one score tile, in bytes.
 const TILE_SCORE_BYTES: usize = 16 << 20;
 /// Smallest tile worth a matmul call.
 const MIN_TILE_ROWS: usize = 4096;
+/// Up to this many queries, an f32 bank on the CPU is scanned by the fused loop below: a
+/// matrix product of so few rows is bound by reading the keys, and the fused loop reads each key
+/// once for all queries without writing a score tile. Measured at N = 300k, d = 384, 2 cores:
+/// B = 1 20 ms fused vs 37 ms tiled, B = 8 49 vs 60 ms.
+const FUSED_MAX_QUERIES: usize = 8;
+/// Keys per parallel work item of the fused loop (1.5 MiB of f32 keys at d = 384).
+const FUSED_CHUNK_ROWS: usize = 1024;
 
 /// The best keys of each query, best first.
 pub(crate) struct TopKeys {
@@ -42,6 +50,15 @@ pub(crate) fn top_keys(queries: &Tensor, keys: &Tensor, k: usize) -> Result<TopK
     let (n, _) = keys.dims2()?;
     if b == 0 || n == 0 || k == 0 {
         return Ok(TopKeys::empty(b));
+    }
+    if b <= FUSED_MAX_QUERIES && keys.device().is_cpu() && keys.dtype() == DType::F32 {
+        let queries: Vec<f32> = queries.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let (storage, layout) = keys.storage_and_layout();
+        if let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(fused_cpu_scan(&queries, &data[start..end], b, k));
+        }
     }
     let queries = queries
         .to_device(keys.device())?
@@ -75,4 +92,53 @@ pub(crate) fn top_keys(queries: &Tensor, keys: &Tensor, k: usize) -> Result<TopK
         }),
         None => Ok(TopKeys::empty(b)),
     }
+}
+
+/// Similarity and top-k in one pass over f32 keys on the CPU, chunks of keys in parallel.
+/// Same result order as the tiled path: (similarity desc, row asc), since each chunk's list has
+/// global rows and `merge_sorted` orders by the same rule.
+fn fused_cpu_scan(queries: &[f32], keys: &[f32], b: usize, k: usize) -> TopKeys {
+    let d = queries.len() / b;
+    let per_chunk: Vec<Vec<Vec<(f32, u32)>>> = keys
+        .par_chunks(FUSED_CHUNK_ROWS * d)
+        .enumerate()
+        .map(|(c, chunk)| {
+            let rows = chunk.len() / d;
+            let mut scores = vec![0f32; b * rows];
+            for (r, key) in chunk.chunks_exact(d).enumerate() {
+                for (i, query) in queries.chunks_exact(d).enumerate() {
+                    scores[i * rows + r] = dot(query, key);
+                }
+            }
+            let base = (c * FUSED_CHUNK_ROWS) as u32;
+            scores
+                .chunks_exact(rows)
+                .map(|row| topk_row(row, base, k))
+                .collect()
+        })
+        .collect();
+    let mut out = TopKeys::empty(b);
+    for i in 0..b {
+        let parts = per_chunk.iter().map(|chunk| chunk[i].clone()).collect();
+        let best = merge_sorted(parts, k);
+        out.sims[i] = best.iter().map(|p| p.0).collect();
+        out.rows[i] = best.iter().map(|p| p.1).collect();
+    }
+    out
+}
+
+/// Dot product with 16 independent accumulators, so the compiler keeps several vector
+/// registers busy instead of one serial chain of adds.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (a_body, a_tail) = a.split_at(a.len() - a.len() % 16);
+    let (b_body, b_tail) = b.split_at(a_body.len());
+    for (x, y) in a_body.chunks_exact(16).zip(b_body.chunks_exact(16)) {
+        for j in 0..16 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
 }

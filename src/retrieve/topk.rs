@@ -70,7 +70,7 @@ pub(crate) fn topk_row(values: &[f32], base: u32, k: usize) -> Vec<(f32, u32)> {
 }
 
 /// Merges several best-first candidate lists into the best `k`.
-fn merge_sorted(parts: Vec<Vec<(f32, u32)>>, k: usize) -> Vec<(f32, u32)> {
+pub(crate) fn merge_sorted(parts: Vec<Vec<(f32, u32)>>, k: usize) -> Vec<(f32, u32)> {
     let mut all: Vec<(f32, u32)> = parts.into_iter().flatten().collect();
     all.sort_unstable_by(better);
     all.truncate(k);
