@@ -1,6 +1,7 @@
 //! Retrieval latency: a plain timing program (no criterion yet).
 //!
-//! Builds a bank of N random unit vectors (d = 384, N from `MEMRL_BENCH_N`, default 100000,
+//! Builds a bank of N random unit vectors (d = 384, N from `MEMRL_BENCH_N`, default 100000, keys
+//! in `MEMRL_BENCH_DTYPE` precision, default f32,
 //! intent sharing off) and times `Bank::retrieve` for batches of 1, 32 and 256 queries (or the
 //! comma-separated sizes in `MEMRL_BENCH_BATCHES`) with the default config except `delta = -1`
 //! (the gate keeps everything). Reports the median latency of
@@ -8,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use memrl::{Bank, BankConfig, Device, NewMemory, RetrievalConfig, Tensor};
+use memrl::{Bank, BankConfig, Device, KeyDType, NewMemory, RetrievalConfig, Tensor};
 
 const DIM: usize = 384;
 const ADD_BATCH: usize = 10_000;
@@ -20,7 +21,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => 100_000,
     };
     let mut rng = memrl::rng::SplitMix64::new(42);
+    let dtype: KeyDType = std::env::var("MEMRL_BENCH_DTYPE")
+        .unwrap_or_else(|_| "f32".into())
+        .parse()?;
     let config = BankConfig {
+        dtype,
         dedup_sim: 1.0,
         ..BankConfig::new(DIM, "bench-random")
     };
@@ -37,8 +42,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         left -= bank.add_many(batch)?.len();
     }
     println!(
-        "bank: {} memories, d = {DIM}, f32 keys, CPU; built in {:.2} s",
+        "bank: {} memories, d = {DIM}, {} keys, CPU; built in {:.2} s",
         bank.len(),
+        dtype.as_str(),
         start.elapsed().as_secs_f64()
     );
 
