@@ -37,10 +37,6 @@ impl IntentMatrix {
         self.data.dim(0).unwrap_or(0)
     }
 
-    pub(crate) fn dtype(&self) -> DType {
-        self.data.dtype()
-    }
-
     pub(crate) fn device(&self) -> &Device {
         self.data.device()
     }

@@ -23,7 +23,7 @@ mod utility;
 use std::collections::{HashMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{BankConfig, LearningConfig, RetrievalConfig};
@@ -525,10 +525,6 @@ impl Bank {
 
     pub(crate) fn keys_view(&self) -> Result<Tensor> {
         self.keys.view()
-    }
-
-    pub(crate) fn keys_dtype(&self) -> DType {
-        self.keys.dtype()
     }
 
     pub(crate) fn utility_view(&self) -> Result<Tensor> {

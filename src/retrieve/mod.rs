@@ -71,9 +71,8 @@ pub(crate) fn retrieve(
     if bank.num_intents() == 0 {
         return Ok(vec![Vec::new(); b]);
     }
-    let unit = Tensor::from_vec(unit, (b, dim), &Device::Cpu)?
-        .to_device(bank.device())?
-        .to_dtype(bank.keys_dtype())?;
+    // f32 here: the scan casts to the key dtype only where a matmul needs it.
+    let unit = Tensor::from_vec(unit, (b, dim), &Device::Cpu)?.to_device(bank.device())?;
 
     // Phase A.
     let top = top_keys(&unit, &bank.keys_view()?, cfg.k1)?;
