@@ -115,6 +115,48 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A model file is missing or malformed, or a model source failed.
+    #[error("{path}: {problem}")]
+    Model {
+        /// The file, folder or source (repo id, pip requirement).
+        path: PathBuf,
+        /// What is wrong, naming the field where there is one.
+        problem: String,
+    },
+
+    /// A model file does not have the sha256 the registry pins.
+    #[error("{path}: sha256 is {found}, the registry expects {expected}")]
+    Checksum {
+        /// The file.
+        path: PathBuf,
+        /// The registry's hash.
+        expected: String,
+        /// The file's hash.
+        found: String,
+    },
+
+    /// The model is not in the registry and is not a model directory.
+    #[error("unknown model `{name}` (known: {}; or pass a directory with config.json)", known.join(", "))]
+    UnknownModel {
+        /// What was asked for.
+        name: String,
+        /// The registry's model names.
+        known: Vec<String>,
+    },
+
+    /// No source could provide a verified copy of the model.
+    #[error("model `{name}` is not available; tried:\n  {}", tried.join("\n  "))]
+    ModelUnavailable {
+        /// The registry name.
+        name: String,
+        /// One line per source and why it failed.
+        tried: Vec<String>,
+    },
+
+    /// The tokenizer failed on an input.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
     /// An error from the tensor library.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

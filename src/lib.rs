@@ -31,9 +31,11 @@
 pub mod bank;
 pub mod config;
 pub mod device;
+pub mod embed;
 pub mod engine;
 pub mod error;
 pub mod learn;
+pub mod models;
 pub mod retrieve;
 pub mod rng;
 pub mod snapshot;

