@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use memrl::embed::bert::AttentionPath;
+use memrl::embed::bert::ComputePath;
 use memrl::embed::Embedder;
 use memrl::models::{resolve, ResolveOptions};
 
@@ -121,14 +121,14 @@ fn a_text_alone_equals_the_same_text_in_a_large_mixed_batch() {
 }
 
 #[test]
-fn the_padded_attention_path_agrees_with_the_packed_one() {
+fn the_portable_path_agrees_with_the_fused_cpu_kernels() {
     let mut embedder = embedder();
     let texts = corpus(200);
-    let packed = embedder.embed(&texts).unwrap().to_rows().unwrap();
-    embedder.set_attention_path(AttentionPath::Padded);
-    let padded = embedder.embed(&texts).unwrap().to_rows().unwrap();
-    for (i, (a, b)) in packed.iter().zip(&padded).enumerate() {
+    let fused = embedder.embed(&texts).unwrap().to_rows().unwrap();
+    embedder.set_compute_path(ComputePath::Portable);
+    let portable = embedder.embed(&texts).unwrap().to_rows().unwrap();
+    for (i, (a, b)) in fused.iter().zip(&portable).enumerate() {
         let diff = max_abs(a, b);
-        assert!(diff <= 1e-5, "text {i}: packed vs padded differ by {diff}");
+        assert!(diff <= 1e-5, "text {i}: fused vs portable differ by {diff}");
     }
 }

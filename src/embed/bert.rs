@@ -8,10 +8,13 @@
 //!   mask broadcast per layer.
 //! - **Fused QKV.** Query, key and value weights are concatenated at load into one `[3H, H]`
 //!   matrix, so each layer runs one wide GEMM instead of three narrow ones.
-//! - **Attention per text.** On the CPU, candle-nn's varlen flash attention attends within each
-//!   text straight from the packed rows. Elsewhere (CUDA, Metal) the packed rows are gathered into a
-//!   length-sorted padded block, attended with a key mask, and scattered back, as batched tensor
-//!   ops; the embedder sorts texts by length so that block wastes little.
+//! - **Fused CPU kernels.** On the CPU, bias, GELU, residual and LayerNorm fold into in-place
+//!   passes over each GEMM output, and attention runs per text straight from the packed rows
+//!   ([`super::fused`]).
+//! - **Portable path.** Elsewhere (CUDA, Metal) the same arithmetic runs as candle tensor ops:
+//!   packed rows are gathered into a length-sorted padded block, attended with a key mask, and
+//!   scattered back; the embedder sorts texts by length so that block wastes little. Tests run
+//!   this path on the CPU too and compare it with the fused one.
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
@@ -62,14 +65,14 @@ impl PackedBatch {
     }
 }
 
-/// How attention is computed; `Auto` picks the fastest correct path for the device.
+/// How the encoder computes; `Auto` picks the fastest correct path for the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AttentionPath {
-    /// Varlen flash attention on the CPU, padded batched attention elsewhere.
+pub enum ComputePath {
+    /// Fused kernels on the CPU, the portable tensor ops elsewhere.
     #[default]
     Auto,
-    /// Padded batched attention with a key mask, on any device (what CUDA and Metal run).
-    Padded,
+    /// candle tensor ops only, with padded batched attention: what CUDA and Metal run.
+    Portable,
 }
 
 struct Layer {
@@ -79,6 +82,46 @@ struct Layer {
     ffn_in: Linear,
     ffn_out: Linear,
     ffn_norm: LayerNorm,
+    /// Host copies of the vectors the fused CPU kernels read (CPU models only).
+    host: Option<HostParams>,
+}
+
+struct HostParams {
+    qkv_bias: Vec<f32>,
+    attn_out_bias: Vec<f32>,
+    attn_gamma: Vec<f32>,
+    attn_beta: Vec<f32>,
+    ffn_in_bias: Vec<f32>,
+    ffn_out_bias: Vec<f32>,
+    ffn_gamma: Vec<f32>,
+    ffn_beta: Vec<f32>,
+}
+
+fn host_vec(t: Option<&Tensor>) -> candle_core::Result<Vec<f32>> {
+    match t {
+        Some(t) => t.to_dtype(DType::F32)?.to_vec1::<f32>(),
+        None => candle_core::bail!("a layer lacks a bias"),
+    }
+}
+
+impl HostParams {
+    fn new(layer: &Layer) -> candle_core::Result<Self> {
+        let norm = |n: &LayerNorm| -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+            Ok((host_vec(Some(n.weight()))?, host_vec(n.bias())?))
+        };
+        let (attn_gamma, attn_beta) = norm(&layer.attn_norm)?;
+        let (ffn_gamma, ffn_beta) = norm(&layer.ffn_norm)?;
+        Ok(HostParams {
+            qkv_bias: host_vec(layer.qkv.bias())?,
+            attn_out_bias: host_vec(layer.attn_out.bias())?,
+            attn_gamma,
+            attn_beta,
+            ffn_in_bias: host_vec(layer.ffn_in.bias())?,
+            ffn_out_bias: host_vec(layer.ffn_out.bias())?,
+            ffn_gamma,
+            ffn_beta,
+        })
+    }
 }
 
 /// The BERT encoder: embeddings and transformer layers, no pooler.
@@ -95,7 +138,8 @@ pub struct BertEncoder {
     max_positions: usize,
     vocab: usize,
     type_vocab: usize,
-    attention: AttentionPath,
+    eps: f32,
+    path: ComputePath,
 }
 
 fn linear(vb: &VarBuilder, in_dim: usize, out_dim: usize) -> candle_core::Result<Linear> {
@@ -152,14 +196,19 @@ impl BertEncoder {
                     .cloned()
                     .collect::<Vec<_>>();
                 let qkv = Linear::new(weight, Some(Tensor::cat(&bias, 0)?));
-                Ok(Layer {
+                let mut layer = Layer {
                     qkv,
                     attn_out: linear(&attn.pp("output.dense"), h, h)?,
                     attn_norm: layer_norm(&attn.pp("output.LayerNorm"), h, eps)?,
                     ffn_in: linear(&vb.pp("intermediate.dense"), h, config.intermediate_size)?,
                     ffn_out: linear(&vb.pp("output.dense"), config.intermediate_size, h)?,
                     ffn_norm: layer_norm(&vb.pp("output.LayerNorm"), h, eps)?,
-                })
+                    host: None,
+                };
+                if vb.device().is_cpu() {
+                    layer.host = Some(HostParams::new(&layer)?);
+                }
+                Ok(layer)
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(BertEncoder {
@@ -175,13 +224,14 @@ impl BertEncoder {
             max_positions: config.max_position_embeddings,
             vocab: config.vocab_size,
             type_vocab: config.type_vocab_size,
-            attention: AttentionPath::Auto,
+            eps: eps as f32,
+            path: ComputePath::Auto,
         })
     }
 
-    /// Chooses how attention is computed (tests compare both paths on the CPU).
-    pub fn set_attention_path(&mut self, path: AttentionPath) {
-        self.attention = path;
+    /// Chooses how the encoder computes (tests compare both paths on the CPU).
+    pub fn set_compute_path(&mut self, path: ComputePath) {
+        self.path = path;
     }
 
     /// Hidden size (the embedding dimension).
@@ -212,11 +262,82 @@ impl BertEncoder {
             .add(&self.token_type.forward(&type_ids)?)?
             .add(&self.position.forward(&positions)?)?;
         let mut x = self.embed_norm.forward(&x)?;
-        let plan = AttentionPlan::new(batch, device, self.attention)?;
+        if self.path == ComputePath::Auto && device.is_cpu() {
+            for layer in &self.layers {
+                if let Some(host) = &layer.host {
+                    x = self.fused_layer(layer, host, &x, &batch.lengths)?;
+                    continue;
+                }
+                return Err(Error::Model {
+                    path: "model.safetensors".into(),
+                    problem: "a CPU layer was loaded without its host parameters".into(),
+                });
+            }
+            return Ok(x);
+        }
+        let plan = AttentionPlan::new(batch, device)?;
         for layer in &self.layers {
             x = self.layer(layer, &x, &plan)?;
         }
         Ok(x)
+    }
+
+    /// One layer with the fused CPU kernels: four GEMMs, each followed by one in-place pass.
+    fn fused_layer(
+        &self,
+        layer: &Layer,
+        host: &HostParams,
+        x: &Tensor,
+        lengths: &[usize],
+    ) -> Result<Tensor> {
+        use super::fused::{BiasGelu, BiasResidualNorm, PackedAttention};
+        let gemm = |input: &Tensor, linear: &Linear| input.matmul(&linear.weight().t()?);
+        let qkv = gemm(x, &layer.qkv)?;
+        let context = qkv.apply_op1_no_bwd(&PackedAttention {
+            bias: &host.qkv_bias,
+            lengths,
+            heads: self.heads,
+            head_dim: self.head_dim,
+        })?;
+        let attn = gemm(&context, &layer.attn_out)?;
+        attn.inplace_op2(
+            x,
+            &BiasResidualNorm {
+                bias: &host.attn_out_bias,
+                gamma: &host.attn_gamma,
+                beta: &host.attn_beta,
+                eps: self.eps,
+            },
+        )?;
+        let inner = gemm(&attn, &layer.ffn_in)?;
+        match self.act {
+            HiddenAct::Gelu => inner.inplace_op1(&BiasGelu {
+                bias: &host.ffn_in_bias,
+            })?,
+            // Rare activations: no fused kernel, plain tensor ops.
+            HiddenAct::GeluApproximate | HiddenAct::Relu => {
+                let bias = Tensor::from_slice(&host.ffn_in_bias, host.ffn_in_bias.len(), x.device())?;
+                let y = inner.broadcast_add(&bias)?;
+                let y = if self.act == HiddenAct::Relu { y.relu()? } else { y.gelu()? };
+                return self.finish_fused(layer, host, &attn, &y);
+            }
+        }
+        self.finish_fused(layer, host, &attn, &inner)
+    }
+
+    fn finish_fused(&self, layer: &Layer, host: &HostParams, attn: &Tensor, inner: &Tensor) -> Result<Tensor> {
+        use super::fused::BiasResidualNorm;
+        let out = inner.matmul(&layer.ffn_out.weight().t()?)?;
+        out.inplace_op2(
+            attn,
+            &BiasResidualNorm {
+                bias: &host.ffn_out_bias,
+                gamma: &host.ffn_gamma,
+                beta: &host.ffn_beta,
+                eps: self.eps,
+            },
+        )?;
+        Ok(out)
     }
 
     fn layer(&self, layer: &Layer, x: &Tensor, plan: &AttentionPlan) -> Result<Tensor> {
@@ -258,36 +379,22 @@ impl BertEncoder {
     }
 }
 
-/// What attention needs to know about a batch, built once and shared by every layer.
-enum AttentionPlan {
-    /// Varlen flash attention straight from the packed rows (CPU).
-    Packed {
-        lengths: Tensor,
-        max_len: usize,
-    },
-    /// Gather into `[B, L]` blocks, attend with a key mask, scatter back.
-    Padded {
-        /// For each padded slot, the packed row it reads (`T` = an all-zero row).
-        gather: Tensor,
-        /// For each packed row, its padded slot.
-        scatter: Tensor,
-        /// 0 for real keys, -inf for padding, shaped `[B, 1, 1, L]`.
-        mask: Tensor,
-        texts: usize,
-        max_len: usize,
-    },
+/// What the portable attention needs to know about a batch, built once for every layer:
+/// gather into `[B, L]` blocks, attend with a key mask, scatter back.
+struct AttentionPlan {
+    /// For each padded slot, the packed row it reads (`T` = an all-zero row).
+    gather: Tensor,
+    /// For each packed row, its padded slot.
+    scatter: Tensor,
+    /// 0 for real keys, -inf for padding, shaped `[B, 1, 1, L]`.
+    mask: Tensor,
+    texts: usize,
+    max_len: usize,
 }
 
 impl AttentionPlan {
-    fn new(batch: &PackedBatch, device: &Device, path: AttentionPath) -> Result<Self> {
+    fn new(batch: &PackedBatch, device: &Device) -> Result<Self> {
         let max_len = batch.lengths.iter().copied().max().unwrap_or(0);
-        if device.is_cpu() && path == AttentionPath::Auto {
-            let lengths: Vec<u32> = batch.lengths.iter().map(|&l| l as u32).collect();
-            return Ok(AttentionPlan::Packed {
-                lengths: Tensor::from_slice(&lengths, lengths.len(), device)?,
-                max_len,
-            });
-        }
         let (b, t) = (batch.texts(), batch.tokens());
         let mut gather = vec![t as u32; b * max_len];
         let mut scatter = Vec::with_capacity(t);
@@ -301,7 +408,7 @@ impl AttentionPlan {
                 at += 1;
             }
         }
-        Ok(AttentionPlan::Padded {
+        Ok(AttentionPlan {
             gather: Tensor::from_vec(gather, b * max_len, device)?,
             scatter: Tensor::from_vec(scatter, t, device)?,
             mask: Tensor::from_vec(mask, (b, 1, 1, max_len), device)?,
@@ -312,54 +419,25 @@ impl AttentionPlan {
 
     /// Multi-head attention of each text with itself: `[T, 3H]` fused QKV in, `[T, H]` out.
     fn attend(&self, qkv: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
-        let (t, three_h) = qkv.dims2()?;
+        let three_h = qkv.dim(1)?;
         let h = three_h / 3;
         let scale = 1.0 / (head_dim as f64).sqrt();
-        match self {
-            AttentionPlan::Packed { lengths, max_len } => {
-                let qkv = qkv.reshape((t, 3, heads, head_dim))?;
-                let (q, k, v) = (qkv.i((.., 0))?, qkv.i((.., 1))?, qkv.i((.., 2))?);
-                let out = candle_nn::attention::flash_attn_varlen_cpu(
-                    &q,
-                    &k,
-                    &v,
-                    None,
-                    lengths,
-                    lengths,
-                    *max_len,
-                    *max_len,
-                    scale as f32,
-                    false,
-                    None,
-                    None,
-                )?;
-                Ok(out.reshape((t, h))?)
-            }
-            AttentionPlan::Padded {
-                gather,
-                scatter,
-                mask,
-                texts,
-                max_len,
-            } => {
-                let (b, l) = (*texts, *max_len);
-                let zero = Tensor::zeros((1, three_h), qkv.dtype(), qkv.device())?;
-                let padded = Tensor::cat(&[qkv, &zero], 0)?
-                    .index_select(gather, 0)?
-                    .reshape((b, l, 3, heads, head_dim))?
-                    .permute((2, 0, 3, 1, 4))?; // [3, B, heads, L, d]
-                let q = padded.i(0)?.contiguous()?;
-                let k = padded.i(1)?.contiguous()?;
-                let v = padded.i(2)?.contiguous()?;
-                let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-                let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-                let context = probs
-                    .matmul(&v)? // [B, heads, L, d]
-                    .transpose(1, 2)?
-                    .reshape((b * l, h))?;
-                Ok(context.index_select(scatter, 0)?)
-            }
-        }
+        let (b, l) = (self.texts, self.max_len);
+        let zero = Tensor::zeros((1, three_h), qkv.dtype(), qkv.device())?;
+        let padded = Tensor::cat(&[qkv, &zero], 0)?
+            .index_select(&self.gather, 0)?
+            .reshape((b, l, 3, heads, head_dim))?
+            .permute((2, 0, 3, 1, 4))?; // [3, B, heads, L, d]
+        let q = padded.i(0)?.contiguous()?;
+        let k = padded.i(1)?.contiguous()?;
+        let v = padded.i(2)?.contiguous()?;
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&self.mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let context = probs
+            .matmul(&v)? // [B, heads, L, d]
+            .transpose(1, 2)?
+            .reshape((b * l, h))?;
+        Ok(context.index_select(&self.scatter, 0)?)
     }
 }
 

@@ -22,6 +22,7 @@
 //! ```
 
 pub mod bert;
+mod fused;
 
 use std::path::{Path, PathBuf};
 
@@ -32,7 +33,7 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::error::{Error, Result};
 use crate::models::{Pooling, ResolvedModel};
-use bert::{AttentionPath, BertEncoder, Config, PackedBatch};
+use bert::{BertEncoder, ComputePath, Config, PackedBatch};
 
 /// Default token budget per forward pass (tokens, counted with padding to the chunk's longest).
 pub const DEFAULT_BATCH_TOKENS: usize = 8192;
@@ -221,9 +222,9 @@ impl Embedder {
         Ok(())
     }
 
-    /// Chooses the attention implementation (tests run the GPU's padded path on the CPU).
-    pub fn set_attention_path(&mut self, path: AttentionPath) {
-        self.encoder.set_attention_path(path);
+    /// Chooses how the encoder computes (tests run the portable GPU path on the CPU).
+    pub fn set_compute_path(&mut self, path: ComputePath) {
+        self.encoder.set_compute_path(path);
     }
 
     /// Embeds `texts` into unit rows, in the caller's order.

@@ -1,0 +1,417 @@
+//! Fused CPU kernels for the encoder's element-wise work and attention.
+//!
+//! Profiling candle's BERT on this 2-core AVX-512 machine put half the time outside the matrix
+//! products: scalar `erf` in GELU (~12%), per-element `exp` in attention (~12%), and a fresh
+//! tensor (allocation, page faults, one more pass over memory) for every bias add, residual add
+//! and activation. These kernels fold each of those into one pass:
+//!
+//! - [`BiasGelu`]: `x = gelu(x + b)`, in place on the GEMM output.
+//! - [`BiasResidualNorm`]: `x = LayerNorm(x + b + residual)`, in place on the GEMM output.
+//! - [`PackedAttention`]: multi-head self-attention of each text over the fused `[T, 3H]` QKV
+//!   (bias included), parallel over (text, head) pairs.
+//!
+//! `exp` and `erf` are branch-free polynomial approximations that the compiler vectorizes
+//! (AVX2+FMA when the CPU has it, chosen at run time): `exp` is exact to ~1 ulp, and `erf` is
+//! the Abramowitz-Stegun 7.1.26 form PyTorch's vectorized CPU GELU uses (absolute error below
+//! 1.5e-7). The parity test against sentence-transformers bounds the end-to-end effect.
+//!
+//! Other devices run the same arithmetic as candle tensor ops (see [`super::bert`]).
+
+use candle_core::{CpuStorage, CustomOp1, InplaceOp1, InplaceOp2, Layout, Shape};
+use rayon::prelude::*;
+
+/// `x = gelu(x + bias)` over rows of `bias.len()`, with erf-based GELU.
+pub struct BiasGelu<'a> {
+    /// One bias per column.
+    pub bias: &'a [f32],
+}
+
+/// `x = LayerNorm(x + bias + residual) * gamma + beta` over rows of `bias.len()`.
+pub struct BiasResidualNorm<'a> {
+    /// Linear layer bias, one per column.
+    pub bias: &'a [f32],
+    /// LayerNorm weight.
+    pub gamma: &'a [f32],
+    /// LayerNorm bias.
+    pub beta: &'a [f32],
+    /// LayerNorm epsilon.
+    pub eps: f32,
+}
+
+/// Self-attention within each text of a packed batch: `[T, 3H]` QKV (before bias) in,
+/// `[T, H]` context out.
+pub struct PackedAttention<'a> {
+    /// The QKV bias, `3H` values.
+    pub bias: &'a [f32],
+    /// Token count of each text; they sum to `T`.
+    pub lengths: &'a [usize],
+    /// Number of heads.
+    pub heads: usize,
+    /// Size of each head; `heads * head_dim = H`.
+    pub head_dim: usize,
+}
+
+fn contiguous_f32<'s>(storage: &'s CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'s [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{op}: expects f32");
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: expects a contiguous tensor"),
+    }
+}
+
+fn contiguous_f32_mut<'s>(
+    storage: &'s mut CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> candle_core::Result<&'s mut [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{op}: expects f32");
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&mut data[start..end]),
+        None => candle_core::bail!("{op}: expects a contiguous tensor"),
+    }
+}
+
+/// Rows per rayon task: enough work per task that scheduling stays in the noise.
+const ROWS_PER_TASK: usize = 16;
+
+impl InplaceOp1 for BiasGelu<'_> {
+    fn name(&self) -> &'static str {
+        "memrl-bias-gelu"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let x = contiguous_f32_mut(storage, layout, self.name())?;
+        let n = self.bias.len();
+        if n == 0 || x.len() % n != 0 {
+            candle_core::bail!("{}: {} values are not rows of {n}", self.name(), x.len());
+        }
+        x.par_chunks_mut(n * ROWS_PER_TASK).for_each(|rows| {
+            for row in rows.chunks_exact_mut(n) {
+                simd::bias_gelu(row, self.bias);
+            }
+        });
+        Ok(())
+    }
+}
+
+impl InplaceOp2 for BiasResidualNorm<'_> {
+    fn name(&self) -> &'static str {
+        "memrl-bias-residual-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        residual: &CpuStorage,
+        residual_l: &Layout,
+    ) -> candle_core::Result<()> {
+        let residual = contiguous_f32(residual, residual_l, self.name())?;
+        let x = contiguous_f32_mut(dst, dst_l, self.name())?;
+        let n = self.bias.len();
+        if n == 0 || x.len() % n != 0 || residual.len() != x.len() {
+            candle_core::bail!("{}: shapes do not match rows of {n}", self.name());
+        }
+        x.par_chunks_mut(n * ROWS_PER_TASK)
+            .zip(residual.par_chunks(n * ROWS_PER_TASK))
+            .for_each(|(rows, res_rows)| {
+                for (row, res) in rows.chunks_exact_mut(n).zip(res_rows.chunks_exact(n)) {
+                    simd::bias_residual_norm(row, res, self.bias, self.gamma, self.beta, self.eps);
+                }
+            });
+        Ok(())
+    }
+}
+
+impl CustomOp1 for PackedAttention<'_> {
+    fn name(&self) -> &'static str {
+        "memrl-packed-attention"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let qkv = contiguous_f32(storage, layout, self.name())?;
+        let h = self.heads * self.head_dim;
+        let t: usize = self.lengths.iter().sum();
+        if self.bias.len() != 3 * h || qkv.len() != t * 3 * h {
+            candle_core::bail!("{}: QKV is not [{t}, {}]", self.name(), 3 * h);
+        }
+        let mut out = vec![0f32; t * h];
+        // Each text owns a contiguous block of output rows, so texts run in parallel without
+        // sharing; heads run one after another inside a text.
+        let mut blocks = Vec::with_capacity(self.lengths.len());
+        let mut rest = out.as_mut_slice();
+        let mut offset = 0;
+        for &len in self.lengths {
+            let (block, tail) = rest.split_at_mut(len * h);
+            blocks.push((offset, len, block));
+            rest = tail;
+            offset += len;
+        }
+        blocks.into_par_iter().for_each(|(offset, len, block)| {
+            let rows = &qkv[offset * 3 * h..(offset + len) * 3 * h];
+            simd::attend_text(rows, self.bias, len, self.heads, self.head_dim, block);
+        });
+        Ok((CpuStorage::F32(out), Shape::from((t, h))))
+    }
+}
+
+/// Vectorizable math, compiled twice: for the baseline target and for AVX2+FMA, picked once at
+/// run time.
+pub(crate) mod simd {
+    #[cfg(target_arch = "x86_64")]
+    fn has_avx2_fma() -> bool {
+        use std::sync::OnceLock;
+        static DETECTED: OnceLock<bool> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        })
+    }
+
+    /// Defines `pub fn $name` that runs `$generic` under AVX2+FMA when available.
+    macro_rules! dispatch {
+        ($(fn $name:ident / $avx:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty = $generic:ident;)*) => {$(
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn $avx($($arg: $ty),*) -> $ret {
+                $generic($($arg),*)
+            }
+
+            #[inline]
+            pub fn $name($($arg: $ty),*) -> $ret {
+                #[cfg(target_arch = "x86_64")]
+                if has_avx2_fma() {
+                    // SAFETY: the CPU supports AVX2 and FMA (checked at run time above).
+                    return unsafe { $avx($($arg),*) };
+                }
+                $generic($($arg),*)
+            }
+        )*};
+    }
+
+    dispatch! {
+        fn bias_gelu / bias_gelu_avx2(x: &mut [f32], bias: &[f32]) -> () = bias_gelu_generic;
+        fn bias_residual_norm / bias_residual_norm_avx2(
+            row: &mut [f32], residual: &[f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32
+        ) -> () = bias_residual_norm_generic;
+        fn attend_text / attend_text_avx2(
+            qkv: &[f32], bias: &[f32], len: usize, heads: usize, d: usize, out: &mut [f32]
+        ) -> () = attend_text_generic;
+    }
+
+    #[inline(always)]
+    fn bias_residual_norm_generic(
+        row: &mut [f32],
+        residual: &[f32],
+        bias: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+    ) {
+        let n = row.len() as f32;
+        for ((x, r), b) in row.iter_mut().zip(residual).zip(bias) {
+            *x += r + b;
+        }
+        let mean = sum_generic(row) / n;
+        let mut acc = [0f32; LANES];
+        let chunks = row.chunks_exact(LANES);
+        let mut var: f32 = chunks.remainder().iter().map(|&x| (x - mean) * (x - mean)).sum();
+        for x in chunks {
+            for l in 0..LANES {
+                acc[l] += (x[l] - mean) * (x[l] - mean);
+            }
+        }
+        var = (var + acc.iter().sum::<f32>()) / n;
+        let inv = 1.0 / (var + eps).sqrt();
+        for ((x, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+            *x = (*x - mean) * inv * g + b;
+        }
+    }
+
+    /// Attention of one text (`len` rows of fused QKV, before bias) into its `len x H` output.
+    #[inline(always)]
+    fn attend_text_generic(
+        qkv: &[f32],
+        bias: &[f32],
+        len: usize,
+        heads: usize,
+        d: usize,
+        out: &mut [f32],
+    ) {
+        let h = heads * d;
+        let scale = 1.0 / (d as f32).sqrt();
+        // Per head: q, k, v gathered contiguous (bias added, q pre-scaled), then one row of
+        // scores at a time.
+        let mut q = vec![0f32; len * d];
+        let mut k = vec![0f32; len * d];
+        let mut v = vec![0f32; len * d];
+        let mut scores = vec![0f32; len];
+        for head in 0..heads {
+            let col = head * d;
+            for i in 0..len {
+                let row = &qkv[i * 3 * h..(i + 1) * 3 * h];
+                let (qs, ks, vs) = (&row[col..col + d], &row[h + col..h + col + d], &row[2 * h + col..2 * h + col + d]);
+                let (qb, kb, vb) = (&bias[col..col + d], &bias[h + col..h + col + d], &bias[2 * h + col..2 * h + col + d]);
+                for c in 0..d {
+                    q[i * d + c] = (qs[c] + qb[c]) * scale;
+                    k[i * d + c] = ks[c] + kb[c];
+                    v[i * d + c] = vs[c] + vb[c];
+                }
+            }
+            for i in 0..len {
+                let qi = &q[i * d..(i + 1) * d];
+                for (j, s) in scores.iter_mut().enumerate() {
+                    *s = dot_generic(qi, &k[j * d..(j + 1) * d]);
+                }
+                softmax_generic(&mut scores);
+                let o = &mut out[i * h + col..i * h + col + d];
+                o.fill(0.0);
+                for (j, &p) in scores.iter().enumerate() {
+                    for (oc, vc) in o.iter_mut().zip(&v[j * d..(j + 1) * d]) {
+                        *oc += p * vc;
+                    }
+                }
+            }
+        }
+    }
+
+    const LANES: usize = 8;
+
+    #[inline(always)]
+    fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0f32; LANES];
+        let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+        let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+        for (x, y) in ac.zip(bc) {
+            for l in 0..LANES {
+                acc[l] += x[l] * y[l];
+            }
+        }
+        acc.iter().sum::<f32>() + tail
+    }
+
+    #[inline(always)]
+    fn sum_generic(a: &[f32]) -> f32 {
+        let mut acc = [0f32; LANES];
+        let chunks = a.chunks_exact(LANES);
+        let tail: f32 = chunks.remainder().iter().sum();
+        for x in chunks {
+            for l in 0..LANES {
+                acc[l] += x[l];
+            }
+        }
+        acc.iter().sum::<f32>() + tail
+    }
+
+    #[inline(always)]
+    fn softmax_generic(x: &mut [f32]) {
+        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for v in x.iter_mut() {
+            *v = exp(*v - max);
+        }
+        let inv = 1.0 / sum_generic(x);
+        for v in x.iter_mut() {
+            *v *= inv;
+        }
+    }
+
+    #[inline(always)]
+    fn bias_gelu_generic(x: &mut [f32], bias: &[f32]) {
+        for (v, b) in x.iter_mut().zip(bias) {
+            let y = *v + b;
+            *v = 0.5 * y * (1.0 + erf(y * std::f32::consts::FRAC_1_SQRT_2));
+        }
+    }
+
+    /// `e^x`, branch-free: round `x / ln 2` to `n` with the 1.5 * 2^23 trick, a degree-6
+    /// polynomial for `e^r` on `|r| <= ln2/2`, and `2^n` built in the exponent bits. Inputs are
+    /// clamped to the normal range (`e^-87.3` stands in for 0).
+    #[inline(always)]
+    pub fn exp(x: f32) -> f32 {
+        const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+        let x = x.clamp(-87.3, 88.7);
+        let shifted = x * std::f32::consts::LOG2_E + MAGIC;
+        let n = shifted - MAGIC;
+        // ln 2 split in two so n * LN2_HI is exact.
+        let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+        let p = 1.0
+            + r * (1.0
+                + r * (0.5
+                    + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+        let bits = (shifted.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127)) << 23;
+        p * f32::from_bits(bits)
+    }
+
+    /// erf by Abramowitz and Stegun 7.1.26 (absolute error below 1.5e-7).
+    #[inline(always)]
+    pub fn erf(x: f32) -> f32 {
+        let a = x.abs();
+        let t = 1.0 / (1.0 + 0.327_591_1 * a);
+        let poly = t
+            * (0.254_829_6
+                + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152 + t * 1.061_405_4))));
+        (1.0 - poly * exp(-a * a)).copysign(x)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn exp_is_within_two_ulp_over_the_softmax_range() {
+            let mut worst = 0f64;
+            for i in 0..=200_000 {
+                let x = -87.0 + 175.0 * i as f32 / 200_000.0;
+                let exact = (x as f64).exp();
+                worst = worst.max(((exp(x) as f64 - exact) / exact).abs());
+            }
+            assert!(worst < 2.5e-7, "worst relative error {worst}");
+            assert!(exp(f32::NEG_INFINITY) < 1e-37);
+        }
+
+        #[test]
+        fn erf_is_within_its_published_bound() {
+            let mut worst = 0f64;
+            for i in 0..=100_000 {
+                let x = -6.0 + 12.0 * i as f64 / 100_000.0;
+                // erf via the complementary series would need a crate; use the identity with
+                // a high-precision numerical integral instead.
+                let exact = erf_reference(x);
+                worst = worst.max((erf(x as f32) as f64 - exact).abs());
+            }
+            assert!(worst < 3e-7, "worst absolute error {worst}");
+        }
+
+        /// erf(x) = 2/sqrt(pi) * integral_0^x e^(-t^2) dt, by Simpson's rule on 2000 panels.
+        fn erf_reference(x: f64) -> f64 {
+            let n = 2000;
+            let h = x / n as f64;
+            let f = |t: f64| (-t * t).exp();
+            let mut s = f(0.0) + f(x);
+            for i in 1..n {
+                s += f(i as f64 * h) * if i % 2 == 1 { 4.0 } else { 2.0 };
+            }
+            s * h / 3.0 * 2.0 / std::f64::consts::PI.sqrt()
+        }
+
+        #[test]
+        fn softmax_dot_and_sum_match_plain_loops() {
+            let a: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..37).map(|i| (i as f32 * 0.11).cos()).collect();
+            let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert!((dot_generic(&a, &b) - plain).abs() < 1e-5);
+            assert!((sum_generic(&a) - a.iter().sum::<f32>()).abs() < 1e-5);
+            let mut s = a.clone();
+            softmax_generic(&mut s);
+            let max = a.iter().copied().fold(f32::MIN, f32::max);
+            let total: f64 = a.iter().map(|&x| ((x - max) as f64).exp()).sum();
+            for (got, x) in s.iter().zip(&a) {
+                let want = ((x - max) as f64).exp() / total;
+                assert!((*got as f64 - want).abs() < 1e-6, "{got} vs {want}");
+            }
+        }
+    }
+}
