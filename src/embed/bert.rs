@@ -316,16 +316,27 @@ impl BertEncoder {
             })?,
             // Rare activations: no fused kernel, plain tensor ops.
             HiddenAct::GeluApproximate | HiddenAct::Relu => {
-                let bias = Tensor::from_slice(&host.ffn_in_bias, host.ffn_in_bias.len(), x.device())?;
+                let bias =
+                    Tensor::from_slice(&host.ffn_in_bias, host.ffn_in_bias.len(), x.device())?;
                 let y = inner.broadcast_add(&bias)?;
-                let y = if self.act == HiddenAct::Relu { y.relu()? } else { y.gelu()? };
+                let y = if self.act == HiddenAct::Relu {
+                    y.relu()?
+                } else {
+                    y.gelu()?
+                };
                 return self.finish_fused(layer, host, &attn, &y);
             }
         }
         self.finish_fused(layer, host, &attn, &inner)
     }
 
-    fn finish_fused(&self, layer: &Layer, host: &HostParams, attn: &Tensor, inner: &Tensor) -> Result<Tensor> {
+    fn finish_fused(
+        &self,
+        layer: &Layer,
+        host: &HostParams,
+        attn: &Tensor,
+        inner: &Tensor,
+    ) -> Result<Tensor> {
         use super::fused::BiasResidualNorm;
         let out = inner.matmul(&layer.ffn_out.weight().t()?)?;
         out.inplace_op2(
@@ -363,13 +374,21 @@ impl BertEncoder {
                 self.vocab
             )));
         }
-        if let Some(&id) = batch.type_ids.iter().find(|&&id| id as usize >= self.type_vocab) {
+        if let Some(&id) = batch
+            .type_ids
+            .iter()
+            .find(|&&id| id as usize >= self.type_vocab)
+        {
             return Err(Error::Tokenizer(format!(
                 "token type id {id} is outside the model's {} types",
                 self.type_vocab
             )));
         }
-        if let Some(&len) = batch.lengths.iter().find(|&&l| l > self.max_positions || l == 0) {
+        if let Some(&len) = batch
+            .lengths
+            .iter()
+            .find(|&&l| l > self.max_positions || l == 0)
+        {
             return Err(Error::Tokenizer(format!(
                 "a text of {len} tokens does not fit the model's 1..={} positions",
                 self.max_positions

@@ -12,8 +12,8 @@
 //!
 //! `exp` and `erf` are branch-free polynomial approximations that the compiler vectorizes
 //! (AVX2+FMA when the CPU has it, chosen at run time): `exp` is exact to ~1 ulp, and `erf` is
-//! the Abramowitz-Stegun 7.1.26 form PyTorch's vectorized CPU GELU uses (absolute error below
-//! 1.5e-7). The parity test against sentence-transformers bounds the end-to-end effect.
+//! the Abramowitz-Stegun 7.1.26 form PyTorch's vectorized CPU GELU uses (1.5e-7 in exact
+//! arithmetic, below 1e-6 as evaluated in f32). The parity test against sentence-transformers bounds the end-to-end effect.
 //!
 //! Other devices run the same arithmetic as candle tensor ops (see [`super::bert`]).
 
@@ -51,7 +51,11 @@ pub struct PackedAttention<'a> {
     pub head_dim: usize,
 }
 
-fn contiguous_f32<'s>(storage: &'s CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'s [f32]> {
+fn contiguous_f32<'s>(
+    storage: &'s CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> candle_core::Result<&'s [f32]> {
     let CpuStorage::F32(data) = storage else {
         candle_core::bail!("{op}: expects f32");
     };
@@ -132,7 +136,11 @@ impl CustomOp1 for PackedAttention<'_> {
         "memrl-packed-attention"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let qkv = contiguous_f32(storage, layout, self.name())?;
         let h = self.heads * self.head_dim;
         let t: usize = self.lengths.iter().sum();
@@ -167,7 +175,8 @@ pub(crate) mod simd {
         use std::sync::OnceLock;
         static DETECTED: OnceLock<bool> = OnceLock::new();
         *DETECTED.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
         })
     }
 
@@ -218,7 +227,11 @@ pub(crate) mod simd {
         let mean = sum_generic(row) / n;
         let mut acc = [0f32; LANES];
         let chunks = row.chunks_exact(LANES);
-        let mut var: f32 = chunks.remainder().iter().map(|&x| (x - mean) * (x - mean)).sum();
+        let mut var: f32 = chunks
+            .remainder()
+            .iter()
+            .map(|&x| (x - mean) * (x - mean))
+            .sum();
         for x in chunks {
             for l in 0..LANES {
                 acc[l] += (x[l] - mean) * (x[l] - mean);
@@ -243,34 +256,43 @@ pub(crate) mod simd {
     ) {
         let h = heads * d;
         let scale = 1.0 / (d as f32).sqrt();
-        // Per head: q, k, v gathered contiguous (bias added, q pre-scaled), then one row of
-        // scores at a time.
-        let mut q = vec![0f32; len * d];
-        let mut k = vec![0f32; len * d];
-        let mut v = vec![0f32; len * d];
-        let mut scores = vec![0f32; len];
-        for head in 0..heads {
-            let col = head * d;
-            for i in 0..len {
-                let row = &qkv[i * 3 * h..(i + 1) * 3 * h];
-                let (qs, ks, vs) = (&row[col..col + d], &row[h + col..h + col + d], &row[2 * h + col..2 * h + col + d]);
-                let (qb, kb, vb) = (&bias[col..col + d], &bias[h + col..h + col + d], &bias[2 * h + col..2 * h + col + d]);
+        // One pass over the text's rows gathers every head: q and v head-major `[heads, len, d]`
+        // and k transposed `[heads, d, len]`, bias added and q pre-scaled. A row of scores is then
+        // `d` multiply-adds along `len`, and the weighted sum of values `len` multiply-adds along
+        // `d`: both vectorize without horizontal sums.
+        let mut q = vec![0f32; heads * len * d];
+        let mut kt = vec![0f32; heads * d * len];
+        let mut v = vec![0f32; heads * len * d];
+        for i in 0..len {
+            let row = &qkv[i * 3 * h..(i + 1) * 3 * h];
+            for head in 0..heads {
+                let (col, dst) = (head * d, (head * len + i) * d);
                 for c in 0..d {
-                    q[i * d + c] = (qs[c] + qb[c]) * scale;
-                    k[i * d + c] = ks[c] + kb[c];
-                    v[i * d + c] = vs[c] + vb[c];
+                    q[dst + c] = (row[col + c] + bias[col + c]) * scale;
+                    v[dst + c] = row[2 * h + col + c] + bias[2 * h + col + c];
+                }
+                let kt_head = &mut kt[head * d * len..(head + 1) * d * len];
+                for c in 0..d {
+                    kt_head[c * len + i] = row[h + col + c] + bias[h + col + c];
                 }
             }
+        }
+        let mut scores = vec![0f32; len];
+        for head in 0..heads {
+            let (qh, vh) = (&q[head * len * d..], &v[head * len * d..]);
+            let kt_head = &kt[head * d * len..(head + 1) * d * len];
             for i in 0..len {
-                let qi = &q[i * d..(i + 1) * d];
-                for (j, s) in scores.iter_mut().enumerate() {
-                    *s = dot_generic(qi, &k[j * d..(j + 1) * d]);
+                scores.fill(0.0);
+                for (c, &qc) in qh[i * d..(i + 1) * d].iter().enumerate() {
+                    for (s, &k) in scores.iter_mut().zip(&kt_head[c * len..(c + 1) * len]) {
+                        *s += qc * k;
+                    }
                 }
                 softmax_generic(&mut scores);
-                let o = &mut out[i * h + col..i * h + col + d];
+                let o = &mut out[i * h + head * d..i * h + (head + 1) * d];
                 o.fill(0.0);
                 for (j, &p) in scores.iter().enumerate() {
-                    for (oc, vc) in o.iter_mut().zip(&v[j * d..(j + 1) * d]) {
+                    for (oc, vc) in o.iter_mut().zip(&vh[j * d..(j + 1) * d]) {
                         *oc += p * vc;
                     }
                 }
@@ -279,19 +301,6 @@ pub(crate) mod simd {
     }
 
     const LANES: usize = 8;
-
-    #[inline(always)]
-    fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
-        let mut acc = [0f32; LANES];
-        let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-        let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-        for (x, y) in ac.zip(bc) {
-            for l in 0..LANES {
-                acc[l] += x[l] * y[l];
-            }
-        }
-        acc.iter().sum::<f32>() + tail
-    }
 
     #[inline(always)]
     fn sum_generic(a: &[f32]) -> f32 {
@@ -308,7 +317,21 @@ pub(crate) mod simd {
 
     #[inline(always)]
     fn softmax_generic(x: &mut [f32]) {
-        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        // Lane-wise max (f32::max's NaN rule keeps a fold scalar); NaN scores stay NaN anyway.
+        let mut lanes = [f32::NEG_INFINITY; LANES];
+        let chunks = x.chunks_exact(LANES);
+        let mut max = chunks
+            .remainder()
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+        for c in chunks {
+            for l in 0..LANES {
+                lanes[l] = if c[l] > lanes[l] { c[l] } else { lanes[l] };
+            }
+        }
+        for l in lanes {
+            max = if l > max { l } else { max };
+        }
         for v in x.iter_mut() {
             *v = exp(*v - max);
         }
@@ -341,11 +364,16 @@ pub(crate) mod simd {
             + r * (1.0
                 + r * (0.5
                     + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-        let bits = (shifted.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127)) << 23;
+        let bits = (shifted
+            .to_bits()
+            .wrapping_sub(0x4B40_0000)
+            .wrapping_add(127))
+            << 23;
         p * f32::from_bits(bits)
     }
 
-    /// erf by Abramowitz and Stegun 7.1.26 (absolute error below 1.5e-7).
+    /// erf by Abramowitz and Stegun 7.1.26 (absolute error 1.5e-7 in exact arithmetic, below
+    /// 1e-6 in f32).
     #[inline(always)]
     pub fn erf(x: f32) -> f32 {
         let a = x.abs();
@@ -382,7 +410,7 @@ pub(crate) mod simd {
                 let exact = erf_reference(x);
                 worst = worst.max((erf(x as f32) as f64 - exact).abs());
             }
-            assert!(worst < 3e-7, "worst absolute error {worst}");
+            assert!(worst < 1e-6, "worst absolute error {worst}");
         }
 
         /// erf(x) = 2/sqrt(pi) * integral_0^x e^(-t^2) dt, by Simpson's rule on 2000 panels.
@@ -398,11 +426,8 @@ pub(crate) mod simd {
         }
 
         #[test]
-        fn softmax_dot_and_sum_match_plain_loops() {
+        fn softmax_and_sum_match_plain_loops() {
             let a: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin()).collect();
-            let b: Vec<f32> = (0..37).map(|i| (i as f32 * 0.11).cos()).collect();
-            let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-            assert!((dot_generic(&a, &b) - plain).abs() < 1e-5);
             assert!((sum_generic(&a) - a.iter().sum::<f32>()).abs() < 1e-5);
             let mut s = a.clone();
             softmax_generic(&mut s);

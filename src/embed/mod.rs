@@ -36,7 +36,7 @@ use crate::models::{Pooling, ResolvedModel};
 use bert::{BertEncoder, ComputePath, Config, PackedBatch};
 
 /// Default token budget per forward pass (tokens, counted with padding to the chunk's longest).
-pub const DEFAULT_BATCH_TOKENS: usize = 8192;
+pub const DEFAULT_BATCH_TOKENS: usize = 2048;
 
 /// The result of [`Embedder::embed`].
 #[derive(Debug, Clone)]

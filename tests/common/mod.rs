@@ -317,3 +317,4 @@ pub fn state(bank: &Bank) -> Vec<(memrl::Memory, Vec<u32>, Vec<u64>)> {
     out.sort_by_key(|(m, _, _)| m.id);
     out
 }
+pub mod tiny_model;
