@@ -157,7 +157,9 @@ fn layer_norm(vb: &VarBuilder, dim: usize, eps: f64) -> candle_core::Result<Laye
 impl BertEncoder {
     /// Loads the weights of a BERT checkpoint (with or without a `bert.` prefix).
     pub fn load(vb: VarBuilder, config: &Config) -> Result<Self> {
-        if config.hidden_size % config.num_attention_heads != 0 {
+        if config.num_attention_heads == 0
+            || !config.hidden_size.is_multiple_of(config.num_attention_heads)
+        {
             return Err(Error::Model {
                 path: "config.json".into(),
                 problem: format!(

@@ -11,7 +11,8 @@
 //!   (bias included), parallel over (text, head) pairs.
 //!
 //! `exp` and `erf` are branch-free polynomial approximations that the compiler vectorizes
-//! (AVX2+FMA when the CPU has it, chosen at run time): `exp` is exact to ~1 ulp, and `erf` is
+//! (AVX-512 or AVX2+FMA when the CPU has them, chosen at run time): `exp` is exact to ~1 ulp,
+//! and `erf` is
 //! the Abramowitz-Stegun 7.1.26 form PyTorch's vectorized CPU GELU uses (1.5e-7 in exact
 //! arithmetic, below 1e-6 as evaluated in f32). The parity test against sentence-transformers bounds the end-to-end effect.
 //!
@@ -167,34 +168,59 @@ impl CustomOp1 for PackedAttention<'_> {
     }
 }
 
-/// Vectorizable math, compiled twice: for the baseline target and for AVX2+FMA, picked once at
-/// run time.
+/// Vectorizable math, compiled three times: for the baseline target, AVX2+FMA and AVX-512,
+/// picked once at run time.
 pub(crate) mod simd {
+    /// The widest instruction set this CPU offers our kernels, detected once.
     #[cfg(target_arch = "x86_64")]
-    fn has_avx2_fma() -> bool {
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Level {
+        Baseline,
+        Avx2,
+        Avx512,
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn level() -> Level {
+        use std::arch::is_x86_feature_detected as has;
         use std::sync::OnceLock;
-        static DETECTED: OnceLock<bool> = OnceLock::new();
+        static DETECTED: OnceLock<Level> = OnceLock::new();
         *DETECTED.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
+            if has!("avx512f") && has!("avx2") && has!("fma") {
+                Level::Avx512
+            } else if has!("avx2") && has!("fma") {
+                Level::Avx2
+            } else {
+                Level::Baseline
+            }
         })
     }
 
-    /// Defines `pub fn $name` that runs `$generic` under AVX2+FMA when available.
+    /// Defines `pub fn $name` that runs `$generic` compiled for AVX-512 or AVX2+FMA when the
+    /// CPU has them (the compiler vectorizes the same plain loops wider), else as is.
     macro_rules! dispatch {
-        ($(fn $name:ident / $avx:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty = $generic:ident;)*) => {$(
+        ($(fn $name:ident / $avx:ident, $avx512:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty = $generic:ident;)*) => {$(
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
             unsafe fn $avx($($arg: $ty),*) -> $ret {
                 $generic($($arg),*)
             }
 
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn $avx512($($arg: $ty),*) -> $ret {
+                $generic($($arg),*)
+            }
+
             #[inline]
             pub fn $name($($arg: $ty),*) -> $ret {
                 #[cfg(target_arch = "x86_64")]
-                if has_avx2_fma() {
-                    // SAFETY: the CPU supports AVX2 and FMA (checked at run time above).
-                    return unsafe { $avx($($arg),*) };
+                match level() {
+                    // SAFETY: the CPU has these features (detected at run time in `level`).
+                    Level::Avx512 => return unsafe { $avx512($($arg),*) },
+                    // SAFETY: as above.
+                    Level::Avx2 => return unsafe { $avx($($arg),*) },
+                    Level::Baseline => {}
                 }
                 $generic($($arg),*)
             }
@@ -202,11 +228,11 @@ pub(crate) mod simd {
     }
 
     dispatch! {
-        fn bias_gelu / bias_gelu_avx2(x: &mut [f32], bias: &[f32]) -> () = bias_gelu_generic;
-        fn bias_residual_norm / bias_residual_norm_avx2(
+        fn bias_gelu / bias_gelu_avx2, bias_gelu_avx512(x: &mut [f32], bias: &[f32]) -> () = bias_gelu_generic;
+        fn bias_residual_norm / bias_residual_norm_avx2, bias_residual_norm_avx512(
             row: &mut [f32], residual: &[f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32
         ) -> () = bias_residual_norm_generic;
-        fn attend_text / attend_text_avx2(
+        fn attend_text / attend_text_avx2, attend_text_avx512(
             qkv: &[f32], bias: &[f32], len: usize, heads: usize, d: usize, out: &mut [f32]
         ) -> () = attend_text_generic;
     }
@@ -256,12 +282,12 @@ pub(crate) mod simd {
     ) {
         let h = heads * d;
         let scale = 1.0 / (d as f32).sqrt();
-        // One pass over the text's rows gathers every head: q and v head-major `[heads, len, d]`
-        // and k transposed `[heads, d, len]`, bias added and q pre-scaled. A row of scores is then
-        // `d` multiply-adds along `len`, and the weighted sum of values `len` multiply-adds along
-        // `d`: both vectorize without horizontal sums.
+        // One pass over the text's rows gathers every head into head-major `[heads, len, d]`
+        // q, k and v, bias added and q pre-scaled. Then per head two small matrix products
+        // (scores = q k^T, context = softmax(scores) v) run on the same GEMM kernels as the
+        // linear layers, single-threaded: texts already run in parallel.
         let mut q = vec![0f32; heads * len * d];
-        let mut kt = vec![0f32; heads * d * len];
+        let mut k = vec![0f32; heads * len * d];
         let mut v = vec![0f32; heads * len * d];
         for i in 0..len {
             let row = &qkv[i * 3 * h..(i + 1) * 3 * h];
@@ -269,34 +295,91 @@ pub(crate) mod simd {
                 let (col, dst) = (head * d, (head * len + i) * d);
                 for c in 0..d {
                     q[dst + c] = (row[col + c] + bias[col + c]) * scale;
+                    k[dst + c] = row[h + col + c] + bias[h + col + c];
                     v[dst + c] = row[2 * h + col + c] + bias[2 * h + col + c];
-                }
-                let kt_head = &mut kt[head * d * len..(head + 1) * d * len];
-                for c in 0..d {
-                    kt_head[c * len + i] = row[h + col + c] + bias[h + col + c];
                 }
             }
         }
-        let mut scores = vec![0f32; len];
+        let mut scores = vec![0f32; len * len];
         for head in 0..heads {
-            let (qh, vh) = (&q[head * len * d..], &v[head * len * d..]);
-            let kt_head = &kt[head * d * len..(head + 1) * d * len];
-            for i in 0..len {
-                scores.fill(0.0);
-                for (c, &qc) in qh[i * d..(i + 1) * d].iter().enumerate() {
-                    for (s, &k) in scores.iter_mut().zip(&kt_head[c * len..(c + 1) * len]) {
-                        *s += qc * k;
-                    }
-                }
-                softmax_generic(&mut scores);
-                let o = &mut out[i * h + head * d..i * h + (head + 1) * d];
-                o.fill(0.0);
-                for (j, &p) in scores.iter().enumerate() {
-                    for (oc, vc) in o.iter_mut().zip(&vh[j * d..(j + 1) * d]) {
-                        *oc += p * vc;
-                    }
-                }
+            let block = head * len * d..(head + 1) * len * d;
+            let (qh, kh, vh) = (&q[block.clone()], &k[block.clone()], &v[block]);
+            matmul(&mut scores, len, 1, qh, d, 1, kh, 1, d, len, len, d);
+            for row in scores.chunks_exact_mut(len) {
+                softmax_generic(row);
             }
+            // Output rows are `h` apart; this head's columns start at `head * d`.
+            matmul(
+                &mut out[head * d..],
+                h,
+                1,
+                &scores,
+                len,
+                1,
+                vh,
+                d,
+                1,
+                len,
+                d,
+                len,
+            );
+        }
+    }
+
+    /// `dst[m x n] = lhs[m x k] * rhs[k x n]` with the given row and column strides, one thread.
+    /// Checks that every element each operand's strides reach lies inside its slice, so the
+    /// unsafe call below cannot read or write out of bounds.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn matmul(
+        dst: &mut [f32],
+        dst_rs: usize,
+        dst_cs: usize,
+        lhs: &[f32],
+        lhs_rs: usize,
+        lhs_cs: usize,
+        rhs: &[f32],
+        rhs_rs: usize,
+        rhs_cs: usize,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) {
+        let last =
+            |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+        if m == 0 || n == 0 || k == 0 {
+            return;
+        }
+        assert!(
+            last(m, n, dst_rs, dst_cs) < dst.len()
+                && last(m, k, lhs_rs, lhs_cs) < lhs.len()
+                && last(k, n, rhs_rs, rhs_cs) < rhs.len(),
+            "attention matmul operands out of bounds"
+        );
+        // SAFETY: the assert above bounds every index gemm reaches through these strides, and
+        // `dst` is borrowed mutably, so it does not alias `lhs` or `rhs`.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                dst_cs as isize,
+                dst_rs as isize,
+                false,
+                lhs.as_ptr(),
+                lhs_cs as isize,
+                lhs_rs as isize,
+                rhs.as_ptr(),
+                rhs_cs as isize,
+                rhs_rs as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
         }
     }
 
@@ -423,6 +506,62 @@ pub(crate) mod simd {
                 s += f(i as f64 * h) * if i % 2 == 1 { 4.0 } else { 2.0 };
             }
             s * h / 3.0 * 2.0 / std::f64::consts::PI.sqrt()
+        }
+
+        /// Every tier this CPU can run computes what the baseline build computes.
+        #[test]
+        fn each_instruction_set_tier_agrees_with_the_baseline() {
+            let (len, heads, d) = (19, 3, 8);
+            let h = heads * d;
+            let wave =
+                |n: usize, f: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * f).sin()).collect() };
+            let (qkv, bias3) = (wave(len * 3 * h, 0.37), wave(3 * h, 0.11));
+            let (row, res, bias, gamma, beta) = (
+                wave(50, 0.3),
+                wave(50, 0.7),
+                wave(50, 0.2),
+                wave(50, 0.5),
+                wave(50, 0.9),
+            );
+            let base_att = {
+                let mut o = vec![0f32; len * h];
+                attend_text_generic(&qkv, &bias3, len, heads, d, &mut o);
+                o
+            };
+            let mut base_gelu = row.clone();
+            bias_gelu_generic(&mut base_gelu, &bias);
+            let mut base_norm = row.clone();
+            bias_residual_norm_generic(&mut base_norm, &res, &bias, &gamma, &beta, 1e-12);
+            let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5);
+            let mut tiers = 0;
+            #[cfg(target_arch = "x86_64")]
+            for tier in [Level::Avx2, Level::Avx512] {
+                if level() == Level::Baseline || (tier == Level::Avx512 && level() != Level::Avx512)
+                {
+                    continue;
+                }
+                tiers += 1;
+                let (mut att, mut gelu, mut norm) = (vec![0f32; len * h], row.clone(), row.clone());
+                // SAFETY: only tiers the CPU supports are run (checked above).
+                unsafe {
+                    match tier {
+                        Level::Avx2 => {
+                            attend_text_avx2(&qkv, &bias3, len, heads, d, &mut att);
+                            bias_gelu_avx2(&mut gelu, &bias);
+                            bias_residual_norm_avx2(&mut norm, &res, &bias, &gamma, &beta, 1e-12);
+                        }
+                        _ => {
+                            attend_text_avx512(&qkv, &bias3, len, heads, d, &mut att);
+                            bias_gelu_avx512(&mut gelu, &bias);
+                            bias_residual_norm_avx512(&mut norm, &res, &bias, &gamma, &beta, 1e-12);
+                        }
+                    }
+                }
+                assert!(
+                    close(&att, &base_att) && close(&gelu, &base_gelu) && close(&norm, &base_norm)
+                );
+            }
+            eprintln!("checked {tiers} vector tiers against the baseline");
         }
 
         #[test]
