@@ -158,7 +158,9 @@ impl BertEncoder {
     /// Loads the weights of a BERT checkpoint (with or without a `bert.` prefix).
     pub fn load(vb: VarBuilder, config: &Config) -> Result<Self> {
         if config.num_attention_heads == 0
-            || !config.hidden_size.is_multiple_of(config.num_attention_heads)
+            || !config
+                .hidden_size
+                .is_multiple_of(config.num_attention_heads)
         {
             return Err(Error::Model {
                 path: "config.json".into(),

@@ -61,7 +61,7 @@ pub fn dyadic_unit(pattern: u64) -> Vec<f32> {
         positions.swap(i, j);
     }
     let sign = |rng: &mut Rng| if rng.next_u64() & 1 == 0 { 1.0 } else { -1.0 };
-    if rng.next_u64() % 3 == 0 {
+    if rng.next_u64().is_multiple_of(3) {
         for &p in &positions[..4] {
             v[p] = 0.5 * sign(&mut rng);
         }
