@@ -364,6 +364,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn embedder_is_shared_across_threads() {
+        // Agents share one embedder (one copy of the weights); `embed` takes `&self`.
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Embedder>();
+    }
+
+    #[test]
     fn chunks_respect_the_budget_and_cover_every_text_once() {
         let lengths = [5, 40, 3, 40, 12, 7, 300];
         let order = length_order(&lengths);
