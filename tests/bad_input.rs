@@ -3,10 +3,10 @@
 mod common;
 
 use common::state;
-use memrl::{Bank, BankConfig, Device, Error, NewMemory, RetrievalConfig};
+use memrl::{Bank, BankConfig, Error, NewMemory, RetrievalConfig};
 
 fn bank() -> Bank {
-    let mut b = Bank::new(BankConfig::new(3, "bad"), &Device::Cpu).unwrap();
+    let mut b = Bank::new(BankConfig::new(3, "bad"), &common::device()).unwrap();
     b.add(NewMemory {
         id: Some(7),
         embedding: vec![1.0, 0.0, 0.0],
@@ -34,7 +34,7 @@ fn wrong_dimension_is_refused() {
         ),
         "{e}"
     );
-    let q = candle_core::Tensor::zeros((2, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let q = candle_core::Tensor::zeros((2, 5), candle_core::DType::F32, &common::device()).unwrap();
     let e = b.retrieve(&q, &RetrievalConfig::default()).unwrap_err();
     assert!(
         matches!(

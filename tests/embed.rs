@@ -104,7 +104,7 @@ fn max_abs(a: &[f32], b: &[f32]) -> f32 {
 fn tiny(pooling: TinyPooling, max_seq: Option<usize>) -> (tempfile::TempDir, Embedder) {
     let dir = tempfile::tempdir().unwrap();
     tiny_model::write(dir.path(), pooling, max_seq, 42);
-    let embedder = Embedder::from_dir(dir.path(), "tiny", &Device::Cpu).unwrap();
+    let embedder = Embedder::from_dir(dir.path(), "tiny", &common::device()).unwrap();
     (dir, embedder)
 }
 
@@ -315,7 +315,7 @@ fn embeddings_go_straight_into_a_bank() {
     let (_dir, embedder) = tiny(TinyPooling::Mean, Some(24));
     let mut bank = memrl::Bank::new(
         memrl::BankConfig::new(embedder.dim(), embedder.name()),
-        &Device::Cpu,
+        &common::device(),
     )
     .unwrap();
     let intents = ["parse the date", "fix the bug in the test", "hello world"];

@@ -6,6 +6,8 @@
 
 use std::path::PathBuf;
 
+mod common;
+
 use memrl::embed::bert::ComputePath;
 use memrl::embed::Embedder;
 use memrl::models::{resolve, ResolveOptions};
@@ -32,7 +34,7 @@ fn embedder() -> Embedder {
         model.verified,
         "{MODEL} must be verified against the registry"
     );
-    Embedder::load(&model, &memrl::Device::Cpu).expect("load all-MiniLM-L6-v2")
+    Embedder::load(&model, &common::device()).expect("load all-MiniLM-L6-v2")
 }
 
 struct Reference {

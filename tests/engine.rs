@@ -3,15 +3,17 @@
 use std::sync::Arc;
 use std::thread;
 
+mod common;
+
 use memrl::rng::SplitMix64;
-use memrl::{BankConfig, Device, Engine, NewMemory, Outcome, RetrievalConfig};
+use memrl::{BankConfig, Engine, NewMemory, Outcome, RetrievalConfig};
 
 #[test]
 fn readers_and_writers_share_one_engine_without_lost_updates() {
     let dim = 16;
     let mut config = BankConfig::new(dim, "threads");
     config.dedup_sim = 1.0;
-    let engine = Arc::new(Engine::new(config, &Device::Cpu).unwrap());
+    let engine = Arc::new(Engine::new(config, &common::device()).unwrap());
     let mut rng = SplitMix64::new(3);
     let ids = engine
         .add_many(

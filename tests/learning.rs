@@ -3,13 +3,13 @@
 mod common;
 
 use common::{state, Rng};
-use memrl::{Bank, BankConfig, Device, Error, LearningConfig, NewMemory, Outcome};
+use memrl::{Bank, BankConfig, Error, LearningConfig, NewMemory, Outcome};
 use proptest::prelude::*;
 
 fn bank_with(n: usize, q: f32) -> (Bank, Vec<u64>) {
     let mut config = BankConfig::new(2, "learn");
     config.dedup_sim = 1.0;
-    let mut bank = Bank::new(config, &Device::Cpu).unwrap();
+    let mut bank = Bank::new(config, &common::device()).unwrap();
     let ids = bank
         .add_many(
             (0..n)
@@ -78,7 +78,7 @@ fn bernoulli_rewards_drive_q_to_the_mean() {
 fn every_injected_memory_gets_the_reward_and_new_memories_start_at_q_init() {
     let mut config = BankConfig::new(2, "learn");
     config.dedup_sim = 1.0;
-    let mut bank = Bank::new(config, &Device::Cpu).unwrap();
+    let mut bank = Bank::new(config, &common::device()).unwrap();
     bank.set_learning_config(LearningConfig {
         alpha: 0.5,
         q_init: 0.25,

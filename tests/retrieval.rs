@@ -3,7 +3,7 @@
 mod common;
 
 use common::{assert_hits_match, dyadic_unit, random_unit, RefBank, Rng};
-use memrl::{Bank, BankConfig, Device, KeyDType, NewMemory, RetrievalConfig, ZSim};
+use memrl::{Bank, BankConfig, KeyDType, NewMemory, RetrievalConfig, ZSim};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -82,7 +82,7 @@ fn build(case: &Case) -> (Bank, RefBank) {
     let mut config = BankConfig::new(16, "dyadic");
     config.dtype = case.dtype;
     config.dedup_sim = case.dedup_sim;
-    let mut bank = Bank::new(config, &Device::Cpu).unwrap();
+    let mut bank = Bank::new(config, &common::device()).unwrap();
     let mut reference = RefBank::new(case.dedup_sim);
     let mut batch = Vec::new();
     for (i, &(pattern, q)) in case.memories.iter().enumerate() {
@@ -136,7 +136,7 @@ fn exact_ties_follow_similarity_then_id() {
     // so the order must be by id ascending; one more key with a lower similarity comes after.
     let mut config = BankConfig::new(2, "ties");
     config.dedup_sim = 1.0;
-    let mut bank = Bank::new(config, &Device::Cpu).unwrap();
+    let mut bank = Bank::new(config, &common::device()).unwrap();
     for id in [50u64, 10, 40, 20, 30] {
         bank.add(NewMemory {
             id: Some(id),
@@ -176,7 +176,7 @@ fn exact_ties_follow_similarity_then_id() {
 
 #[test]
 fn edge_cases_of_the_pool() {
-    let mut bank = Bank::new(BankConfig::new(2, "edge"), &Device::Cpu).unwrap();
+    let mut bank = Bank::new(BankConfig::new(2, "edge"), &common::device()).unwrap();
     let cfg = RetrievalConfig::default();
     // Empty bank: no hits, not an error.
     assert_eq!(
@@ -220,7 +220,7 @@ fn utility_reorders_lookalikes() {
     // weighs more (lambda 0.75): the point of the whole engine. In a pool of two both z-scores
     // are +-1, so at lambda 0.5 the scores tie exactly and the tie rule (higher similarity) picks
     // the look-alike.
-    let mut bank = Bank::new(BankConfig::new(2, "toy"), &Device::Cpu).unwrap();
+    let mut bank = Bank::new(BankConfig::new(2, "toy"), &common::device()).unwrap();
     let lookalike = bank
         .add(NewMemory {
             embedding: vec![1.0, 0.05],
@@ -261,7 +261,7 @@ fn random_vectors_large_bank_agree_with_the_reference_across_tiles() {
     let mut rng = Rng(99);
     let mut config = BankConfig::new(dim, "random");
     config.dedup_sim = 1.0;
-    let mut bank = Bank::new(config, &Device::Cpu).unwrap();
+    let mut bank = Bank::new(config, &common::device()).unwrap();
     let mut reference = RefBank::new(1.0);
     let mut batch = Vec::new();
     for id in 0..n as u64 {
@@ -298,7 +298,7 @@ fn random_vectors_large_bank_agree_with_the_reference_across_tiles() {
 
 #[test]
 fn shared_intents_pool_every_member() {
-    let mut bank = Bank::new(BankConfig::new(3, "share"), &Device::Cpu).unwrap();
+    let mut bank = Bank::new(BankConfig::new(3, "share"), &common::device()).unwrap();
     let ids = bank
         .add_many(vec![
             NewMemory {
@@ -349,7 +349,7 @@ fn removal_in_any_order_keeps_invariants() {
     let mut rng = Rng(5);
     let mut config = BankConfig::new(16, "remove");
     config.dedup_sim = 0.9;
-    let mut bank = Bank::new(config, &Device::Cpu).unwrap();
+    let mut bank = Bank::new(config, &common::device()).unwrap();
     let ids = bank
         .add_many(
             (0..200)

@@ -4,12 +4,12 @@ mod common;
 
 use common::{dyadic_unit, state};
 use memrl::snapshot::{self, LoadOptions};
-use memrl::{Bank, BankConfig, Device, Error, KeyDType, NewMemory, Outcome, RetrievalConfig, ZSim};
+use memrl::{Bank, BankConfig, Error, KeyDType, NewMemory, Outcome, RetrievalConfig, ZSim};
 
 fn small_bank(dtype: KeyDType) -> Bank {
     let mut config = BankConfig::new(16, "test/model");
     config.dtype = dtype;
-    let mut bank = Bank::new(config, &Device::Cpu).unwrap();
+    let mut bank = Bank::new(config, &common::device()).unwrap();
     bank.set_retrieval_config(RetrievalConfig {
         k1: 7,
         delta: 0.3,
@@ -65,7 +65,7 @@ fn round_trip_is_bit_exact() {
     for dtype in [KeyDType::F32, KeyDType::F16, KeyDType::Bf16] {
         let bank = small_bank(dtype);
         let path = save_to(&bank, &dir, "bank.safetensors");
-        let loaded = snapshot::load(&path, &Device::Cpu, &LoadOptions::default()).unwrap();
+        let loaded = snapshot::load(&path, &common::device(), &LoadOptions::default()).unwrap();
         loaded.debug_check().unwrap();
         assert_eq!(state(&loaded), state(&bank));
         assert_eq!(loaded.config(), bank.config());
@@ -84,7 +84,7 @@ fn round_trip_is_bit_exact() {
         );
         // And a second generation is still the same bank.
         let again = save_to(&loaded, &dir, "again.safetensors");
-        let reloaded = snapshot::load(&again, &Device::Cpu, &LoadOptions::default()).unwrap();
+        let reloaded = snapshot::load(&again, &common::device(), &LoadOptions::default()).unwrap();
         assert_eq!(state(&reloaded), state(&bank), "{dtype:?}");
     }
 }
@@ -92,9 +92,9 @@ fn round_trip_is_bit_exact() {
 #[test]
 fn empty_bank_round_trips() {
     let dir = tempfile::tempdir().unwrap();
-    let bank = Bank::new(BankConfig::new(4, "m"), &Device::Cpu).unwrap();
+    let bank = Bank::new(BankConfig::new(4, "m"), &common::device()).unwrap();
     let path = save_to(&bank, &dir, "empty.safetensors");
-    let loaded = snapshot::load(&path, &Device::Cpu, &LoadOptions::default()).unwrap();
+    let loaded = snapshot::load(&path, &common::device(), &LoadOptions::default()).unwrap();
     assert_eq!(
         (loaded.len(), loaded.num_intents(), loaded.config().dim),
         (0, 0, 4)
@@ -112,7 +112,7 @@ fn every_flipped_bit_and_every_truncation_is_an_error() {
         for bit in 0..8 {
             let mut bad = good.clone();
             bad[pos] ^= 1 << bit;
-            match snapshot::load_bytes(&bad, &Device::Cpu, &opts) {
+            match snapshot::load_bytes(&bad, &common::device(), &opts) {
                 Err(Error::CorruptSnapshot { .. }) | Err(Error::SnapshotMismatch { .. }) => {
                     checked += 1
                 }
@@ -124,7 +124,7 @@ fn every_flipped_bit_and_every_truncation_is_an_error() {
     for len in 0..good.len() {
         assert!(
             matches!(
-                snapshot::load_bytes(&good[..len], &Device::Cpu, &opts),
+                snapshot::load_bytes(&good[..len], &common::device(), &opts),
                 Err(Error::CorruptSnapshot { .. })
             ),
             "truncated to {len} bytes"
@@ -132,12 +132,12 @@ fn every_flipped_bit_and_every_truncation_is_an_error() {
     }
     let mut longer = good.clone();
     longer.push(0);
-    assert!(snapshot::load_bytes(&longer, &Device::Cpu, &opts).is_err());
+    assert!(snapshot::load_bytes(&longer, &common::device(), &opts).is_err());
     // The file on disk goes through the same checks.
     let target = dir.path().join("bad.safetensors");
     std::fs::write(&target, &good[..good.len() / 2]).unwrap();
     assert!(matches!(
-        snapshot::load(&target, &Device::Cpu, &opts),
+        snapshot::load(&target, &common::device(), &opts),
         Err(Error::CorruptSnapshot { .. })
     ));
     assert_eq!(checked, good.len() * 8);
@@ -147,7 +147,7 @@ fn every_flipped_bit_and_every_truncation_is_an_error() {
 fn another_version_model_or_dimension_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = save_to(&small_bank(KeyDType::F32), &dir, "bank.safetensors");
-    let mismatch = |opts: LoadOptions| match snapshot::load(&path, &Device::Cpu, &opts) {
+    let mismatch = |opts: LoadOptions| match snapshot::load(&path, &common::device(), &opts) {
         Err(Error::SnapshotMismatch {
             field,
             found,
@@ -187,7 +187,7 @@ fn another_version_model_or_dimension_is_refused() {
     let mut changed = bytes.clone();
     changed[at + needle.len() - 2] = b'2';
     std::fs::write(&future, &changed).unwrap();
-    match snapshot::load(&future, &Device::Cpu, &LoadOptions::default()) {
+    match snapshot::load(&future, &common::device(), &LoadOptions::default()) {
         Err(Error::SnapshotMismatch {
             field: "format_version",
             found,
@@ -202,7 +202,7 @@ fn missing_file_and_failed_save_leave_everything_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.safetensors");
     assert!(matches!(
-        snapshot::load(&missing, &Device::Cpu, &LoadOptions::default()),
+        snapshot::load(&missing, &common::device(), &LoadOptions::default()),
         Err(Error::Io { .. })
     ));
     // Saving over an existing snapshot replaces it whole, and leaves no temporary file.
@@ -217,7 +217,7 @@ fn missing_file_and_failed_save_leave_everything_in_place() {
         .unwrap();
     snapshot::save(&bigger, &path).unwrap();
     assert_eq!(
-        snapshot::load(&path, &Device::Cpu, &LoadOptions::default())
+        snapshot::load(&path, &common::device(), &LoadOptions::default())
             .unwrap()
             .len(),
         4
@@ -241,7 +241,7 @@ fn engine_save_and_load_through_the_facade() {
     engine.save(&path).unwrap();
     let loaded = memrl::Engine::load(
         &path,
-        &Device::Cpu,
+        &common::device(),
         &LoadOptions {
             expect_model: Some("test/model".into()),
             expect_dim: Some(16),

@@ -2,7 +2,18 @@
 //! and generators of exactly representable unit vectors.
 #![allow(dead_code)]
 
-use memrl::{Bank, Hit, RetrievalConfig, ZSim};
+use memrl::{Bank, Device, Hit, RetrievalConfig, ZSim};
+
+/// The device the engine runs on in these tests: `MEMRL_TEST_DEVICE` (`cpu`, `cuda`, `cuda:N`,
+/// `metal`), CPU when unset. The references stay on the CPU, so on a GPU every test compares the
+/// device's results with the CPU's (`MEMRL_TEST_DEVICE=cuda cargo test --features cuda`).
+pub fn device() -> Device {
+    let spec = std::env::var("MEMRL_TEST_DEVICE").unwrap_or_else(|_| "cpu".to_string());
+    match memrl::device::parse_device(&spec) {
+        Ok(device) => device,
+        Err(e) => panic!("MEMRL_TEST_DEVICE={spec}: {e}"),
+    }
+}
 
 /// SplitMix64, written again from the published algorithm so the reference does not share code
 /// with the engine.
