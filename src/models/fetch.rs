@@ -524,19 +524,23 @@ mod tests {
         );
     }
 
+    /// No hub, and an empty hub cache, so a real cache on this machine cannot answer.
+    fn offline_options(cache: &Path, mirror: bool, python: &str) -> ResolveOptions {
+        ResolveOptions {
+            local_dir: None,
+            hf_cache: cache.join("hf"),
+            cache_dir: cache.to_path_buf(),
+            hub: false,
+            mirror,
+            allow_unverified: false,
+            python: python.into(),
+        }
+    }
+
     #[test]
     fn unreachable_sources_fall_through_and_the_error_lists_each() {
         let cache = tempfile::tempdir().unwrap();
-        let options = ResolveOptions {
-            local_dir: None,
-            // An empty hub cache, so a real cache on this machine cannot answer.
-            hf_cache: cache.path().join("hf"),
-            cache_dir: cache.path().to_path_buf(),
-            hub: false,
-            mirror: false,
-            allow_unverified: false,
-            python: "python3".into(),
-        };
+        let options = offline_options(cache.path(), false, "python3");
         let mut lines = Vec::new();
         let err = resolve("all-MiniLM-L6-v2", &options, &mut |l| {
             lines.push(l.to_string())
@@ -558,16 +562,7 @@ mod tests {
     #[test]
     fn a_missing_python_is_one_clear_line() {
         let cache = tempfile::tempdir().unwrap();
-        let options = ResolveOptions {
-            local_dir: None,
-            // An empty hub cache, so a real cache on this machine cannot answer.
-            hf_cache: cache.path().join("hf"),
-            cache_dir: cache.path().to_path_buf(),
-            hub: false,
-            mirror: true,
-            allow_unverified: false,
-            python: "/nonexistent/python3".into(),
-        };
+        let options = offline_options(cache.path(), true, "/nonexistent/python3");
         let mut lines = Vec::new();
         let err = resolve("all-MiniLM-L6-v2", &options, &mut |l| {
             lines.push(l.to_string())
