@@ -1,8 +1,9 @@
 //! Phase A's similarity scan: queries against every intent key, in tiles, with a running top-k.
 //!
 //! Invariants:
-//! - Memory: only one `B x tile_rows` score tile exists at a time (about `TILE_SCORE_BYTES`), never
-//!   the whole `B x N` matrix, so a batch of 256 queries over 1M keys stays small.
+//! - Memory: only one `B x tile_rows` score tile exists at a time (about `TILE_SCORE_BYTES` on the
+//!   CPU, `GPU_TILE_SCORE_BYTES` elsewhere), never the whole `B x N` matrix beyond that, so a
+//!   batch of 256 queries over 1M keys stays small on the CPU.
 //! - Order: the running best list is sorted by (similarity desc, key row asc). Each tile's top-k
 //!   has global rows above every row already kept, and is concatenated after the running list,
 //!   so on equal similarity the merge's "lower position" is "lower row": the tie rule holds across
@@ -15,8 +16,11 @@ use rayon::prelude::*;
 use super::topk::{merge_sorted, topk_indices, topk_row};
 use crate::error::Result;
 
-/// Target size of one score tile, in bytes.
+/// Target size of one score tile, in bytes, on the CPU: small enough to stay near the caches.
 const TILE_SCORE_BYTES: usize = 16 << 20;
+/// The same on a GPU: each tile costs a dozen launches of top-k and merge, so tiles are as large
+/// as memory comfortably allows (1M keys x 256 queries in one tile).
+const GPU_TILE_SCORE_BYTES: usize = 1 << 30;
 /// Smallest tile worth a matmul call.
 const MIN_TILE_ROWS: usize = 4096;
 /// Up to this many queries, an f32 or f16 bank on the CPU is scanned by the fused loop below: a
@@ -71,7 +75,12 @@ pub(crate) fn top_keys(queries: &Tensor, keys: &Tensor, k: usize) -> Result<TopK
         .to_device(keys.device())?
         .to_dtype(keys.dtype())?
         .contiguous()?;
-    let tile_rows = (TILE_SCORE_BYTES / (4 * b)).max(MIN_TILE_ROWS).min(n);
+    let tile_bytes = if keys.device().is_cpu() {
+        TILE_SCORE_BYTES
+    } else {
+        GPU_TILE_SCORE_BYTES
+    };
+    let tile_rows = (tile_bytes / (4 * b)).max(MIN_TILE_ROWS).min(n);
     let mut best: Option<(Tensor, Tensor)> = None;
     let mut start = 0;
     while start < n {

@@ -11,7 +11,10 @@
 //! O(N) per row with one compare for most elements, plus O(k log k) for the final sort. Rows run
 //! in parallel; a single long row is split into parallel chunks whose top-k are merged.
 //!
-//! Other devices (until the kernels of `kernels/` land): a chunked top-k from candle's own ops.
+//! CUDA: the kernels of `kernels/topk.cu` (radix select, then a sort of the k survivors), for
+//! k up to 1024; a larger k goes through the CPU op.
+//!
+//! Metal (and CUDA builds' tests of the fallback): a chunked top-k from candle's own ops.
 //! `arg_sort_last_dim` is only trusted on rows of at most 1024 columns (candle issues #2361,
 //! #2570), so rows are cut into 1024-column chunks, each chunk keeps its best k, and the
 //! survivors are reduced again until one chunk is left. When k is too large for chunks to shrink
@@ -134,6 +137,15 @@ impl CustomOp1 for TopK {
         }
         Ok((CpuStorage::U32(out), Shape::from((rows, k))))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::kernels::cuda::topk(storage, layout, self.k)
+    }
 }
 
 fn write_indices(dst: &mut [u32], best: &[(f32, u32)]) {
@@ -147,6 +159,18 @@ pub(crate) fn topk_indices(scores: &Tensor, k: usize) -> Result<Tensor> {
     let scores = scores.to_dtype(DType::F32)?.contiguous()?;
     match scores.device() {
         Device::Cpu => Ok(scores.apply_op1_no_bwd(&TopK { k })?),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) if k.min(scores.dim(1)?) <= crate::kernels::cuda::SORT_MAX => {
+            Ok(scores.apply_op1_no_bwd(&TopK { k })?)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => {
+            // k above the kernel's sort width: exact on the CPU, then back.
+            let idx = scores
+                .to_device(&Device::Cpu)?
+                .apply_op1_no_bwd(&TopK { k })?;
+            Ok(idx.to_device(scores.device())?)
+        }
         _ => chunked_topk_indices(&scores, k),
     }
 }
@@ -196,10 +220,11 @@ pub(crate) fn chunked_topk_indices(scores: &Tensor, k: usize) -> Result<Tensor> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn reference(values: &[f32], k: usize) -> Vec<u32> {
+    /// The plain reference: a full sort by (score desc, index asc).
+    pub(crate) fn reference(values: &[f32], k: usize) -> Vec<u32> {
         let mut idx: Vec<u32> = (0..values.len() as u32).collect();
         idx.sort_by(|&a, &b| {
             values[b as usize]

@@ -1,0 +1,281 @@
+// Top-k along the rows of a B x N f32 score matrix: exact, deterministic, any N < 2^32, k <= 1024.
+//
+// Result order: score descending, ties by lower column (the engine's tie rule). Scores are
+// compared through `ordered`, a bijection of f32 bit patterns onto u32 that preserves Rust's
+// `f32::total_cmp` order, so every value (-inf, NaN included) has one place.
+//
+// Algorithm (kernels/README.md has the reasoning):
+//   small rows (N <= 1024): one block per row loads the row into shared memory and sorts it
+//       (`memrl_topk_small`);
+//   large rows: radix select of the k-th largest value, 8 bits per pass, four passes
+//       (`memrl_topk_histogram` + `memrl_topk_select`), then a deterministic compaction of the
+//       elements above that threshold and the lowest-column elements equal to it
+//       (`memrl_topk_count`, `memrl_topk_offsets`, `memrl_topk_gather`), then a sort of those k
+//       candidates (`memrl_topk_sort`). Every pass streams the row once; nothing is
+//       proportional to N except those reads.
+//
+// Invariants the launches rely on (checked by the Rust side before launching):
+//   blockDim.x == TOPK_THREADS for the streaming kernels, TOPK_SORT_THREADS for the sorts;
+//   gridDim = (chunks, B) with chunks = ceil(N / chunk) for the streaming kernels, (1, B) else;
+//   1 <= k <= min(N, 1024).
+// src/kernels/mirror.rs repeats this algorithm step for step on the CPU, where it is tested
+// against a plain sort.
+
+#include <stdint.h>
+
+#define TOPK_THREADS 256
+#define TOPK_WARPS (TOPK_THREADS / 32)
+#define TOPK_SORT_THREADS 512
+#define TOPK_SORT_MAX 1024
+
+// Per row: the radix-select state. `prefix` holds the digits of the k-th value found so far,
+// `mask` the bits they cover, `remaining` how many elements equal to the threshold prefix are
+// still needed.
+struct RowState {
+    uint32_t prefix;
+    uint32_t mask;
+    uint32_t remaining;
+    uint32_t k;
+};
+
+__device__ __forceinline__ uint32_t ordered(float x) {
+    uint32_t u = __float_as_uint(x);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// a comes before b: larger key first, then lower column.
+__device__ __forceinline__ bool before(uint32_t ka, uint32_t ia, uint32_t kb, uint32_t ib) {
+    return ka > kb || (ka == kb && ia < ib);
+}
+
+// Bitonic sort of `len` (a power of two, <= TOPK_SORT_MAX) pairs in shared memory into
+// `before` order. Every thread of the block calls it.
+__device__ void bitonic_sort(uint32_t* keys, uint32_t* cols, uint32_t len) {
+    for (uint32_t size = 2; size <= len; size <<= 1) {
+        for (uint32_t stride = size >> 1; stride > 0; stride >>= 1) {
+            for (uint32_t t = threadIdx.x; t < len / 2; t += blockDim.x) {
+                uint32_t i = 2 * t - (t & (stride - 1));
+                uint32_t j = i + stride;
+                bool forward = (i & size) == 0;
+                bool swap = forward ? before(keys[j], cols[j], keys[i], cols[i])
+                                    : before(keys[i], cols[i], keys[j], cols[j]);
+                if (swap) {
+                    uint32_t tk = keys[i]; keys[i] = keys[j]; keys[j] = tk;
+                    uint32_t tc = cols[i]; cols[i] = cols[j]; cols[j] = tc;
+                }
+            }
+            __syncthreads();
+        }
+    }
+}
+
+__device__ __forceinline__ uint32_t pow2_at_least(uint32_t n) {
+    uint32_t p = 1;
+    while (p < n) p <<= 1;
+    return p;
+}
+
+// Rows of at most TOPK_SORT_MAX columns: sort the whole row, keep the first k.
+extern "C" __global__ void memrl_topk_small(const float* scores, uint32_t n, uint32_t k,
+                                            uint32_t* out) {
+    __shared__ uint32_t keys[TOPK_SORT_MAX];
+    __shared__ uint32_t cols[TOPK_SORT_MAX];
+    const float* row = scores + (size_t)blockIdx.y * n;
+    uint32_t len = pow2_at_least(n);
+    for (uint32_t i = threadIdx.x; i < len; i += blockDim.x) {
+        // Padding sorts after every real element: key 0 is the lowest, column max the last.
+        keys[i] = i < n ? ordered(row[i]) : 0u;
+        cols[i] = i < n ? i : 0xFFFFFFFFu;
+    }
+    __syncthreads();
+    bitonic_sort(keys, cols, len);
+    for (uint32_t i = threadIdx.x; i < k; i += blockDim.x) out[(size_t)blockIdx.y * k + i] = cols[i];
+}
+
+// One radix pass: a 256-bin histogram of digit (key >> shift) & 255 over the elements whose
+// higher digits match the row's prefix, per chunk: hist[row][chunk][256].
+extern "C" __global__ void memrl_topk_histogram(const float* scores, uint32_t n, uint32_t chunk,
+                                                const RowState* state, uint32_t shift,
+                                                uint32_t* hist) {
+    __shared__ uint32_t bins[256];
+    for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) bins[i] = 0;
+    __syncthreads();
+    const RowState st = state[blockIdx.y];
+    const float* row = scores + (size_t)blockIdx.y * n;
+    uint64_t start = (uint64_t)blockIdx.x * chunk;
+    uint64_t end = start + chunk < n ? start + chunk : n;
+    uint32_t lane = threadIdx.x & 31;
+    // Loop bounds are uniform per warp so that the whole warp reaches the match below.
+    for (uint64_t base = start; base < end; base += blockDim.x) {
+        uint64_t i = base + threadIdx.x;
+        bool in = i < end;
+        uint32_t key = in ? ordered(row[i]) : 0u;
+        bool counted = in && (key & st.mask) == st.prefix;
+        // Scores cluster in a few bins, so lanes aggregate equal digits before one atomic.
+        uint32_t digit = counted ? ((key >> shift) & 255u) : 256u;
+        uint32_t peers = __match_any_sync(0xFFFFFFFFu, digit);
+        if (counted && lane == __ffs(peers) - 1) atomicAdd(&bins[digit], __popc(peers));
+    }
+    __syncthreads();
+    uint32_t* out = hist + ((size_t)blockIdx.y * gridDim.x + blockIdx.x) * 256;
+    for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) out[i] = bins[i];
+}
+
+// Sums a row's chunk histograms and fixes the next digit of the k-th value. Block: 256 threads,
+// one per bin; grid (1, B).
+extern "C" __global__ void memrl_topk_select(const uint32_t* hist, uint32_t chunks,
+                                             RowState* state, uint32_t shift) {
+    __shared__ uint32_t total[256];
+    const uint32_t* h = hist + (size_t)blockIdx.y * chunks * 256;
+    uint32_t sum = 0;
+    for (uint32_t c = 0; c < chunks; ++c) sum += h[(size_t)c * 256 + threadIdx.x];
+    total[threadIdx.x] = sum;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        RowState st = state[blockIdx.y];
+        uint32_t need = st.remaining;
+        for (int d = 255; d >= 0; --d) {
+            if (total[d] >= need) {
+                st.prefix |= (uint32_t)d << shift;
+                st.mask |= 255u << shift;
+                st.remaining = need;
+                break;
+            }
+            need -= total[d];
+        }
+        state[blockIdx.y] = st;
+    }
+}
+
+// Block-wide exclusive prefix of two flags over one tile; returns each thread's ranks and the
+// tile's totals. Needs TOPK_WARPS * 2 words of shared scratch.
+__device__ __forceinline__ void tile_ranks(bool a, bool b, uint32_t* scratch, uint32_t& rank_a,
+                                           uint32_t& rank_b, uint32_t& total_a,
+                                           uint32_t& total_b) {
+    uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    uint32_t ba = __ballot_sync(0xFFFFFFFFu, a), bb = __ballot_sync(0xFFFFFFFFu, b);
+    uint32_t below = (1u << lane) - 1u;
+    if (lane == 0) {
+        scratch[warp] = __popc(ba);
+        scratch[TOPK_WARPS + warp] = __popc(bb);
+    }
+    __syncthreads();
+    uint32_t before_a = 0, before_b = 0;
+    total_a = 0;
+    total_b = 0;
+    for (uint32_t w = 0; w < TOPK_WARPS; ++w) {
+        uint32_t ca = scratch[w], cb = scratch[TOPK_WARPS + w];
+        if (w < warp) {
+            before_a += ca;
+            before_b += cb;
+        }
+        total_a += ca;
+        total_b += cb;
+    }
+    rank_a = before_a + __popc(ba & below);
+    rank_b = before_b + __popc(bb & below);
+    __syncthreads();  // scratch is reused by the next tile
+}
+
+// Per chunk: how many elements are above the threshold and how many equal it:
+// counts[row][chunk] = (greater, equal).
+extern "C" __global__ void memrl_topk_count(const float* scores, uint32_t n, uint32_t chunk,
+                                            const RowState* state, uint2* counts) {
+    __shared__ uint32_t scratch[2 * TOPK_WARPS];
+    const uint32_t threshold = state[blockIdx.y].prefix;
+    const float* row = scores + (size_t)blockIdx.y * n;
+    uint64_t start = (uint64_t)blockIdx.x * chunk;
+    uint64_t end = start + chunk < n ? start + chunk : n;
+    uint32_t greater = 0, equal = 0;
+    for (uint64_t base = start; base < end; base += blockDim.x) {
+        uint64_t i = base + threadIdx.x;
+        uint32_t key = i < end ? ordered(row[i]) : 0u;
+        bool g = i < end && key > threshold, e = i < end && key == threshold;
+        uint32_t ra, rb, ta, tb;
+        tile_ranks(g, e, scratch, ra, rb, ta, tb);
+        greater += ta;
+        equal += tb;
+    }
+    if (threadIdx.x == 0) counts[(size_t)blockIdx.y * gridDim.x + blockIdx.x] = make_uint2(greater, equal);
+}
+
+// Exclusive prefix sums of a row's chunk counts, in place. Block: TOPK_SORT_THREADS threads;
+// each sums a contiguous run of chunks, then the runs are scanned in shared memory.
+extern "C" __global__ void memrl_topk_offsets(uint2* counts, uint32_t chunks) {
+    __shared__ uint2 runs[TOPK_SORT_THREADS];
+    uint2* c = counts + (size_t)blockIdx.y * chunks;
+    uint32_t per = (chunks + blockDim.x - 1) / blockDim.x;
+    uint32_t first = threadIdx.x * per, last = first + per < chunks ? first + per : chunks;
+    uint2 sum = make_uint2(0, 0);
+    for (uint32_t i = first; i < last; ++i) {
+        sum.x += c[i].x;
+        sum.y += c[i].y;
+    }
+    runs[threadIdx.x] = sum;
+    __syncthreads();
+    // Hillis-Steele inclusive scan over the runs.
+    for (uint32_t step = 1; step < blockDim.x; step <<= 1) {
+        uint2 add = threadIdx.x >= step ? runs[threadIdx.x - step] : make_uint2(0, 0);
+        __syncthreads();
+        runs[threadIdx.x].x += add.x;
+        runs[threadIdx.x].y += add.y;
+        __syncthreads();
+    }
+    uint2 acc = threadIdx.x > 0 ? runs[threadIdx.x - 1] : make_uint2(0, 0);
+    for (uint32_t i = first; i < last; ++i) {
+        uint2 v = c[i];
+        c[i] = acc;
+        acc.x += v.x;
+        acc.y += v.y;
+    }
+}
+
+// Writes the row's k candidates: the elements above the threshold at [0, k - remaining) and
+// the first `remaining` elements equal to it (lowest columns) after them, each in column order.
+extern "C" __global__ void memrl_topk_gather(const float* scores, uint32_t n, uint32_t chunk,
+                                             const RowState* state, const uint2* offsets,
+                                             uint32_t* cand_keys, uint32_t* cand_cols) {
+    __shared__ uint32_t scratch[2 * TOPK_WARPS];
+    const RowState st = state[blockIdx.y];
+    const uint32_t k = st.k, equal_needed = st.remaining, greater_total = k - equal_needed;
+    const float* row = scores + (size_t)blockIdx.y * n;
+    uint32_t* keys_out = cand_keys + (size_t)blockIdx.y * k;
+    uint32_t* cols_out = cand_cols + (size_t)blockIdx.y * k;
+    uint2 at = offsets[(size_t)blockIdx.y * gridDim.x + blockIdx.x];
+    uint64_t start = (uint64_t)blockIdx.x * chunk;
+    uint64_t end = start + chunk < n ? start + chunk : n;
+    for (uint64_t base = start; base < end; base += blockDim.x) {
+        uint64_t i = base + threadIdx.x;
+        uint32_t key = i < end ? ordered(row[i]) : 0u;
+        bool g = i < end && key > st.prefix, e = i < end && key == st.prefix;
+        uint32_t ra, rb, ta, tb;
+        tile_ranks(g, e, scratch, ra, rb, ta, tb);
+        uint32_t pg = at.x + ra, pe = at.y + rb;
+        if (g && pg < greater_total) {
+            keys_out[pg] = key;
+            cols_out[pg] = (uint32_t)i;
+        }
+        if (e && pe < equal_needed) {
+            keys_out[greater_total + pe] = key;
+            cols_out[greater_total + pe] = (uint32_t)i;
+        }
+        at.x += ta;
+        at.y += tb;
+    }
+}
+
+// Sorts each row's k candidates and writes their columns: out[row][0..k).
+extern "C" __global__ void memrl_topk_sort(const uint32_t* cand_keys, const uint32_t* cand_cols,
+                                           uint32_t k, uint32_t* out) {
+    __shared__ uint32_t keys[TOPK_SORT_MAX];
+    __shared__ uint32_t cols[TOPK_SORT_MAX];
+    const size_t row = blockIdx.y;
+    uint32_t len = pow2_at_least(k);
+    for (uint32_t i = threadIdx.x; i < len; i += blockDim.x) {
+        keys[i] = i < k ? cand_keys[row * k + i] : 0u;
+        cols[i] = i < k ? cand_cols[row * k + i] : 0xFFFFFFFFu;
+    }
+    __syncthreads();
+    bitonic_sort(keys, cols, len);
+    for (uint32_t i = threadIdx.x; i < k; i += blockDim.x) out[row * k + i] = cols[i];
+}
