@@ -8,7 +8,7 @@ set -uo pipefail
 BIN=${1:-.gpu}
 LOG=${OUT:-/tmp}/gpu.log
 exec > >(tee "$LOG") 2>&1
-tar -xzf "$BIN/bins.tar.gz" -C "$BIN"
+python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$BIN/bins.tar.xz" "$BIN"
 # cuBLAS, cuRAND and NVRTC of CUDA 13 come with PyTorch's wheels; the driver is the system's.
 LIBS=$(python3 -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), '..', 'nvidia', 'cu13', 'lib'))")
 export LD_LIBRARY_PATH="$LIBS:${LD_LIBRARY_PATH:-}"
@@ -16,17 +16,18 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,n
 export MEMRL_TEST_DEVICE=cuda RUST_BACKTRACE=1
 
 echo "== kernel tests (CUDA top-k against the CPU op)"
-"$BIN"/test-lib kernels:: --test-threads 1
+timeout 120 "$BIN"/test-lib kernels:: --test-threads 1
 for t in retrieval learning snapshot bad_input engine embed; do
   echo "== tests/$t.rs on cuda"
-  "$BIN/test-$t" --test-threads 4 2>&1 | grep -E "^test result|FAILED|panicked|failures:" | head -20
+  timeout 120 "$BIN/test-$t" --test-threads 4 > "${OUT:-/tmp}/test-$t.log" 2>&1
+  echo "exit $?"; grep -E "^test result|panicked|FAILED" "${OUT:-/tmp}/test-$t.log" | head -8
 done
 
 echo "== retrieval benchmark: memrl, then torch, same shapes (d = 384, k1 = 100)"
 for dtype in f16 f32; do
   for n in 1000000 10000000; do
     MEMRL_BENCH_DEVICE=cuda MEMRL_BENCH_DTYPE=$dtype MEMRL_BENCH_N=$n MEMRL_BENCH_K1=100 \
-      "$BIN"/bench-retrieval | grep '^{'
+      timeout 120 "$BIN"/bench-retrieval
   done
 done
 python3 benches/peers/gpu_torch.py --n 1000000,10000000 --batches 1,32,256 --dtypes f16,f32 --k 100
