@@ -1,36 +1,43 @@
-// Top-k along the rows of a B x N f32 score matrix: exact, deterministic, any N < 2^32, k <= 1024.
+// Top-k along the rows of a B x N score matrix (f32, f16 or bf16): exact, deterministic, any
+// N < 2^32, k <= 1024.
 //
 // Result order: score descending, ties by lower column (the engine's tie rule). Scores are
-// compared through `ordered`, a bijection of f32 bit patterns onto u32 that preserves Rust's
-// `f32::total_cmp` order, so every value (-inf, NaN included) has one place.
+// compared through `ordered`, a bijection of their bit patterns onto unsigned integers that
+// preserves Rust's `total_cmp` order, so every value (-inf, NaN included) has one place.
+// f32 scores give 32-bit keys, f16 and bf16 scores 16-bit keys (half the bytes and half the
+// radix passes: a GPU bank in f16 is ranked on its own f16 scores, never converted).
 //
 // Algorithm (kernels/README.md has the reasoning):
 //   small rows (N <= 1024): one block per row loads the row into shared memory and sorts it
-//       (`memrl_topk_small`);
-//   large rows: radix select of the k-th largest value, 8 bits per pass, four passes
-//       (`memrl_topk_histogram` + `memrl_topk_select`), then a deterministic compaction of the
-//       elements above that threshold and the lowest-column elements equal to it
-//       (`memrl_topk_count`, `memrl_topk_offsets`, `memrl_topk_gather`), then a sort of those k
-//       candidates (`memrl_topk_sort`). Every pass streams the row once; nothing is
-//       proportional to N except those reads.
+//       (`memrl_topk_small_*`);
+//   large rows: radix select of the k-th largest key, 8 bits per pass, most significant first
+//       (`memrl_topk_histogram_*` per chunk of columns, then `memrl_topk_select` per row). The
+//       per-chunk histograms also give, for free, how many keys of each chunk are above the
+//       final threshold and equal to it; `memrl_topk_offsets` turns those into exclusive
+//       prefix sums; `memrl_topk_gather_*` writes the keys above the threshold and the
+//       lowest-column keys equal to it, in column order, with no atomics; `memrl_topk_sort`
+//       sorts those k candidates. The scores are streamed passes + 1 times, nothing else is
+//       proportional to N.
 //
-// Invariants the launches rely on (checked by the Rust side before launching):
-//   blockDim.x == TOPK_THREADS for the streaming kernels, TOPK_SORT_THREADS for the sorts;
+// Invariants the launches rely on (checked by the Rust side, src/kernels/cuda.rs):
+//   blockDim.x == TOPK_THREADS for the streaming kernels and `select`, TOPK_SORT_THREADS for
+//   `small`, `offsets` and `sort`;
 //   gridDim = (chunks, B) with chunks = ceil(N / chunk) for the streaming kernels, (1, B) else;
-//   1 <= k <= min(N, 1024).
+//   1 <= k <= min(N, 1024); counts is zeroed before the first select.
 // src/kernels/mirror.rs repeats this algorithm step for step on the CPU, where it is tested
 // against a plain sort.
 
 #include <stdint.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
 
 #define TOPK_THREADS 256
 #define TOPK_WARPS (TOPK_THREADS / 32)
 #define TOPK_SORT_THREADS 512
 #define TOPK_SORT_MAX 1024
 
-// Per row: the radix-select state. `prefix` holds the digits of the k-th value found so far,
-// `mask` the bits they cover, `remaining` how many elements equal to the threshold prefix are
-// still needed.
+// Per row: the radix-select state. `prefix` holds the digits of the k-th key found so far,
+// `mask` the bits they cover, `remaining` how many keys equal to the prefix are still needed.
 struct RowState {
     uint32_t prefix;
     uint32_t mask;
@@ -41,6 +48,16 @@ struct RowState {
 __device__ __forceinline__ uint32_t ordered(float x) {
     uint32_t u = __float_as_uint(x);
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+__device__ __forceinline__ uint32_t ordered16(uint16_t u) {
+    return (u & 0x8000u) ? (uint32_t)(uint16_t)~u : (uint32_t)(u | 0x8000u);
+}
+
+__device__ __forceinline__ uint32_t ordered(__half x) { return ordered16(__half_as_ushort(x)); }
+
+__device__ __forceinline__ uint32_t ordered(__nv_bfloat16 x) {
+    return ordered16(__bfloat16_as_ushort(x));
 }
 
 // a comes before b: larger key first, then lower column.
@@ -76,11 +93,11 @@ __device__ __forceinline__ uint32_t pow2_at_least(uint32_t n) {
 }
 
 // Rows of at most TOPK_SORT_MAX columns: sort the whole row, keep the first k.
-extern "C" __global__ void memrl_topk_small(const float* scores, uint32_t n, uint32_t k,
-                                            uint32_t* out) {
+template <typename T>
+__device__ void topk_small(const T* scores, uint32_t n, uint32_t k, uint32_t* out) {
     __shared__ uint32_t keys[TOPK_SORT_MAX];
     __shared__ uint32_t cols[TOPK_SORT_MAX];
-    const float* row = scores + (size_t)blockIdx.y * n;
+    const T* row = scores + (size_t)blockIdx.y * n;
     uint32_t len = pow2_at_least(n);
     for (uint32_t i = threadIdx.x; i < len; i += blockDim.x) {
         // Padding sorts after every real element: key 0 is the lowest, column max the last.
@@ -92,25 +109,27 @@ extern "C" __global__ void memrl_topk_small(const float* scores, uint32_t n, uin
     for (uint32_t i = threadIdx.x; i < k; i += blockDim.x) out[(size_t)blockIdx.y * k + i] = cols[i];
 }
 
-// One radix pass: a 256-bin histogram of digit (key >> shift) & 255 over the elements whose
-// higher digits match the row's prefix, per chunk: hist[row][chunk][256].
-extern "C" __global__ void memrl_topk_histogram(const float* scores, uint32_t n, uint32_t chunk,
-                                                const RowState* state, uint32_t shift,
-                                                uint32_t* hist) {
+// One radix pass: a 256-bin histogram of digit (key >> shift) & 255 over the keys whose higher
+// digits match the row's prefix, per chunk: hist[row][chunk][256].
+template <typename T>
+__device__ void topk_histogram(const T* scores, uint32_t n, uint32_t chunk, const RowState* state,
+                               uint32_t shift, uint32_t* hist) {
     __shared__ uint32_t bins[256];
     for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) bins[i] = 0;
     __syncthreads();
     const RowState st = state[blockIdx.y];
-    const float* row = scores + (size_t)blockIdx.y * n;
+    const T* row = scores + (size_t)blockIdx.y * n;
     uint64_t start = (uint64_t)blockIdx.x * chunk;
     uint64_t end = start + chunk < n ? start + chunk : n;
     uint32_t lane = threadIdx.x & 31;
-    // Loop bounds are uniform per warp so that the whole warp reaches the match below.
+    // Loop bounds are uniform per block, so whole warps reach the warp-wide votes below.
     for (uint64_t base = start; base < end; base += blockDim.x) {
         uint64_t i = base + threadIdx.x;
         bool in = i < end;
         uint32_t key = in ? ordered(row[i]) : 0u;
         bool counted = in && (key & st.mask) == st.prefix;
+        // After the first pass few keys match the prefix: most warps skip the atomics.
+        if (!__any_sync(0xFFFFFFFFu, counted)) continue;
         // Scores cluster in a few bins, so lanes aggregate equal digits before one atomic.
         uint32_t digit = counted ? ((key >> shift) & 255u) : 256u;
         uint32_t peers = __match_any_sync(0xFFFFFFFFu, digit);
@@ -121,11 +140,15 @@ extern "C" __global__ void memrl_topk_histogram(const float* scores, uint32_t n,
     for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) out[i] = bins[i];
 }
 
-// Sums a row's chunk histograms and fixes the next digit of the k-th value. Block: 256 threads,
-// one per bin; grid (1, B).
+// Sums a row's chunk histograms, fixes the next digit of the k-th key, and adds to each chunk's
+// (greater, equal) counts: keys in bins above the chosen digit are above the final threshold
+// whatever the later digits; on the last pass the chosen bin holds the keys equal to it.
+// Block: TOPK_THREADS threads (one per bin); grid (1, B).
 extern "C" __global__ void memrl_topk_select(const uint32_t* hist, uint32_t chunks,
-                                             RowState* state, uint32_t shift) {
+                                             RowState* state, uint32_t shift, uint32_t last,
+                                             uint2* counts) {
     __shared__ uint32_t total[256];
+    __shared__ uint32_t chosen;
     const uint32_t* h = hist + (size_t)blockIdx.y * chunks * 256;
     uint32_t sum = 0;
     for (uint32_t c = 0; c < chunks; ++c) sum += h[(size_t)c * 256 + threadIdx.x];
@@ -134,69 +157,31 @@ extern "C" __global__ void memrl_topk_select(const uint32_t* hist, uint32_t chun
     if (threadIdx.x == 0) {
         RowState st = state[blockIdx.y];
         uint32_t need = st.remaining;
+        uint32_t digit = 0;
         for (int d = 255; d >= 0; --d) {
             if (total[d] >= need) {
-                st.prefix |= (uint32_t)d << shift;
-                st.mask |= 255u << shift;
-                st.remaining = need;
+                digit = (uint32_t)d;
                 break;
             }
             need -= total[d];
         }
+        st.prefix |= digit << shift;
+        st.mask |= 255u << shift;
+        st.remaining = need;
         state[blockIdx.y] = st;
-    }
-}
-
-// Block-wide exclusive prefix of two flags over one tile; returns each thread's ranks and the
-// tile's totals. Needs TOPK_WARPS * 2 words of shared scratch.
-__device__ __forceinline__ void tile_ranks(bool a, bool b, uint32_t* scratch, uint32_t& rank_a,
-                                           uint32_t& rank_b, uint32_t& total_a,
-                                           uint32_t& total_b) {
-    uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    uint32_t ba = __ballot_sync(0xFFFFFFFFu, a), bb = __ballot_sync(0xFFFFFFFFu, b);
-    uint32_t below = (1u << lane) - 1u;
-    if (lane == 0) {
-        scratch[warp] = __popc(ba);
-        scratch[TOPK_WARPS + warp] = __popc(bb);
+        chosen = digit;
     }
     __syncthreads();
-    uint32_t before_a = 0, before_b = 0;
-    total_a = 0;
-    total_b = 0;
-    for (uint32_t w = 0; w < TOPK_WARPS; ++w) {
-        uint32_t ca = scratch[w], cb = scratch[TOPK_WARPS + w];
-        if (w < warp) {
-            before_a += ca;
-            before_b += cb;
-        }
-        total_a += ca;
-        total_b += cb;
+    uint2* row_counts = counts + (size_t)blockIdx.y * chunks;
+    for (uint32_t c = threadIdx.x; c < chunks; c += blockDim.x) {
+        const uint32_t* hc = h + (size_t)c * 256;
+        uint32_t above = 0;
+        for (uint32_t d = chosen + 1; d < 256; ++d) above += hc[d];
+        uint2 v = row_counts[c];
+        v.x += above;
+        if (last) v.y = hc[chosen];
+        row_counts[c] = v;
     }
-    rank_a = before_a + __popc(ba & below);
-    rank_b = before_b + __popc(bb & below);
-    __syncthreads();  // scratch is reused by the next tile
-}
-
-// Per chunk: how many elements are above the threshold and how many equal it:
-// counts[row][chunk] = (greater, equal).
-extern "C" __global__ void memrl_topk_count(const float* scores, uint32_t n, uint32_t chunk,
-                                            const RowState* state, uint2* counts) {
-    __shared__ uint32_t scratch[2 * TOPK_WARPS];
-    const uint32_t threshold = state[blockIdx.y].prefix;
-    const float* row = scores + (size_t)blockIdx.y * n;
-    uint64_t start = (uint64_t)blockIdx.x * chunk;
-    uint64_t end = start + chunk < n ? start + chunk : n;
-    uint32_t greater = 0, equal = 0;
-    for (uint64_t base = start; base < end; base += blockDim.x) {
-        uint64_t i = base + threadIdx.x;
-        uint32_t key = i < end ? ordered(row[i]) : 0u;
-        bool g = i < end && key > threshold, e = i < end && key == threshold;
-        uint32_t ra, rb, ta, tb;
-        tile_ranks(g, e, scratch, ra, rb, ta, tb);
-        greater += ta;
-        equal += tb;
-    }
-    if (threadIdx.x == 0) counts[(size_t)blockIdx.y * gridDim.x + blockIdx.x] = make_uint2(greater, equal);
 }
 
 // Exclusive prefix sums of a row's chunk counts, in place. Block: TOPK_SORT_THREADS threads;
@@ -230,18 +215,51 @@ extern "C" __global__ void memrl_topk_offsets(uint2* counts, uint32_t chunks) {
     }
 }
 
-// Writes the row's k candidates: the elements above the threshold at [0, k - remaining) and
-// the first `remaining` elements equal to it (lowest columns) after them, each in column order.
-extern "C" __global__ void memrl_topk_gather(const float* scores, uint32_t n, uint32_t chunk,
-                                             const RowState* state, const uint2* offsets,
-                                             uint32_t* cand_keys, uint32_t* cand_cols) {
+// Block-wide exclusive prefix of two flags over one tile; returns each thread's ranks and the
+// tile's totals. Needs TOPK_WARPS * 2 words of shared scratch.
+__device__ __forceinline__ void tile_ranks(bool a, bool b, uint32_t* scratch, uint32_t& rank_a,
+                                           uint32_t& rank_b, uint32_t& total_a,
+                                           uint32_t& total_b) {
+    uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    uint32_t ba = __ballot_sync(0xFFFFFFFFu, a), bb = __ballot_sync(0xFFFFFFFFu, b);
+    uint32_t below = (1u << lane) - 1u;
+    if (lane == 0) {
+        scratch[warp] = __popc(ba);
+        scratch[TOPK_WARPS + warp] = __popc(bb);
+    }
+    __syncthreads();
+    uint32_t before_a = 0, before_b = 0;
+    total_a = 0;
+    total_b = 0;
+    for (uint32_t w = 0; w < TOPK_WARPS; ++w) {
+        uint32_t ca = scratch[w], cb = scratch[TOPK_WARPS + w];
+        if (w < warp) {
+            before_a += ca;
+            before_b += cb;
+        }
+        total_a += ca;
+        total_b += cb;
+    }
+    rank_a = before_a + __popc(ba & below);
+    rank_b = before_b + __popc(bb & below);
+    __syncthreads();  // scratch is reused by the next tile
+}
+
+// Writes the row's k candidates: the keys above the threshold at [0, k - remaining) and the
+// first `remaining` keys equal to it (lowest columns) after them, each in column order.
+template <typename T>
+__device__ void topk_gather(const T* scores, uint32_t n, uint32_t chunk, const RowState* state,
+                            const uint2* offsets, uint32_t* cand_keys, uint32_t* cand_cols) {
     __shared__ uint32_t scratch[2 * TOPK_WARPS];
     const RowState st = state[blockIdx.y];
     const uint32_t k = st.k, equal_needed = st.remaining, greater_total = k - equal_needed;
-    const float* row = scores + (size_t)blockIdx.y * n;
+    uint2 at = offsets[(size_t)blockIdx.y * gridDim.x + blockIdx.x];
+    // Nothing of this chunk can be written: every key above the threshold before it has filled
+    // the greater slots, and enough equal keys came before it.
+    if (at.x >= greater_total && at.y >= equal_needed) return;
+    const T* row = scores + (size_t)blockIdx.y * n;
     uint32_t* keys_out = cand_keys + (size_t)blockIdx.y * k;
     uint32_t* cols_out = cand_cols + (size_t)blockIdx.y * k;
-    uint2 at = offsets[(size_t)blockIdx.y * gridDim.x + blockIdx.x];
     uint64_t start = (uint64_t)blockIdx.x * chunk;
     uint64_t end = start + chunk < n ? start + chunk : n;
     for (uint64_t base = start; base < end; base += blockDim.x) {
@@ -279,3 +297,24 @@ extern "C" __global__ void memrl_topk_sort(const uint32_t* cand_keys, const uint
     bitonic_sort(keys, cols, len);
     for (uint32_t i = threadIdx.x; i < k; i += blockDim.x) out[row * k + i] = cols[i];
 }
+
+// The entry points of the templated kernels, one per score type.
+#define MEMRL_TOPK_ENTRIES(T, SUFFIX)                                                            \
+    extern "C" __global__ void memrl_topk_small_##SUFFIX(const T* scores, uint32_t n,            \
+                                                         uint32_t k, uint32_t* out) {            \
+        topk_small<T>(scores, n, k, out);                                                        \
+    }                                                                                            \
+    extern "C" __global__ void memrl_topk_histogram_##SUFFIX(                                    \
+        const T* scores, uint32_t n, uint32_t chunk, const RowState* state, uint32_t shift,      \
+        uint32_t* hist) {                                                                        \
+        topk_histogram<T>(scores, n, chunk, state, shift, hist);                                 \
+    }                                                                                            \
+    extern "C" __global__ void memrl_topk_gather_##SUFFIX(                                       \
+        const T* scores, uint32_t n, uint32_t chunk, const RowState* state,                      \
+        const uint2* offsets, uint32_t* cand_keys, uint32_t* cand_cols) {                        \
+        topk_gather<T>(scores, n, chunk, state, offsets, cand_keys, cand_cols);                  \
+    }
+
+MEMRL_TOPK_ENTRIES(float, f32)
+MEMRL_TOPK_ENTRIES(__half, f16)
+MEMRL_TOPK_ENTRIES(__nv_bfloat16, bf16)

@@ -3,7 +3,7 @@
 # and the retrieval benchmark, built elsewhere by benches/peers/gpu-build.sh, then PyTorch on the
 # same shapes in the same run. Everything printed is also written to $OUT/gpu.log when OUT is set.
 #
-# usage: bash benches/peers/gpu.sh [BIN_DIR]   (default .gpu)
+# usage: bash benches/peers/gpu.sh [BIN_DIR]   (default .gpu; GPU_TESTS_ONLY=1 skips the benchmarks)
 set -uo pipefail
 BIN=${1:-.gpu}
 LOG=${OUT:-/tmp}/gpu.log
@@ -23,6 +23,7 @@ for t in retrieval learning snapshot bad_input engine embed; do
   echo "exit $?"; grep -E "^test result|panicked|FAILED" "${OUT:-/tmp}/test-$t.log" | head -8
 done
 
+if [ "${GPU_TESTS_ONLY:-0}" = 1 ]; then exit 0; fi
 echo "== retrieval benchmark: memrl, then torch, same shapes (d = 384, k1 = 100)"
 for dtype in f16 f32; do
   for n in 1000000 10000000; do
@@ -31,3 +32,5 @@ for dtype in f16 f32; do
   done
 done
 python3 benches/peers/gpu_torch.py --n 1000000,10000000 --batches 1,32,256 --dtypes f16,f32 --k 100
+echo "== embedding models on this machine (for an embedding comparison; none are carried)"
+find / -maxdepth 7 -type d -iname "*MiniLM*" 2>/dev/null | head -3

@@ -1,17 +1,22 @@
-//! Launches the CUDA top-k of `kernels/topk.cu` (compiled to PTX by `build.rs`).
+//! Launches our CUDA kernels (`kernels/*.cu`, compiled to PTX by `build.rs`): the top-k behind
+//! `retrieve::topk` and Phase B's ranking behind `retrieve::rank`.
 //!
-//! Launch invariants (the kernel file's header asks for them): block sizes are the kernel's
-//! `TOPK_THREADS` and `TOPK_SORT_THREADS`; a row is cut into chunks of `CHUNK` columns, one
-//! block each; `1 <= k <= min(N, SORT_MAX)`; at most `MAX_GRID_Y` rows per launch, so longer
-//! batches go in groups.
+//! Launch invariants (the kernel files' headers ask for them): block sizes are the kernels'
+//! `TOPK_THREADS`, `TOPK_SORT_THREADS` and `RANK_THREADS`; a row is cut into chunks of `CHUNK`
+//! columns, one block each; `1 <= k <= min(N, SORT_MAX)`; at most `MAX_GRID_Y` rows per launch,
+//! so longer batches go in groups; pools of at most `RANK_MAX` columns.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::WrapErr;
-use candle_core::{CudaStorage, Layout, Shape};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::{CudaDType, WrapErr};
+use candle_core::{CudaDevice, CudaStorage, DType, Layout, Shape};
 
-const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/topk.ptx"));
-const MODULE: &str = "memrl_topk";
+const TOPK_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/topk.ptx"));
+const TOPK_MODULE: &str = "memrl_topk";
+const RANK_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/rank.ptx"));
+const RANK_MODULE: &str = "memrl_rank";
 /// `TOPK_THREADS` in the kernel.
 const THREADS: u32 = 256;
 /// `TOPK_SORT_THREADS` in the kernel.
@@ -23,6 +28,9 @@ pub(crate) const SORT_MAX: usize = 1024;
 pub(crate) const CHUNK: usize = THREADS as usize * 32;
 /// CUDA's limit on gridDim.y.
 const MAX_GRID_Y: usize = 65_535;
+/// `RANK_THREADS` and `RANK_MAX` in kernels/rank.cu.
+const RANK_THREADS: u32 = 256;
+pub(crate) const RANK_MAX: usize = 1024;
 
 fn config(grid_x: usize, rows: usize, threads: u32) -> LaunchConfig {
     LaunchConfig {
@@ -32,12 +40,28 @@ fn config(grid_x: usize, rows: usize, threads: u32) -> LaunchConfig {
     }
 }
 
-/// `B x min(k, N)` u32 column indices of each row's best scores (score desc, column asc).
-/// `k` must be at most [`SORT_MAX`]; callers route larger k elsewhere.
+/// `B x min(k, N)` u32 column indices of each row's best scores (score desc, column asc), for
+/// f32, f16 and bf16 scores. `k` must be at most [`SORT_MAX`]; callers route larger k
+/// elsewhere.
 pub(crate) fn topk(
     storage: &CudaStorage,
     layout: &Layout,
     k: usize,
+) -> candle_core::Result<(CudaStorage, Shape)> {
+    match storage.dtype() {
+        DType::F32 => topk_typed::<f32>(storage, layout, k, "f32", &[24, 16, 8, 0]),
+        DType::F16 => topk_typed::<half::f16>(storage, layout, k, "f16", &[8, 0]),
+        DType::BF16 => topk_typed::<half::bf16>(storage, layout, k, "bf16", &[8, 0]),
+        other => candle_core::bail!("memrl-topk on CUDA takes f32, f16 or bf16, got {other:?}"),
+    }
+}
+
+fn topk_typed<T: CudaDType + DeviceRepr>(
+    storage: &CudaStorage,
+    layout: &Layout,
+    k: usize,
+    suffix: &str,
+    shifts: &[u32],
 ) -> candle_core::Result<(CudaStorage, Shape)> {
     let dev = storage.device().clone();
     let (rows, cols) = layout.shape().dims2()?;
@@ -51,7 +75,7 @@ pub(crate) fn topk(
     if k > SORT_MAX {
         candle_core::bail!("memrl-topk on CUDA takes k <= {SORT_MAX}, got {k}")
     }
-    let scores = storage.as_cuda_slice::<f32>()?.slice(start..end);
+    let scores = storage.as_cuda_slice::<T>()?.slice(start..end);
     let mut out: CudaSlice<u32> = dev.alloc_zeros(rows * k)?;
     if k == 0 || rows == 0 {
         return Ok((
@@ -59,6 +83,9 @@ pub(crate) fn topk(
             Shape::from((rows, k)),
         ));
     }
+    let func = |name: &str| {
+        dev.get_or_load_custom_func(&format!("{name}_{suffix}"), TOPK_MODULE, TOPK_PTX)
+    };
     let (n, k32) = (cols as u32, k as u32);
     let mut first = 0;
     while first < rows {
@@ -66,7 +93,7 @@ pub(crate) fn topk(
         let scores = scores.slice(first * cols..(first + group) * cols);
         let mut out_group = out.slice_mut(first * k..(first + group) * k);
         if cols <= SORT_MAX {
-            let f = dev.get_or_load_custom_func("memrl_topk_small", MODULE, PTX)?;
+            let f = func("memrl_topk_small")?;
             let mut b = f.builder();
             b.arg(&scores).arg(&n).arg(&k32).arg(&mut out_group);
             // SAFETY: the kernel reads `group * n` scores and writes `group * k` indices, the
@@ -74,22 +101,23 @@ pub(crate) fn topk(
             unsafe { b.launch(config(1, group, SORT_THREADS)) }.w()?;
         } else {
             let chunks = cols.div_ceil(CHUNK);
-            let chunk = CHUNK as u32;
-            let chunks32 = chunks as u32;
+            let (chunk, chunks32) = (CHUNK as u32, chunks as u32);
             // RowState {prefix, mask, remaining, k} per row.
             let init: Vec<u32> = (0..group).flat_map(|_| [0, 0, k32, k32]).collect();
             let mut state = dev.clone_htod(&init)?;
-            // SAFETY (all allocations below): every element is written by a kernel before any
-            // kernel reads it: hist by each histogram pass, counts by the count pass, the
-            // candidates' first k slots by the gather pass (k elements rank above or at the
-            // threshold by construction of the select passes).
+            // (greater, equal) per chunk, accumulated by the select passes from zero.
+            let mut counts = dev.alloc_zeros::<u32>(group * chunks * 2)?;
+            // SAFETY (the three allocations below): every element is written by a kernel
+            // before any kernel reads it: hist by each histogram pass, the candidates' first k
+            // slots by the gather pass (exactly k keys rank at or above the threshold, by
+            // construction of the select passes).
             let mut hist = unsafe { dev.alloc::<u32>(group * chunks * 256)? };
-            let mut counts = unsafe { dev.alloc::<u32>(group * chunks * 2)? };
             let mut cand_keys = unsafe { dev.alloc::<u32>(group * k)? };
             let mut cand_cols = unsafe { dev.alloc::<u32>(group * k)? };
-            let histogram = dev.get_or_load_custom_func("memrl_topk_histogram", MODULE, PTX)?;
-            let select = dev.get_or_load_custom_func("memrl_topk_select", MODULE, PTX)?;
-            for shift in [24u32, 16, 8, 0] {
+            let histogram = func("memrl_topk_histogram")?;
+            let select = dev.get_or_load_custom_func("memrl_topk_select", TOPK_MODULE, TOPK_PTX)?;
+            for (pass, &shift) in shifts.iter().enumerate() {
+                let last = u32::from(pass + 1 == shifts.len());
                 let mut b = histogram.builder();
                 b.arg(&scores)
                     .arg(&n)
@@ -100,25 +128,22 @@ pub(crate) fn topk(
                 // SAFETY: reads group * n scores and group states, writes group * chunks * 256.
                 unsafe { b.launch(config(chunks, group, THREADS)) }.w()?;
                 let mut b = select.builder();
-                b.arg(&hist).arg(&chunks32).arg(&mut state).arg(&shift);
-                // SAFETY: one block of 256 threads (one per bin) per row.
-                unsafe { b.launch(config(1, group, 256)) }.w()?;
+                b.arg(&hist)
+                    .arg(&chunks32)
+                    .arg(&mut state)
+                    .arg(&shift)
+                    .arg(&last)
+                    .arg(&mut counts);
+                // SAFETY: one block of 256 threads (one per bin) per row; reads the row's
+                // chunks * 256 bins, updates its state and chunks count pairs.
+                unsafe { b.launch(config(1, group, THREADS)) }.w()?;
             }
-            let f = dev.get_or_load_custom_func("memrl_topk_count", MODULE, PTX)?;
-            let mut b = f.builder();
-            b.arg(&scores)
-                .arg(&n)
-                .arg(&chunk)
-                .arg(&state)
-                .arg(&mut counts);
-            // SAFETY: writes group * chunks (greater, equal) pairs.
-            unsafe { b.launch(config(chunks, group, THREADS)) }.w()?;
-            let f = dev.get_or_load_custom_func("memrl_topk_offsets", MODULE, PTX)?;
+            let f = dev.get_or_load_custom_func("memrl_topk_offsets", TOPK_MODULE, TOPK_PTX)?;
             let mut b = f.builder();
             b.arg(&mut counts).arg(&chunks32);
             // SAFETY: rewrites each row's chunks pairs in place.
             unsafe { b.launch(config(1, group, SORT_THREADS)) }.w()?;
-            let f = dev.get_or_load_custom_func("memrl_topk_gather", MODULE, PTX)?;
+            let f = func("memrl_topk_gather")?;
             let mut b = f.builder();
             b.arg(&scores)
                 .arg(&n)
@@ -129,7 +154,7 @@ pub(crate) fn topk(
                 .arg(&mut cand_cols);
             // SAFETY: writes positions below k of each row's candidates, checked in the kernel.
             unsafe { b.launch(config(chunks, group, THREADS)) }.w()?;
-            let f = dev.get_or_load_custom_func("memrl_topk_sort", MODULE, PTX)?;
+            let f = dev.get_or_load_custom_func("memrl_topk_sort", TOPK_MODULE, TOPK_PTX)?;
             let mut b = f.builder();
             b.arg(&cand_keys)
                 .arg(&cand_cols)
@@ -146,9 +171,80 @@ pub(crate) fn topk(
     ))
 }
 
+/// `RankParams` of kernels/rank.cu, field for field.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RankParams {
+    pub(crate) lambda: f32,
+    pub(crate) one_minus_lambda: f32,
+    pub(crate) z_clip: f32,
+    pub(crate) fixed_mul: f32,
+    pub(crate) fixed_add: f32,
+    pub(crate) q_min: f32,
+    pub(crate) fixed: u32,
+    pub(crate) has_q_min: u32,
+    pub(crate) p: u32,
+    pub(crate) k2: u32,
+}
+
+// SAFETY: plain old data with the C layout the kernel declares.
+unsafe impl DeviceRepr for RankParams {}
+
+/// Phase B's padded pools, laid out on the host (see `retrieve::rank`).
+pub(crate) struct Pools<'a> {
+    pub(crate) b: usize,
+    pub(crate) sims: &'a [f32],
+    pub(crate) slots: &'a [u32],
+    pub(crate) lens: &'a [u32],
+    pub(crate) explore: &'a [u32],
+    pub(crate) random_keys: &'a [f32],
+}
+
+/// Runs kernels/rank.cu: for each row, `min(k2, p)` pool positions and, in four planes of the
+/// same shape, their validity, zsim, zq and score. `params.p` must be at most [`RANK_MAX`].
+pub(crate) fn rank(
+    dev: &CudaDevice,
+    utility: &CudaSlice<f32>,
+    utility_range: std::ops::Range<usize>,
+    pools: &Pools<'_>,
+    params: RankParams,
+) -> candle_core::Result<(Vec<u32>, Vec<f32>)> {
+    let p = params.p as usize;
+    if p == 0 || p > RANK_MAX || pools.b > MAX_GRID_Y {
+        candle_core::bail!(
+            "memrl-rank takes 1..={RANK_MAX} pool columns and at most {MAX_GRID_Y} queries"
+        )
+    }
+    let kk = (params.k2 as usize).min(p);
+    let sims = dev.clone_htod(pools.sims)?;
+    let slots = dev.clone_htod(pools.slots)?;
+    let lens = dev.clone_htod(pools.lens)?;
+    let explore = dev.clone_htod(pools.explore)?;
+    let random_keys = dev.clone_htod(pools.random_keys)?;
+    let utility = utility.slice(utility_range);
+    // SAFETY: the kernel writes every one of the b * kk positions and 4 * b * kk fields.
+    let mut pos = unsafe { dev.alloc::<u32>(pools.b * kk)? };
+    let mut fields = unsafe { dev.alloc::<f32>(4 * pools.b * kk)? };
+    let f = dev.get_or_load_custom_func("memrl_rank", RANK_MODULE, RANK_PTX)?;
+    let mut b = f.builder();
+    b.arg(&sims)
+        .arg(&slots)
+        .arg(&lens)
+        .arg(&explore)
+        .arg(&random_keys)
+        .arg(&utility)
+        .arg(&params)
+        .arg(&mut pos)
+        .arg(&mut fields);
+    // SAFETY: one block per row; pools are b x p, slots index the utility slice (the bank
+    // keeps every slot below its length), outputs sized above.
+    unsafe { b.launch(config(1, pools.b, RANK_THREADS)) }.w()?;
+    Ok((dev.clone_dtoh(&pos)?, dev.clone_dtoh(&fields)?))
+}
+
 #[cfg(test)]
 mod tests {
-    use candle_core::{Device, Tensor};
+    use candle_core::{DType, Device, Tensor};
 
     use crate::rng::SplitMix64;
 
@@ -208,6 +304,21 @@ mod tests {
                 .to_vec2()
                 .unwrap();
             assert_eq!(got, want, "rows={rows} cols={cols} k={k} levels={levels}");
+            // 16-bit scores are ranked as they are on the GPU; the CPU op ranks their exact f32
+            // widening, which keeps order and ties.
+            for dtype in [DType::F16, DType::BF16] {
+                let narrow = cpu.to_dtype(dtype).unwrap();
+                let want: Vec<Vec<u32>> = crate::retrieve::topk::topk_indices(&narrow, k)
+                    .unwrap()
+                    .to_vec2()
+                    .unwrap();
+                let on_gpu = narrow.to_device(&gpu).unwrap();
+                let got: Vec<Vec<u32>> = crate::retrieve::topk::topk_indices(&on_gpu, k)
+                    .unwrap()
+                    .to_vec2()
+                    .unwrap();
+                assert_eq!(got, want, "{dtype:?} rows={rows} cols={cols} k={k}");
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The CUDA top-k of `kernels/topk.cu`, step for step on the CPU, so its logic (radix passes,
-//! threshold ties, compaction offsets, the bitonic network's index arithmetic) is tested here
+//! The CUDA top-k of `kernels/topk.cu`, step for step on the CPU, so its logic (radix passes on
+//! 32- and 16-bit keys, counts taken from the histograms, threshold ties, compaction offsets, the
+//! bitonic network's index arithmetic) is tested here
 //! against a plain sort, on machines without a GPU. Each function names the kernel it mirrors;
 //! thread-level parallelism becomes loops in thread order, which the kernels' results do not
 //! depend on.
@@ -60,15 +61,31 @@ struct RowState {
     remaining: u32,
 }
 
-/// The whole launch sequence for one row: `chunk` columns per block, as the Rust launcher
-/// picks it. `1 <= k <= min(row.len(), 1024)`.
-pub(crate) fn topk_row(row: &[f32], k: usize, chunk: usize, small_max: usize) -> Vec<u32> {
-    let n = row.len();
+/// `ordered` for f16 and bf16 bit patterns: 16-bit keys.
+pub(crate) fn ordered16(u: u16) -> u32 {
+    if u & 0x8000 != 0 {
+        u32::from(!u)
+    } else {
+        u32::from(u | 0x8000)
+    }
+}
+
+/// The whole launch sequence for one row of keys (`ordered` or `ordered16` of the scores,
+/// `key_bits` 32 or 16): `chunk` columns per block, as the Rust launcher picks it.
+/// `1 <= k <= min(keys.len(), 1024)`.
+pub(crate) fn topk_keys(
+    keys: &[u32],
+    key_bits: u32,
+    k: usize,
+    chunk: usize,
+    small_max: usize,
+) -> Vec<u32> {
+    let n = keys.len();
     if n <= small_max {
-        let items = row
+        let items = keys
             .iter()
             .enumerate()
-            .map(|(i, &v)| (ordered(v), i as u32))
+            .map(|(i, &key)| (key, i as u32))
             .collect();
         return sort_first_k(items, k);
     }
@@ -79,12 +96,14 @@ pub(crate) fn topk_row(row: &[f32], k: usize, chunk: usize, small_max: usize) ->
         mask: 0,
         remaining: k as u32,
     };
-    for shift in [24u32, 16, 8, 0] {
+    // (greater, equal) per chunk, accumulated by the select passes.
+    let mut counts = vec![(0u32, 0u32); chunks];
+    let shifts: Vec<u32> = (0..key_bits / 8).rev().map(|d| d * 8).collect();
+    for (pass, &shift) in shifts.iter().enumerate() {
         // memrl_topk_histogram
         let mut hist = vec![[0u32; 256]; chunks];
         for (c, bins) in hist.iter_mut().enumerate() {
-            for i in chunk_range(c) {
-                let key = ordered(row[i]);
+            for &key in &keys[chunk_range(c)] {
                 if key & st.mask == st.prefix {
                     bins[((key >> shift) & 255) as usize] += 1;
                 }
@@ -98,25 +117,24 @@ pub(crate) fn topk_row(row: &[f32], k: usize, chunk: usize, small_max: usize) ->
             }
         }
         let mut need = st.remaining;
+        let mut digit = 0;
         for d in (0..256).rev() {
             if total[d] >= need {
-                st.prefix |= (d as u32) << shift;
-                st.mask |= 255 << shift;
-                st.remaining = need;
+                digit = d;
                 break;
             }
             need -= total[d];
         }
+        st.prefix |= (digit as u32) << shift;
+        st.mask |= 255 << shift;
+        st.remaining = need;
+        for (count, bins) in counts.iter_mut().zip(&hist) {
+            count.0 += bins[digit + 1..].iter().sum::<u32>();
+            if pass + 1 == shifts.len() {
+                count.1 = bins[digit];
+            }
+        }
     }
-    // memrl_topk_count
-    let counts: Vec<(u32, u32)> = (0..chunks)
-        .map(|c| {
-            chunk_range(c).fold((0, 0), |(g, e), i| {
-                let key = ordered(row[i]);
-                (g + (key > st.prefix) as u32, e + (key == st.prefix) as u32)
-            })
-        })
-        .collect();
     // memrl_topk_offsets (exclusive prefix sums)
     let mut offsets = Vec::with_capacity(chunks);
     let mut acc = (0u32, 0u32);
@@ -128,8 +146,11 @@ pub(crate) fn topk_row(row: &[f32], k: usize, chunk: usize, small_max: usize) ->
     let greater_total = k as u32 - st.remaining;
     let mut cand = vec![(0u32, u32::MAX); k];
     for (c, &(mut at_g, mut at_e)) in offsets.iter().enumerate() {
+        if at_g >= greater_total && at_e >= st.remaining {
+            continue;
+        }
         for i in chunk_range(c) {
-            let key = ordered(row[i]);
+            let key = keys[i];
             if key > st.prefix {
                 if at_g < greater_total {
                     cand[at_g as usize] = (key, i as u32);
@@ -145,6 +166,12 @@ pub(crate) fn topk_row(row: &[f32], k: usize, chunk: usize, small_max: usize) ->
     }
     // memrl_topk_sort
     sort_first_k(cand, k)
+}
+
+/// [`topk_keys`] on f32 scores.
+pub(crate) fn topk_row(row: &[f32], k: usize, chunk: usize, small_max: usize) -> Vec<u32> {
+    let keys: Vec<u32> = row.iter().map(|&v| ordered(v)).collect();
+    topk_keys(&keys, 32, k, chunk, small_max)
 }
 
 #[cfg(test)]
@@ -177,6 +204,24 @@ mod tests {
     }
 
     #[test]
+    fn ordered16_preserves_f16_order() {
+        let mut v: Vec<half::f16> = [-65504.0f32, -1.0, -0.0, 0.0, 1e-7, 0.5, 65504.0]
+            .iter()
+            .map(|&x| half::f16::from_f32(x))
+            .chain([half::f16::NEG_INFINITY, half::f16::INFINITY])
+            .collect();
+        v.sort_by(|a, b| a.to_f32().total_cmp(&b.to_f32()));
+        for w in v.windows(2) {
+            assert!(
+                ordered16(w[0].to_bits()) < ordered16(w[1].to_bits()),
+                "{} {}",
+                w[0],
+                w[1]
+            );
+        }
+    }
+
+    #[test]
     fn all_equal_rows_take_the_lowest_columns() {
         let row = vec![0.25f32; 5000];
         assert_eq!(topk_row(&row, 7, 256, 1024), (0..7).collect::<Vec<u32>>());
@@ -200,6 +245,11 @@ mod tests {
             let k = 1 + ((row.len().min(1024) - 1) as f64 * k_frac) as usize;
             prop_assert_eq!(topk_row(&row, k, chunk, 1024), reference(&row, k));
             prop_assert_eq!(topk_row(&row, k, chunk, 0), reference(&row, k));
+            // The same row as f16 scores: 16-bit keys, two passes; f16 -> f32 keeps the order.
+            let halves: Vec<half::f16> = row.iter().map(|&v| half::f16::from_f32(v)).collect();
+            let widened: Vec<f32> = halves.iter().map(|h| h.to_f32()).collect();
+            let keys: Vec<u32> = halves.iter().map(|h| ordered16(h.to_bits())).collect();
+            prop_assert_eq!(topk_keys(&keys, 16, k, chunk, 0), reference(&widened, k));
         }
     }
 }

@@ -39,6 +39,10 @@ pub(crate) struct Ranked {
     pub(crate) score: f32,
 }
 
+/// Top-k2 pool positions per query, and four planes (valid, zsim, zq, score) of the same shape.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+type Picks = (Vec<Vec<u32>>, Vec<Vec<Vec<f32>>>);
+
 /// A random key in [0, 1) exactly representable in f32 (24 bits).
 fn exploration_key(rng: &mut SplitMix64) -> f32 {
     (rng.next_u64() >> 40) as f32 / (1u32 << 24) as f32
@@ -64,6 +68,7 @@ pub(crate) fn rank(
     let mut explore = vec![0u8; b * p];
     let mut random_keys = vec![0f32; b * p];
     let mut any_exploring = false;
+    let mut explore_rows = vec![0u32; b];
     for (i, pool) in pools.iter().enumerate() {
         for (j, c) in pool.iter().enumerate() {
             slots[i * p + j] = c.slot;
@@ -74,11 +79,27 @@ pub(crate) fn rank(
             let mut rng = SplitMix64::for_item(cfg.seed, i as u64);
             if rng.next_f64() < cfg.epsilon as f64 {
                 any_exploring = true;
+                explore_rows[i] = 1;
                 for j in 0..pool.len() {
                     explore[i * p + j] = 1;
                     random_keys[i * p + j] = exploration_key(&mut rng);
                 }
             }
+        }
+    }
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = device {
+        if p <= crate::kernels::cuda::RANK_MAX && b <= 65_535 {
+            let lens: Vec<u32> = pools.iter().map(|pool| pool.len() as u32).collect();
+            let host = cuda::Host {
+                sims: &sims,
+                slots: &slots,
+                lens: &lens,
+                explore: &explore_rows,
+                random_keys: &random_keys,
+            };
+            let (pos, picked) = cuda::rank(dev, utility, b, p, &host, cfg)?;
+            return Ok(hits(&pos, &picked));
         }
     }
     let slots = Tensor::from_vec(slots, b * p, device)?;
@@ -121,12 +142,18 @@ pub(crate) fn rank(
     .to_device(&Device::Cpu)?;
     let picked: Vec<Vec<Vec<f32>>> = picked.to_vec3()?;
     let pos: Vec<Vec<u32>> = pos.to_vec2()?;
-    let mut out = Vec::with_capacity(b);
+    Ok(hits(&pos, &picked))
+}
+
+/// Each query's picks from the top-k2 positions and the four planes (valid, zsim, zq, score)
+/// at those positions; invalid picks (a pool smaller than k2) are dropped.
+fn hits(pos: &[Vec<u32>], picked: &[Vec<Vec<f32>>]) -> Vec<Vec<Ranked>> {
+    let mut out = Vec::with_capacity(pos.len());
     for (i, row) in pos.iter().enumerate() {
-        let mut hits = Vec::with_capacity(row.len());
+        let mut picks = Vec::with_capacity(row.len());
         for (j, &position) in row.iter().enumerate() {
             if picked[0][i][j] > 0.0 {
-                hits.push(Ranked {
+                picks.push(Ranked {
                     position: position as usize,
                     zsim: picked[1][i][j],
                     zq: picked[2][i][j],
@@ -134,9 +161,85 @@ pub(crate) fn rank(
                 });
             }
         }
-        out.push(hits);
+        out.push(picks);
     }
-    Ok(out)
+    out
+}
+
+/// Phase B as one CUDA kernel (kernels/rank.cu) instead of some forty tensor ops.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::{CudaDevice, Storage, Tensor};
+
+    use crate::config::{RetrievalConfig, ZSim};
+    use crate::error::Result;
+    use crate::kernels::cuda::{rank as launch, Pools, RankParams};
+
+    pub(super) struct Host<'a> {
+        pub(super) sims: &'a [f32],
+        pub(super) slots: &'a [u32],
+        pub(super) lens: &'a [u32],
+        pub(super) explore: &'a [u32],
+        pub(super) random_keys: &'a [f32],
+    }
+
+    /// Positions `b x kk` and planes `4 x b x kk`, as the tensor path returns them.
+    pub(super) fn rank(
+        dev: &CudaDevice,
+        utility: &Tensor,
+        b: usize,
+        p: usize,
+        host: &Host<'_>,
+        cfg: &RetrievalConfig,
+    ) -> Result<super::Picks> {
+        let (fixed, fixed_mul, fixed_add) = match cfg.zsim {
+            ZSim::Pool => (0, 1.0, 0.0),
+            ZSim::Fixed { mean, std } => (
+                1,
+                (1.0 / std as f64) as f32,
+                (-(mean as f64) / std as f64) as f32,
+            ),
+        };
+        let params = RankParams {
+            lambda: cfg.lambda,
+            one_minus_lambda: (1.0 - cfg.lambda as f64) as f32,
+            z_clip: cfg.z_clip,
+            fixed_mul,
+            fixed_add,
+            q_min: cfg.q_min.unwrap_or(0.0),
+            fixed,
+            has_q_min: u32::from(cfg.q_min.is_some()),
+            p: p as u32,
+            k2: cfg.k2 as u32,
+        };
+        let pools = Pools {
+            b,
+            sims: host.sims,
+            slots: host.slots,
+            lens: host.lens,
+            explore: host.explore,
+            random_keys: host.random_keys,
+        };
+        let utility = utility.contiguous()?;
+        let (storage, layout) = utility.storage_and_layout();
+        let Storage::Cuda(storage) = &*storage else {
+            return Err(
+                candle_core::Error::Msg("memrl-rank: Q is not on the CUDA device".into()).into(),
+            );
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            return Err(candle_core::Error::Msg("memrl-rank: Q is not contiguous".into()).into());
+        };
+        let q = storage.as_cuda_slice::<f32>()?;
+        let (pos, fields) = launch(dev, q, start..end, &pools, params)?;
+        let kk = cfg.k2.min(p);
+        let pos = pos.chunks(kk).map(<[u32]>::to_vec).collect();
+        let planes = fields
+            .chunks(b * kk)
+            .map(|plane| plane.chunks(kk).map(<[f32]>::to_vec).collect())
+            .collect();
+        Ok((pos, planes))
+    }
 }
 
 /// Row-wise z-score of `x` over the entries where `valid` is 1 (see the module docs).

@@ -86,7 +86,13 @@ pub(crate) fn top_keys(queries: &Tensor, keys: &Tensor, k: usize) -> Result<TopK
     while start < n {
         let rows = tile_rows.min(n - start);
         let tile = keys.narrow(0, start, rows)?;
-        let scores = queries.matmul(&tile.t()?)?.to_dtype(DType::F32)?;
+        let scores = queries.matmul(&tile.t()?)?;
+        // CUDA ranks f16 and bf16 scores as the matmul wrote them; other devices take f32.
+        let scores = if scores.device().is_cuda() {
+            scores
+        } else {
+            scores.to_dtype(DType::F32)?
+        };
         let local = topk_indices(&scores, k)?;
         let values = scores.gather(&local, 1)?;
         let rows_idx = local.broadcast_add(&Tensor::new(start as u32, keys.device())?)?;
@@ -103,7 +109,7 @@ pub(crate) fn top_keys(queries: &Tensor, keys: &Tensor, k: usize) -> Result<TopK
     }
     match best {
         Some((values, rows)) => Ok(TopKeys {
-            sims: values.to_vec2()?,
+            sims: values.to_dtype(DType::F32)?.to_vec2()?,
             rows: rows.to_vec2()?,
         }),
         None => Ok(TopKeys::empty(b)),

@@ -156,7 +156,14 @@ fn write_indices(dst: &mut [u32], best: &[(f32, u32)]) {
 
 /// `B x min(k, N)` u32 indices of the best scores of each row (see the module docs).
 pub(crate) fn topk_indices(scores: &Tensor, k: usize) -> Result<Tensor> {
-    let scores = scores.to_dtype(DType::F32)?.contiguous()?;
+    // The CUDA kernels rank f16 and bf16 scores as they are (half the bytes per pass).
+    let native = scores.device().is_cuda()
+        && matches!(scores.dtype(), DType::F32 | DType::F16 | DType::BF16);
+    let scores = if native {
+        scores.contiguous()?
+    } else {
+        scores.to_dtype(DType::F32)?.contiguous()?
+    };
     match scores.device() {
         Device::Cpu => Ok(scores.apply_op1_no_bwd(&TopK { k })?),
         #[cfg(feature = "cuda")]
@@ -167,6 +174,7 @@ pub(crate) fn topk_indices(scores: &Tensor, k: usize) -> Result<Tensor> {
         Device::Cuda(_) => {
             // k above the kernel's sort width: exact on the CPU, then back.
             let idx = scores
+                .to_dtype(DType::F32)?
                 .to_device(&Device::Cpu)?
                 .apply_op1_no_bwd(&TopK { k })?;
             Ok(idx.to_device(scores.device())?)
