@@ -23,6 +23,15 @@ for t in retrieval learning snapshot bad_input engine embed; do
   echo "exit $?"; grep -E "^test result|panicked|FAILED" "${OUT:-/tmp}/test-$t.log" | head -8
 done
 
+if [ "${GPU_PROFILE:-0}" = 1 ]; then
+  echo "== Nsight Compute: per-kernel time of retrieval at N = 1M f16, B = 256 (first calls)"
+  MEMRL_BENCH_DEVICE=cuda MEMRL_BENCH_DTYPE=f16 MEMRL_BENCH_N=1000000 MEMRL_BENCH_K1=100 \
+    MEMRL_BENCH_BATCHES=256 timeout 240 ncu --clock-control none --section SpeedOfLight \
+    --kernel-name regex:"memrl|gemm|xmma|cutlass|nvjet" -c 24 --print-summary per-kernel \
+    "$BIN"/bench-retrieval > "${OUT:-/tmp}/ncu.txt" 2>&1
+  echo "ncu exit $?"
+  grep -E "memrl|gemm|xmma|cutlass|nvjet|Duration|SM Frequency" "${OUT:-/tmp}/ncu.txt" | head -80
+fi
 if [ "${GPU_TESTS_ONLY:-0}" = 1 ]; then exit 0; fi
 echo "== retrieval benchmark: memrl, then torch, same shapes (d = 384, k1 = 100)"
 for dtype in f16 f32; do
