@@ -4,26 +4,27 @@
 // Result order: score descending, ties by lower column (the engine's tie rule). Scores are
 // compared through `ordered`, a bijection of their bit patterns onto unsigned integers that
 // preserves Rust's `total_cmp` order, so every value (-inf, NaN included) has one place.
-// f32 scores give 32-bit keys, f16 and bf16 scores 16-bit keys (half the bytes and half the
+// f32 scores give 32-bit keys, f16 and bf16 scores 16-bit keys (half the bytes and fewer
 // radix passes: a GPU bank in f16 is ranked on its own f16 scores, never converted).
 //
 // Algorithm (kernels/README.md has the reasoning):
 //   small rows (N <= 1024): one block per row loads the row into shared memory and sorts it
 //       (`memrl_topk_small_*`);
-//   large rows: radix select of the k-th largest key, 8 bits per pass, most significant first
-//       (`memrl_topk_histogram_*` per chunk of columns, then `memrl_topk_select` per row). The
-//       per-chunk histograms also give, for free, how many keys of each chunk are above the
-//       final threshold and equal to it; `memrl_topk_offsets` turns those into exclusive
-//       prefix sums; `memrl_topk_gather_*` writes the keys above the threshold and the
-//       lowest-column keys equal to it, in column order, with no atomics; `memrl_topk_sort`
-//       sorts those k candidates. The scores are streamed passes + 1 times, nothing else is
-//       proportional to N.
+//   large rows: radix select of the k-th largest key, most significant digit first, digits of
+//       up to 12 bits (12+4 for 16-bit keys, 12+12+8 for 32-bit keys): `memrl_topk_histogram_*`
+//       per histogram chunk, then `memrl_topk_select` per row. Then a deterministic compaction:
+//       `memrl_topk_count_*` counts each chunk's keys above and equal to the threshold,
+//       `memrl_topk_offsets` turns those into exclusive prefix sums, `memrl_topk_gather_*`
+//       writes the keys above the threshold and the lowest-column keys equal to it, in column
+//       order, with no atomics; `memrl_topk_sort` sorts those k candidates. The scores are
+//       streamed once per digit plus twice; nothing else is proportional to N.
 //
 // Invariants the launches rely on (checked by the Rust side, src/kernels/cuda.rs):
 //   blockDim.x == TOPK_THREADS for the streaming kernels and `select`, TOPK_SORT_THREADS for
 //   `small`, `offsets` and `sort`;
-//   gridDim = (chunks, B) with chunks = ceil(N / chunk) for the streaming kernels, (1, B) else;
-//   1 <= k <= min(N, 1024); counts is zeroed before the first select.
+//   gridDim = (chunks, B) with chunks = ceil(N / chunk) for the streaming kernels (the histogram
+//   chunk and the count/gather chunk may differ; select is told the histogram's), (1, B) else;
+//   1 <= k <= min(N, 1024); digits of 1 to 12 bits (4 to 12 for select's groups of 16 bins).
 // src/kernels/mirror.rs repeats this algorithm step for step on the CPU, where it is tested
 // against a plain sort.
 
@@ -35,6 +36,7 @@
 #define TOPK_WARPS (TOPK_THREADS / 32)
 #define TOPK_SORT_THREADS 512
 #define TOPK_SORT_MAX 1024
+#define TOPK_BINS 4096
 
 // Per row: the radix-select state. `prefix` holds the digits of the k-th key found so far,
 // `mask` the bits they cover, `remaining` how many keys equal to the prefix are still needed.
@@ -109,79 +111,105 @@ __device__ void topk_small(const T* scores, uint32_t n, uint32_t k, uint32_t* ou
     for (uint32_t i = threadIdx.x; i < k; i += blockDim.x) out[(size_t)blockIdx.y * k + i] = cols[i];
 }
 
-// One radix pass: a 256-bin histogram of digit (key >> shift) & 255 over the keys whose higher
-// digits match the row's prefix, per chunk: hist[row][chunk][256].
+// One radix pass: a histogram of the digit (key >> shift) & (2^bits - 1) over the keys whose
+// higher digits match the row's prefix, per histogram chunk: hist[row][chunk][TOPK_BINS].
+// Digits are up to 12 bits wide: cosine scores share their sign and exponent bits, so a narrow
+// first digit would pile every score into a few bins and serialize the shared-memory atomics;
+// 12 bits spread them, and a plain atomic per key is then cheap.
 template <typename T>
 __device__ void topk_histogram(const T* scores, uint32_t n, uint32_t chunk, const RowState* state,
-                               uint32_t shift, uint32_t* hist) {
-    __shared__ uint32_t bins[256];
-    for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) bins[i] = 0;
+                               uint32_t shift, uint32_t bits, uint32_t* hist) {
+    __shared__ uint32_t bins[TOPK_BINS];
+    const uint32_t nbins = 1u << bits, digit_mask = nbins - 1u;
+    for (uint32_t i = threadIdx.x; i < nbins; i += blockDim.x) bins[i] = 0;
     __syncthreads();
     const RowState st = state[blockIdx.y];
     const T* row = scores + (size_t)blockIdx.y * n;
     uint64_t start = (uint64_t)blockIdx.x * chunk;
     uint64_t end = start + chunk < n ? start + chunk : n;
-    uint32_t lane = threadIdx.x & 31;
-    // Loop bounds are uniform per block, so whole warps reach the warp-wide votes below.
-    for (uint64_t base = start; base < end; base += blockDim.x) {
-        uint64_t i = base + threadIdx.x;
-        bool in = i < end;
-        uint32_t key = in ? ordered(row[i]) : 0u;
-        bool counted = in && (key & st.mask) == st.prefix;
-        // After the first pass few keys match the prefix: most warps skip the atomics.
-        if (!__any_sync(0xFFFFFFFFu, counted)) continue;
-        // Scores cluster in a few bins, so lanes aggregate equal digits before one atomic.
-        uint32_t digit = counted ? ((key >> shift) & 255u) : 256u;
-        uint32_t peers = __match_any_sync(0xFFFFFFFFu, digit);
-        if (counted && lane == __ffs(peers) - 1) atomicAdd(&bins[digit], __popc(peers));
+    for (uint64_t i = start + threadIdx.x; i < end; i += blockDim.x) {
+        uint32_t key = ordered(row[i]);
+        if ((key & st.mask) == st.prefix) atomicAdd(&bins[(key >> shift) & digit_mask], 1u);
     }
     __syncthreads();
-    uint32_t* out = hist + ((size_t)blockIdx.y * gridDim.x + blockIdx.x) * 256;
-    for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) out[i] = bins[i];
+    uint32_t* out = hist + ((size_t)blockIdx.y * gridDim.x + blockIdx.x) * TOPK_BINS;
+    for (uint32_t i = threadIdx.x; i < nbins; i += blockDim.x) out[i] = bins[i];
 }
 
-// Sums a row's chunk histograms, fixes the next digit of the k-th key, and adds to each chunk's
-// (greater, equal) counts: keys in bins above the chosen digit are above the final threshold
-// whatever the later digits; on the last pass the chosen bin holds the keys equal to it.
-// Block: TOPK_THREADS threads (one per bin); grid (1, B).
+// Sums a row's chunk histograms and fixes the next digit of the k-th key. Block: TOPK_THREADS
+// threads; grid (1, B).
 extern "C" __global__ void memrl_topk_select(const uint32_t* hist, uint32_t chunks,
-                                             RowState* state, uint32_t shift, uint32_t last,
-                                             uint2* counts) {
-    __shared__ uint32_t total[256];
-    __shared__ uint32_t chosen;
-    const uint32_t* h = hist + (size_t)blockIdx.y * chunks * 256;
-    uint32_t sum = 0;
-    for (uint32_t c = 0; c < chunks; ++c) sum += h[(size_t)c * 256 + threadIdx.x];
-    total[threadIdx.x] = sum;
+                                             RowState* state, uint32_t shift, uint32_t bits) {
+    __shared__ uint32_t total[TOPK_BINS];
+    __shared__ uint32_t group[TOPK_BINS / 16];
+    const uint32_t nbins = 1u << bits, ngroups = nbins / 16;
+    const uint32_t* h = hist + (size_t)blockIdx.y * chunks * TOPK_BINS;
+    for (uint32_t b = threadIdx.x; b < nbins; b += blockDim.x) {
+        uint32_t sum = 0;
+        for (uint32_t c = 0; c < chunks; ++c) sum += h[(size_t)c * TOPK_BINS + b];
+        total[b] = sum;
+    }
+    __syncthreads();
+    for (uint32_t g = threadIdx.x; g < ngroups; g += blockDim.x) {
+        uint32_t sum = 0;
+        for (uint32_t b = 16 * g; b < 16 * g + 16; ++b) sum += total[b];
+        group[g] = sum;
+    }
     __syncthreads();
     if (threadIdx.x == 0) {
         RowState st = state[blockIdx.y];
-        uint32_t need = st.remaining;
-        uint32_t digit = 0;
-        for (int d = 255; d >= 0; --d) {
-            if (total[d] >= need) {
-                digit = (uint32_t)d;
-                break;
+        uint32_t need = st.remaining, digit = 0;
+        // Walk down by groups of 16 bins, then bins, to the one holding the k-th key.
+        for (int g = (int)ngroups - 1; g >= 0; --g) {
+            if (group[g] < need) {
+                need -= group[g];
+                continue;
             }
-            need -= total[d];
+            for (int d = 16 * g + 15; d >= 16 * g; --d) {
+                if (total[d] >= need) {
+                    digit = (uint32_t)d;
+                    break;
+                }
+                need -= total[d];
+            }
+            break;
         }
         st.prefix |= digit << shift;
-        st.mask |= 255u << shift;
+        st.mask |= (nbins - 1u) << shift;
         st.remaining = need;
         state[blockIdx.y] = st;
-        chosen = digit;
+    }
+}
+
+// Per chunk: how many keys are above the threshold and how many equal it:
+// counts[row][chunk] = (greater, equal). Totals only, so no barrier per tile.
+template <typename T>
+__device__ void topk_count(const T* scores, uint32_t n, uint32_t chunk, const RowState* state,
+                           uint2* counts) {
+    __shared__ uint32_t sums[2];
+    if (threadIdx.x == 0) sums[0] = sums[1] = 0;
+    __syncthreads();
+    const uint32_t threshold = state[blockIdx.y].prefix;
+    const T* row = scores + (size_t)blockIdx.y * n;
+    uint64_t start = (uint64_t)blockIdx.x * chunk;
+    uint64_t end = start + chunk < n ? start + chunk : n;
+    uint32_t greater = 0, equal = 0;
+    for (uint64_t i = start + threadIdx.x; i < end; i += blockDim.x) {
+        uint32_t key = ordered(row[i]);
+        greater += key > threshold;
+        equal += key == threshold;
+    }
+    for (int off = 16; off > 0; off >>= 1) {
+        greater += __shfl_down_sync(0xFFFFFFFFu, greater, off);
+        equal += __shfl_down_sync(0xFFFFFFFFu, equal, off);
+    }
+    if ((threadIdx.x & 31) == 0 && (greater | equal)) {
+        atomicAdd(&sums[0], greater);
+        atomicAdd(&sums[1], equal);
     }
     __syncthreads();
-    uint2* row_counts = counts + (size_t)blockIdx.y * chunks;
-    for (uint32_t c = threadIdx.x; c < chunks; c += blockDim.x) {
-        const uint32_t* hc = h + (size_t)c * 256;
-        uint32_t above = 0;
-        for (uint32_t d = chosen + 1; d < 256; ++d) above += hc[d];
-        uint2 v = row_counts[c];
-        v.x += above;
-        if (last) v.y = hc[chosen];
-        row_counts[c] = v;
-    }
+    if (threadIdx.x == 0)
+        counts[(size_t)blockIdx.y * gridDim.x + blockIdx.x] = make_uint2(sums[0], sums[1]);
 }
 
 // Exclusive prefix sums of a row's chunk counts, in place. Block: TOPK_SORT_THREADS threads;
@@ -266,6 +294,8 @@ __device__ void topk_gather(const T* scores, uint32_t n, uint32_t chunk, const R
         uint64_t i = base + threadIdx.x;
         uint32_t key = i < end ? ordered(row[i]) : 0u;
         bool g = i < end && key > st.prefix, e = i < end && key == st.prefix;
+        // Almost every tile holds no candidate (k of N): one barrier decides for the block.
+        if (!__syncthreads_or(g || e)) continue;
         uint32_t ra, rb, ta, tb;
         tile_ranks(g, e, scratch, ra, rb, ta, tb);
         uint32_t pg = at.x + ra, pe = at.y + rb;
@@ -306,8 +336,12 @@ extern "C" __global__ void memrl_topk_sort(const uint32_t* cand_keys, const uint
     }                                                                                            \
     extern "C" __global__ void memrl_topk_histogram_##SUFFIX(                                    \
         const T* scores, uint32_t n, uint32_t chunk, const RowState* state, uint32_t shift,      \
-        uint32_t* hist) {                                                                        \
-        topk_histogram<T>(scores, n, chunk, state, shift, hist);                                 \
+        uint32_t bits, uint32_t* hist) {                                                         \
+        topk_histogram<T>(scores, n, chunk, state, shift, bits, hist);                           \
+    }                                                                                            \
+    extern "C" __global__ void memrl_topk_count_##SUFFIX(                                        \
+        const T* scores, uint32_t n, uint32_t chunk, const RowState* state, uint2* counts) {     \
+        topk_count<T>(scores, n, chunk, state, counts);                                          \
     }                                                                                            \
     extern "C" __global__ void memrl_topk_gather_##SUFFIX(                                       \
         const T* scores, uint32_t n, uint32_t chunk, const RowState* state,                      \

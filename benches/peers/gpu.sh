@@ -34,11 +34,9 @@ if [ "${GPU_PROFILE:-0}" = 1 ]; then
 fi
 if [ "${GPU_TESTS_ONLY:-0}" = 1 ]; then exit 0; fi
 echo "== retrieval benchmark: memrl, then torch, same shapes (d = 384, k1 = 100)"
-for dtype in f16 f32; do
-  for n in 1000000 10000000; do
-    MEMRL_BENCH_DEVICE=cuda MEMRL_BENCH_DTYPE=$dtype MEMRL_BENCH_N=$n MEMRL_BENCH_K1=100 \
-      timeout 120 "$BIN"/bench-retrieval
-  done
+for set in ${GPU_BENCH_SETS:-f16:1000000 f16:10000000 f32:1000000 f32:10000000}; do
+  MEMRL_BENCH_DEVICE=cuda MEMRL_BENCH_DTYPE=${set%%:*} MEMRL_BENCH_N=${set##*:} MEMRL_BENCH_K1=100 \
+    timeout 120 "$BIN"/bench-retrieval
 done
 python3 benches/peers/gpu_torch.py --n 1000000,10000000 --batches 1,32,256 --dtypes f16,f32 --k 100
 echo "== embedding models on this machine (for an embedding comparison; none are carried)"

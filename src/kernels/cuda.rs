@@ -13,6 +13,8 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Shape};
 
+use super::{DIGITS_16, DIGITS_32};
+
 const TOPK_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/topk.ptx"));
 const TOPK_MODULE: &str = "memrl_topk";
 const RANK_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/rank.ptx"));
@@ -23,9 +25,15 @@ const THREADS: u32 = 256;
 const SORT_THREADS: u32 = 512;
 /// `TOPK_SORT_MAX` in the kernel: the widest row sorted whole, and the largest k.
 pub(crate) const SORT_MAX: usize = 1024;
-/// Columns per block in the streaming passes: 32 elements per thread, enough work to hide the
-/// per-block histogram flush, few enough blocks (N / 8192) for the per-row scans.
+/// Columns per block in the count and gather passes: 32 keys per thread; enough blocks (N / 8192)
+/// to fill the GPU at B = 1, few enough for the per-row offset scan.
 pub(crate) const CHUNK: usize = THREADS as usize * 32;
+/// Columns per block in the histogram passes: each block flushes `BINS` counters, so it counts
+/// 16 keys per counter.
+const HIST_CHUNK: usize = 1 << 16;
+/// `TOPK_BINS` in the kernel: the widest digit, 12 bits.
+const BINS: usize = 4096;
+
 /// CUDA's limit on gridDim.y.
 const MAX_GRID_Y: usize = 65_535;
 /// `RANK_THREADS` and `RANK_MAX` in kernels/rank.cu.
@@ -49,9 +57,9 @@ pub(crate) fn topk(
     k: usize,
 ) -> candle_core::Result<(CudaStorage, Shape)> {
     match storage.dtype() {
-        DType::F32 => topk_typed::<f32>(storage, layout, k, "f32", &[24, 16, 8, 0]),
-        DType::F16 => topk_typed::<half::f16>(storage, layout, k, "f16", &[8, 0]),
-        DType::BF16 => topk_typed::<half::bf16>(storage, layout, k, "bf16", &[8, 0]),
+        DType::F32 => topk_typed::<f32>(storage, layout, k, "f32", DIGITS_32),
+        DType::F16 => topk_typed::<half::f16>(storage, layout, k, "f16", DIGITS_16),
+        DType::BF16 => topk_typed::<half::bf16>(storage, layout, k, "bf16", DIGITS_16),
         other => candle_core::bail!("memrl-topk on CUDA takes f32, f16 or bf16, got {other:?}"),
     }
 }
@@ -61,7 +69,7 @@ fn topk_typed<T: CudaDType + DeviceRepr>(
     layout: &Layout,
     k: usize,
     suffix: &str,
-    shifts: &[u32],
+    digits: &[(u32, u32)],
 ) -> candle_core::Result<(CudaStorage, Shape)> {
     let dev = storage.device().clone();
     let (rows, cols) = layout.shape().dims2()?;
@@ -101,43 +109,54 @@ fn topk_typed<T: CudaDType + DeviceRepr>(
             unsafe { b.launch(config(1, group, SORT_THREADS)) }.w()?;
         } else {
             let chunks = cols.div_ceil(CHUNK);
+            let hist_chunks = cols.div_ceil(HIST_CHUNK);
             let (chunk, chunks32) = (CHUNK as u32, chunks as u32);
+            let (hist_chunk, hist_chunks32) = (HIST_CHUNK as u32, hist_chunks as u32);
             // RowState {prefix, mask, remaining, k} per row.
             let init: Vec<u32> = (0..group).flat_map(|_| [0, 0, k32, k32]).collect();
             let mut state = dev.clone_htod(&init)?;
-            // (greater, equal) per chunk, accumulated by the select passes from zero.
-            let mut counts = dev.alloc_zeros::<u32>(group * chunks * 2)?;
-            // SAFETY (the three allocations below): every element is written by a kernel
-            // before any kernel reads it: hist by each histogram pass, the candidates' first k
-            // slots by the gather pass (exactly k keys rank at or above the threshold, by
-            // construction of the select passes).
-            let mut hist = unsafe { dev.alloc::<u32>(group * chunks * 256)? };
+            // SAFETY (the four allocations below): every element is written by a kernel before
+            // any kernel reads it: each histogram pass writes the 2^bits bins that select reads,
+            // the count pass every (greater, equal) pair, the gather pass the candidates' first
+            // k slots (exactly k keys rank at or above the threshold, by construction of the
+            // select passes).
+            let mut hist = unsafe { dev.alloc::<u32>(group * hist_chunks * BINS)? };
+            let mut counts = unsafe { dev.alloc::<u32>(group * chunks * 2)? };
             let mut cand_keys = unsafe { dev.alloc::<u32>(group * k)? };
             let mut cand_cols = unsafe { dev.alloc::<u32>(group * k)? };
             let histogram = func("memrl_topk_histogram")?;
             let select = dev.get_or_load_custom_func("memrl_topk_select", TOPK_MODULE, TOPK_PTX)?;
-            for (pass, &shift) in shifts.iter().enumerate() {
-                let last = u32::from(pass + 1 == shifts.len());
+            for &(shift, bits) in digits {
                 let mut b = histogram.builder();
                 b.arg(&scores)
                     .arg(&n)
-                    .arg(&chunk)
+                    .arg(&hist_chunk)
                     .arg(&state)
                     .arg(&shift)
+                    .arg(&bits)
                     .arg(&mut hist);
-                // SAFETY: reads group * n scores and group states, writes group * chunks * 256.
-                unsafe { b.launch(config(chunks, group, THREADS)) }.w()?;
+                // SAFETY: reads group * n scores and group states, writes 2^bits bins per
+                // histogram chunk.
+                unsafe { b.launch(config(hist_chunks, group, THREADS)) }.w()?;
                 let mut b = select.builder();
                 b.arg(&hist)
-                    .arg(&chunks32)
+                    .arg(&hist_chunks32)
                     .arg(&mut state)
                     .arg(&shift)
-                    .arg(&last)
-                    .arg(&mut counts);
-                // SAFETY: one block of 256 threads (one per bin) per row; reads the row's
-                // chunks * 256 bins, updates its state and chunks count pairs.
+                    .arg(&bits);
+                // SAFETY: one block per row; reads the row's hist_chunks * 2^bits bins and
+                // updates its state.
                 unsafe { b.launch(config(1, group, THREADS)) }.w()?;
             }
+            let f = func("memrl_topk_count")?;
+            let mut b = f.builder();
+            b.arg(&scores)
+                .arg(&n)
+                .arg(&chunk)
+                .arg(&state)
+                .arg(&mut counts);
+            // SAFETY: writes group * chunks (greater, equal) pairs.
+            unsafe { b.launch(config(chunks, group, THREADS)) }.w()?;
             let f = dev.get_or_load_custom_func("memrl_topk_offsets", TOPK_MODULE, TOPK_PTX)?;
             let mut b = f.builder();
             b.arg(&mut counts).arg(&chunks32);

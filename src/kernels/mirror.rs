@@ -1,9 +1,11 @@
-//! The CUDA top-k of `kernels/topk.cu`, step for step on the CPU, so its logic (radix passes on
-//! 32- and 16-bit keys, counts taken from the histograms, threshold ties, compaction offsets, the
-//! bitonic network's index arithmetic) is tested here
+//! The CUDA top-k of `kernels/topk.cu`, step for step on the CPU, so its logic (radix passes of
+//! 12-bit and narrower digits on 32- and 16-bit keys, the grouped walk to the k-th key, threshold
+//! ties, compaction offsets, the bitonic network's index arithmetic) is tested here
 //! against a plain sort, on machines without a GPU. Each function names the kernel it mirrors;
 //! thread-level parallelism becomes loops in thread order, which the kernels' results do not
 //! depend on.
+
+use super::{DIGITS_16, DIGITS_32};
 
 /// `ordered` in the kernel: f32 bits onto u32, preserving `f32::total_cmp`.
 pub(crate) fn ordered(x: f32) -> u32 {
@@ -70,14 +72,14 @@ pub(crate) fn ordered16(u: u16) -> u32 {
     }
 }
 
-/// The whole launch sequence for one row of keys (`ordered` or `ordered16` of the scores,
-/// `key_bits` 32 or 16): `chunk` columns per block, as the Rust launcher picks it.
+/// The whole launch sequence for one row of keys (`ordered` or `ordered16` of the scores, with
+/// their `digits`): histograms per `hist_chunk` columns, counts and gather per `chunk`.
 /// `1 <= k <= min(keys.len(), 1024)`.
 pub(crate) fn topk_keys(
     keys: &[u32],
-    key_bits: u32,
+    digits: &[(u32, u32)],
     k: usize,
-    chunk: usize,
+    (hist_chunk, chunk): (usize, usize),
     small_max: usize,
 ) -> Vec<u32> {
     let n = keys.len();
@@ -89,54 +91,55 @@ pub(crate) fn topk_keys(
             .collect();
         return sort_first_k(items, k);
     }
-    let chunks = n.div_ceil(chunk);
-    let chunk_range = |c: usize| c * chunk..((c + 1) * chunk).min(n);
     let mut st = RowState {
         prefix: 0,
         mask: 0,
         remaining: k as u32,
     };
-    // (greater, equal) per chunk, accumulated by the select passes.
-    let mut counts = vec![(0u32, 0u32); chunks];
-    let shifts: Vec<u32> = (0..key_bits / 8).rev().map(|d| d * 8).collect();
-    for (pass, &shift) in shifts.iter().enumerate() {
-        // memrl_topk_histogram
-        let mut hist = vec![[0u32; 256]; chunks];
-        for (c, bins) in hist.iter_mut().enumerate() {
-            for &key in &keys[chunk_range(c)] {
+    for &(shift, bits) in digits {
+        let nbins = 1usize << bits;
+        // memrl_topk_histogram, summed over the histogram chunks by memrl_topk_select
+        let mut total = vec![0u32; nbins];
+        for part in keys.chunks(hist_chunk) {
+            for &key in part {
                 if key & st.mask == st.prefix {
-                    bins[((key >> shift) & 255) as usize] += 1;
+                    total[((key >> shift) as usize) & (nbins - 1)] += 1;
                 }
             }
         }
-        // memrl_topk_select
-        let mut total = [0u32; 256];
-        for bins in &hist {
-            for (t, b) in total.iter_mut().zip(bins) {
-                *t += b;
-            }
-        }
+        // memrl_topk_select: down by groups of 16 bins, then bins.
         let mut need = st.remaining;
         let mut digit = 0;
-        for d in (0..256).rev() {
-            if total[d] >= need {
-                digit = d;
-                break;
+        for g in (0..nbins / 16).rev() {
+            let group: u32 = total[16 * g..16 * g + 16].iter().sum();
+            if group < need {
+                need -= group;
+                continue;
             }
-            need -= total[d];
+            for d in (16 * g..16 * g + 16).rev() {
+                if total[d] >= need {
+                    digit = d;
+                    break;
+                }
+                need -= total[d];
+            }
+            break;
         }
         st.prefix |= (digit as u32) << shift;
-        st.mask |= 255 << shift;
+        st.mask |= ((nbins - 1) as u32) << shift;
         st.remaining = need;
-        for (count, bins) in counts.iter_mut().zip(&hist) {
-            count.0 += bins[digit + 1..].iter().sum::<u32>();
-            if pass + 1 == shifts.len() {
-                count.1 = bins[digit];
-            }
-        }
     }
+    // memrl_topk_count
+    let counts: Vec<(u32, u32)> = keys
+        .chunks(chunk)
+        .map(|part| {
+            part.iter().fold((0, 0), |(g, e), &key| {
+                (g + (key > st.prefix) as u32, e + (key == st.prefix) as u32)
+            })
+        })
+        .collect();
     // memrl_topk_offsets (exclusive prefix sums)
-    let mut offsets = Vec::with_capacity(chunks);
+    let mut offsets = Vec::with_capacity(counts.len());
     let mut acc = (0u32, 0u32);
     for c in &counts {
         offsets.push(acc);
@@ -149,8 +152,13 @@ pub(crate) fn topk_keys(
         if at_g >= greater_total && at_e >= st.remaining {
             continue;
         }
-        for i in chunk_range(c) {
-            let key = keys[i];
+        let first = c * chunk;
+        for (i, &key) in keys
+            .iter()
+            .enumerate()
+            .take((first + chunk).min(n))
+            .skip(first)
+        {
             if key > st.prefix {
                 if at_g < greater_total {
                     cand[at_g as usize] = (key, i as u32);
@@ -171,7 +179,7 @@ pub(crate) fn topk_keys(
 /// [`topk_keys`] on f32 scores.
 pub(crate) fn topk_row(row: &[f32], k: usize, chunk: usize, small_max: usize) -> Vec<u32> {
     let keys: Vec<u32> = row.iter().map(|&v| ordered(v)).collect();
-    topk_keys(&keys, 32, k, chunk, small_max)
+    topk_keys(&keys, DIGITS_32, k, (4 * chunk, chunk), small_max)
 }
 
 #[cfg(test)]
@@ -249,7 +257,7 @@ mod tests {
             let halves: Vec<half::f16> = row.iter().map(|&v| half::f16::from_f32(v)).collect();
             let widened: Vec<f32> = halves.iter().map(|h| h.to_f32()).collect();
             let keys: Vec<u32> = halves.iter().map(|h| ordered16(h.to_bits())).collect();
-            prop_assert_eq!(topk_keys(&keys, 16, k, chunk, 0), reference(&widened, k));
+            prop_assert_eq!(topk_keys(&keys, DIGITS_16, k, (chunk, chunk), 0), reference(&widened, k));
         }
     }
 }
