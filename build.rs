@@ -18,6 +18,7 @@ fn main() {
     for kernel in KERNELS {
         println!("cargo:rerun-if-changed=kernels/{kernel}.cu");
     }
+    println!("cargo:rerun-if-changed=kernels/common.cuh");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     println!("cargo:rerun-if-env-changed=NVCC");
     let nvcc = std::env::var("NVCC").unwrap_or_else(|_| "nvcc".to_string());

@@ -11,8 +11,9 @@
 // Layout: pools are padded to p columns, p <= RANK_MAX; member j of row r is valid when
 // j < lens[r] (and its Q passes q_min). Launch: grid (1, B), block RANK_THREADS.
 
-#include <stdint.h>
 #include <math.h>
+
+#include "common.cuh"
 
 #define RANK_THREADS 256
 #define RANK_MAX 1024
@@ -30,15 +31,6 @@ struct RankParams {
     uint32_t p;
     uint32_t k2;  // outputs per row: min(k2, p)
 };
-
-__device__ __forceinline__ uint32_t ordered(float x) {
-    uint32_t u = __float_as_uint(x);
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
-__device__ __forceinline__ bool before(uint32_t ka, uint32_t ia, uint32_t kb, uint32_t ib) {
-    return ka > kb || (ka == kb && ia < ib);
-}
 
 __device__ __forceinline__ float clampf(float x, float c) { return fminf(fmaxf(x, -c), c); }
 
@@ -121,8 +113,7 @@ extern "C" __global__ void memrl_rank(const float* sims, const uint32_t* slots,
     // In place: s_sim becomes zsim, s_q becomes zq (the score is recomputed from them after the
     // sort); the sort key goes to s_keys.
     const bool exploring = explore[row] != 0;
-    uint32_t len2 = 1;
-    while (len2 < p) len2 <<= 1;
+    const uint32_t len2 = pow2_at_least(p);
     for (uint32_t j = threadIdx.x; j < len2; j += RANK_THREADS) {
         if (j < p) {
             float v = s_valid[j];
@@ -141,22 +132,7 @@ extern "C" __global__ void memrl_rank(const float* sims, const uint32_t* slots,
         }
     }
     __syncthreads();
-    for (uint32_t size = 2; size <= len2; size <<= 1) {
-        for (uint32_t stride = size >> 1; stride > 0; stride >>= 1) {
-            for (uint32_t t = threadIdx.x; t < len2 / 2; t += RANK_THREADS) {
-                uint32_t i = 2 * t - (t & (stride - 1));
-                uint32_t j = i + stride;
-                bool forward = (i & size) == 0;
-                bool swap = forward ? before(s_keys[j], s_cols[j], s_keys[i], s_cols[i])
-                                    : before(s_keys[i], s_cols[i], s_keys[j], s_cols[j]);
-                if (swap) {
-                    uint32_t tk = s_keys[i]; s_keys[i] = s_keys[j]; s_keys[j] = tk;
-                    uint32_t tc = s_cols[i]; s_cols[i] = s_cols[j]; s_cols[j] = tc;
-                }
-            }
-            __syncthreads();
-        }
-    }
+    bitonic_sort(s_keys, s_cols, len2);
     const uint32_t kk = prm.k2 < p ? prm.k2 : p;
     const size_t plane = (size_t)gridDim.y * kk;
     for (uint32_t i = threadIdx.x; i < kk; i += RANK_THREADS) {
