@@ -105,6 +105,20 @@ pub enum Error {
         expected: String,
     },
 
+    /// A line of an input file (JSON Lines) is malformed: names the file, the 1-based line and,
+    /// when one is at fault, the field.
+    #[error("{}:{line}: {}{problem}", path.display(), field.as_ref().map(|f| format!("field `{f}`: ")).unwrap_or_default())]
+    Input {
+        /// The input file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// The field at fault, if one is.
+        field: Option<String>,
+        /// What is wrong.
+        problem: String,
+    },
+
     /// An I/O operation on a file failed.
     #[error("{path}: {source}")]
     Io {

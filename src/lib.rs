@@ -34,6 +34,7 @@ pub mod device;
 pub mod embed;
 pub mod engine;
 pub mod error;
+pub mod ingest;
 mod kernels;
 pub mod learn;
 pub mod models;
