@@ -1,0 +1,94 @@
+//! The subcommands of the `memrl` binary, one module each. They parse arguments, call the
+//! library and print; anything a library user would also need (reading JSON Lines, embedding,
+//! retrieving, saving) lives in the library.
+
+pub(crate) mod bank;
+pub(crate) mod demo;
+pub(crate) mod model;
+pub(crate) mod query;
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use memrl::embed::Embedder;
+use memrl::models::{resolve, Registry, ResolveOptions};
+use memrl::{snapshot, Bank, Device, LoadOptions};
+
+/// Which embedding model to run, and where.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct ModelArgs {
+    /// Registry name, Hugging Face repo id, or a model directory. Default: the bank's own model
+    /// when the bank exists, else the registry's default (all-MiniLM-L6-v2).
+    #[arg(long)]
+    pub(crate) model: Option<String>,
+    /// Device for the model and the bank: cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "cpu")]
+    pub(crate) device: String,
+    /// Tokens per forward pass of the embedder (padded to each chunk's longest text).
+    #[arg(long)]
+    pub(crate) batch_tokens: Option<usize>,
+    /// Accept model files the registry has no sha256 for.
+    #[arg(long)]
+    pub(crate) allow_unverified: bool,
+    /// Only use model copies already on disk (no hub, no mirror).
+    #[arg(long)]
+    pub(crate) offline: bool,
+}
+
+impl ModelArgs {
+    pub(crate) fn device(&self) -> Result<Device> {
+        Ok(memrl::device::parse_device(&self.device)?)
+    }
+
+    /// Resolves and loads the model: `--model`, else `fallback` (a bank's model), else the
+    /// registry's default.
+    pub(crate) fn embedder(&self, fallback: Option<&str>, device: &Device) -> Result<Embedder> {
+        let name = match (&self.model, fallback) {
+            (Some(name), _) => name.clone(),
+            (None, Some(name)) => name.to_string(),
+            (None, None) => Registry::builtin()?.default_model().name.clone(),
+        };
+        let mut options = ResolveOptions {
+            allow_unverified: self.allow_unverified,
+            ..ResolveOptions::default()
+        };
+        if self.offline {
+            options.hub = false;
+            options.mirror = false;
+        }
+        let model = resolve(&name, &options, &mut |line| eprintln!("{line}"))?;
+        let mut embedder = Embedder::load(&model, device)
+            .with_context(|| format!("loading model {}", model.dir.display()))?;
+        if let Some(tokens) = self.batch_tokens {
+            embedder.set_batch_tokens(tokens)?;
+        }
+        Ok(embedder)
+    }
+}
+
+/// Loads the bank at `path` if the file exists.
+pub(crate) fn load_bank(path: &Path, device: &Device) -> Result<Option<Bank>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bank = snapshot::load(path, device, &LoadOptions::default())
+        .with_context(|| format!("loading bank {}", path.display()))?;
+    Ok(Some(bank))
+}
+
+/// Refuses an embedder that does not match the bank's keys.
+pub(crate) fn check_model(bank: &Bank, embedder: &Embedder, path: &Path) -> Result<()> {
+    let config = bank.config();
+    if config.model_id != embedder.name() || config.dim != embedder.dim() {
+        bail!(
+            "{} holds keys of model `{}` (dim {}); the model given is `{}` (dim {})",
+            path.display(),
+            config.model_id,
+            config.dim,
+            embedder.name(),
+            embedder.dim()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,294 @@
+//! The `memrl` binary end to end, on the tiny model the tests build (no download): every command
+//! this file covers, and its error paths (exit code, a message naming file, line and field, and
+//! the bank on disk untouched).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::tiny_model::{self, TinyPooling};
+
+struct Setup {
+    dir: tempfile::TempDir,
+    model: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("tiny-model");
+        tiny_model::write(&model, TinyPooling::Mean, Some(24), 42);
+        Self { dir, model }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write(&self, name: &str, content: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    /// Runs `memrl ARGS` with `--model` pointing at the tiny model where the command takes one.
+    fn run(&self, args: &[&str], with_model: bool) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_memrl"));
+        cmd.args(args);
+        if with_model {
+            cmd.arg("--model").arg(&self.model);
+        }
+        cmd.output().unwrap()
+    }
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn failed(out: &Output) -> String {
+    assert!(!out.status.success(), "expected a failure, got success");
+    assert!(out.stdout.is_empty(), "a failure printed to stdout");
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+const MEMORIES: &str = r#"{"intent": "parse the date", "experience": "use the iso format", "q": 0.5, "success": true}
+{"intent": "fix the bug in the test", "experience": "read the failing assertion first"}
+
+{"intent": "hello world", "experience": "print it", "id": 100, "metadata": {"source": "tests"}}
+"#;
+
+#[test]
+fn index_then_query_then_extend() {
+    let t = Setup::new();
+    let input = t.write("memories.jsonl", MEMORIES);
+    let bank = t.path("bank.safetensors");
+    let out = ok(&t.run(&["index", "--input", s(&input), "--bank", s(&bank)], true));
+    assert!(
+        out.contains("created") && out.contains("+3 memories"),
+        "{out}"
+    );
+
+    // The query uses the bank's own model when --model is not given.
+    let out = ok(&t.run(
+        &[
+            "query",
+            "--bank",
+            s(&bank),
+            "--text",
+            "parse the date",
+            "--json",
+            "--delta",
+            "-1",
+        ],
+        false,
+    ));
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(line["query"], "parse the date");
+    let hits = line["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 3);
+    assert_eq!(hits[0]["experience"], "use the iso format");
+    for field in ["id", "experience", "q", "sim", "zsim", "zq", "score"] {
+        assert!(hits[0].get(field).is_some(), "hit lacks {field}: {out}");
+    }
+
+    // Extending keeps what is there.
+    let more = t.write(
+        "more.jsonl",
+        "{\"intent\": \"book a flight\", \"experience\": \"search by airport code\"}\n",
+    );
+    let out = ok(&t.run(&["index", "--input", s(&more), "--bank", s(&bank)], false));
+    assert!(
+        out.contains("extended") && out.contains("4 in all"),
+        "{out}"
+    );
+    let out = ok(&t.run(
+        &[
+            "query",
+            "--bank",
+            s(&bank),
+            "--text",
+            "hello world",
+            "--k2",
+            "4",
+            "--delta",
+            "-1",
+        ],
+        false,
+    ));
+    assert!(
+        out.contains("query: hello world") && out.contains("experience"),
+        "{out}"
+    );
+    for id in [
+        "100",
+        "print it",
+        "search by airport code",
+        "use the iso format",
+    ] {
+        assert!(out.contains(id), "{id} missing from\n{out}");
+    }
+}
+
+#[test]
+fn a_bad_line_names_file_line_and_field_and_writes_nothing() {
+    let t = Setup::new();
+    let bank = t.path("bank.safetensors");
+    let bad = t.write(
+        "bad.jsonl",
+        "{\"intent\": \"a\", \"experience\": \"x\"}\n\n{\"intent\": \"b\"}\n",
+    );
+    // A new bank is not created.
+    let err = failed(&t.run(&["index", "--input", s(&bad), "--bank", s(&bank)], true));
+    assert!(
+        err.contains("bad.jsonl:3: field `experience`: missing"),
+        "{err}"
+    );
+    assert!(!bank.exists());
+
+    // An existing bank is left byte for byte as it was.
+    let good = t.write("good.jsonl", MEMORIES);
+    ok(&t.run(&["index", "--input", s(&good), "--bank", s(&bank)], true));
+    let before = std::fs::read(&bank).unwrap();
+    let wrong_type = t.write(
+        "wrong.jsonl",
+        "{\"intent\": \"a\", \"experience\": \"x\", \"q\": \"high\"}\n",
+    );
+    let err = failed(&t.run(
+        &["index", "--input", s(&wrong_type), "--bank", s(&bank)],
+        false,
+    ));
+    assert!(
+        err.contains("wrong.jsonl:1: field `q`: expected a number"),
+        "{err}"
+    );
+    let utf8 = t.path("utf8.jsonl");
+    std::fs::write(&utf8, b"{\"intent\": \"\xff\", \"experience\": \"x\"}\n").unwrap();
+    let err = failed(&t.run(&["index", "--input", s(&utf8), "--bank", s(&bank)], false));
+    assert!(err.contains("utf8.jsonl:1: not valid UTF-8"), "{err}");
+    let missing = t.path("missing.jsonl");
+    let err = failed(&t.run(
+        &["index", "--input", s(&missing), "--bank", s(&bank)],
+        false,
+    ));
+    assert!(err.contains("missing.jsonl"), "{err}");
+    assert_eq!(std::fs::read(&bank).unwrap(), before);
+}
+
+#[test]
+fn add_one_memory_and_refuse_another_model() {
+    let t = Setup::new();
+    let bank = t.path("bank.safetensors");
+    let out = ok(&t.run(
+        &[
+            "add",
+            "--bank",
+            s(&bank),
+            "--intent",
+            "book a flight",
+            "--experience",
+            "search by airport code",
+            "--success",
+            "--q",
+            "-0.25",
+            "--id",
+            "42",
+        ],
+        true,
+    ));
+    assert!(out.contains("added memory 42"), "{out}");
+    let out = ok(&t.run(
+        &[
+            "query",
+            "--bank",
+            s(&bank),
+            "--text",
+            "flight",
+            "--json",
+            "--delta",
+            "-1",
+        ],
+        false,
+    ));
+    assert!(
+        out.contains("\"id\":42") && out.contains("\"q\":-0.25"),
+        "{out}"
+    );
+
+    // A bank of one model does not take keys from another.
+    let other = t.path("other-model");
+    tiny_model::write(&other, TinyPooling::Cls, Some(24), 7);
+    let before = std::fs::read(&bank).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_memrl"));
+    cmd.args([
+        "add",
+        "--bank",
+        s(&bank),
+        "--intent",
+        "a",
+        "--experience",
+        "b",
+        "--model",
+    ])
+    .arg(&other);
+    let err = failed(&cmd.output().unwrap());
+    assert!(err.contains("holds keys of model"), "{err}");
+    assert_eq!(std::fs::read(&bank).unwrap(), before);
+}
+
+#[test]
+fn query_errors_are_clear() {
+    let t = Setup::new();
+    let bank = t.path("bank.safetensors");
+    let err = failed(&t.run(&["query", "--bank", s(&bank), "--text", "x"], false));
+    assert!(err.contains("no such bank"), "{err}");
+
+    let input = t.write("memories.jsonl", MEMORIES);
+    ok(&t.run(&["index", "--input", s(&input), "--bank", s(&bank)], true));
+    let queries = t.write(
+        "queries.jsonl",
+        "{\"text\": \"parse\"}\n{\"txt\": \"oops\"}\n",
+    );
+    let err = failed(&t.run(
+        &["query", "--bank", s(&bank), "--input", s(&queries)],
+        false,
+    ));
+    assert!(
+        err.contains("queries.jsonl:2: field `text`: missing"),
+        "{err}"
+    );
+    let err = failed(&t.run(
+        &["query", "--bank", s(&bank), "--text", "x", "--k2", "0"],
+        false,
+    ));
+    assert!(err.contains("k2"), "{err}");
+
+    // Many queries from a file, one JSON line each.
+    let queries = t.write("ok.jsonl", "{\"text\": \"parse\"}\n{\"text\": \"bug\"}\n");
+    let out = ok(&t.run(
+        &[
+            "query",
+            "--bank",
+            s(&bank),
+            "--input",
+            s(&queries),
+            "--json",
+            "--delta",
+            "-1",
+        ],
+        false,
+    ));
+    assert_eq!(out.lines().count(), 2, "{out}");
+}
