@@ -181,7 +181,23 @@ impl Record for Outcome {
 
 /// Streams the records of a JSON Lines file (see the module docs). The file is opened here, so
 /// a missing file is an error at once; each later item is one non-blank line.
-pub fn read_jsonl<T: Record>(path: &Path) -> Result<Records<T>> {
+pub fn read_jsonl<T: Record + 'static>(path: &Path) -> Result<Records<T>> {
+    open_records(path, Box::new(T::from_object))
+}
+
+/// Streams one string field of every line of a JSON Lines file (`memrl embed --field`), e.g. the
+/// `text` of `{"text": ..., "source": ...}`. [`Records::line`] tells which line each came from.
+pub fn read_jsonl_field(path: &Path, field: &str) -> Result<Records<String>> {
+    let field = field.to_string();
+    open_records(
+        path,
+        Box::new(move |object| required_string(object, &field)),
+    )
+}
+
+type Parser<T> = Box<dyn Fn(&Map<String, Value>) -> std::result::Result<T, (String, String)>>;
+
+fn open_records<T>(path: &Path, parse: Parser<T>) -> Result<Records<T>> {
     let file = File::open(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -192,21 +208,28 @@ pub fn read_jsonl<T: Record>(path: &Path) -> Result<Records<T>> {
         line: 0,
         buffer: Vec::new(),
         done: false,
-        _record: std::marker::PhantomData,
+        parse,
     })
 }
 
-/// The iterator of [`read_jsonl`]. After the first error it yields nothing more.
+/// The iterator of [`read_jsonl`] and [`read_jsonl_field`]. After the first error it yields
+/// nothing more.
 pub struct Records<T> {
     path: PathBuf,
     reader: BufReader<File>,
     line: usize,
     buffer: Vec<u8>,
     done: bool,
-    _record: std::marker::PhantomData<T>,
+    parse: Parser<T>,
 }
 
 impl<T> Records<T> {
+    /// The 1-based line of the item last returned (blank lines are skipped, so rows and lines
+    /// can differ).
+    pub fn line(&self) -> usize {
+        self.line
+    }
+
     fn error(&mut self, field: Option<String>, problem: String) -> Option<Result<T>> {
         self.done = true;
         Some(Err(Error::Input {
@@ -218,7 +241,7 @@ impl<T> Records<T> {
     }
 }
 
-impl<T: Record> Iterator for Records<T> {
+impl<T> Iterator for Records<T> {
     type Item = Result<T>;
 
     fn next(&mut self) -> Option<Result<T>> {
@@ -254,7 +277,7 @@ impl<T: Record> Iterator for Records<T> {
                 let problem = format!("expected a JSON object, found {}", kind(&value));
                 return self.error(None, problem);
             };
-            return match T::from_object(&object) {
+            return match (self.parse)(&object) {
                 Ok(record) => Some(Ok(record)),
                 Err((field, problem)) => self.error(Some(field), problem),
             };
@@ -274,7 +297,9 @@ mod tests {
         (dir, path)
     }
 
-    fn input_error<T: Record + std::fmt::Debug>(content: &[u8]) -> (usize, Option<String>, String) {
+    fn input_error<T: Record + std::fmt::Debug + 'static>(
+        content: &[u8],
+    ) -> (usize, Option<String>, String) {
         let (_dir, path) = write(content);
         let err = read_jsonl::<T>(&path)
             .unwrap()
@@ -405,6 +430,26 @@ mod tests {
         assert_eq!(field.as_deref(), Some("reward"));
         let (_, field, _) = input_error::<QueryRecord>(b"{\"query\": \"a\"}");
         assert_eq!(field.as_deref(), Some("text"));
+    }
+
+    #[test]
+    fn a_field_reader_reports_lines() {
+        let (_dir, path) =
+            write(b"{\"text\": \"a\"}\n\n{\"text\": \"b\", \"x\": 1}\n{\"body\": \"c\"}\n");
+        let mut records = read_jsonl_field(&path, "text").unwrap();
+        assert_eq!(records.next().unwrap().unwrap(), "a");
+        assert_eq!(records.line(), 1);
+        assert_eq!(records.next().unwrap().unwrap(), "b");
+        assert_eq!(records.line(), 3);
+        match records.next() {
+            Some(Err(Error::Input {
+                line: 4,
+                field: Some(f),
+                ..
+            })) => assert_eq!(f, "text"),
+            other => panic!("expected line 4's missing field, got {other:?}"),
+        }
+        assert!(records.next().is_none());
     }
 
     #[test]

@@ -31,6 +31,9 @@ enum Command {
     /// The embedding-model registry: list the models, or fetch and verify one.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Embed a field of every line of a JSON Lines file into a safetensors file.
+    #[command(long_about = cli::embed::EMBED_HELP)]
+    Embed(cli::embed::EmbedArgs),
     /// Create or extend a bank from a JSON Lines file of memories.
     #[command(long_about = cli::bank::INDEX_HELP)]
     Index(cli::bank::IndexArgs),
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo(&args),
         Command::Model(ModelCommand::List) => model_list(),
         Command::Model(ModelCommand::Pull(args)) => model_pull(&args),
+        Command::Embed(args) => cli::embed::embed(&args),
         Command::Index(args) => cli::bank::index(&args),
         Command::Add(args) => cli::bank::add(&args),
         Command::Query(args) => cli::query::query(&args),

@@ -292,3 +292,66 @@ fn query_errors_are_clear() {
     ));
     assert_eq!(out.lines().count(), 2, "{out}");
 }
+
+#[test]
+fn embed_writes_rows_and_their_lines_or_nothing() {
+    let t = Setup::new();
+    let input = t.write(
+        "corpus.jsonl",
+        "{\"text\": \"parse the date\", \"source\": \"a\"}\n\n{\"text\": \"\", \"source\": \"b\"}\n{\"text\": \"hello world\"}\n",
+    );
+    let out = t.path("e.safetensors");
+    let stdout = ok(&t.run(&["embed", "--input", s(&input), "--out", s(&out)], true));
+    assert!(stdout.contains("embedded 3 texts"), "{stdout}");
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(
+        st.tensor("embeddings").unwrap().shape(),
+        &[3, tiny_model::HIDDEN]
+    );
+    let lines: Vec<u64> = st
+        .tensor("lines")
+        .unwrap()
+        .data()
+        .chunks(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(lines, vec![1, 3, 4]);
+    let rows: Vec<f32> = st
+        .tensor("embeddings")
+        .unwrap()
+        .data()
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    for row in rows.chunks(tiny_model::HIDDEN) {
+        let norm: f32 = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "row norm {norm}");
+    }
+
+    // Another field, missing on line 2: an error naming it, and no output file.
+    let out2 = t.path("e2.safetensors");
+    let err = failed(&t.run(
+        &[
+            "embed",
+            "--input",
+            s(&input),
+            "--field",
+            "source",
+            "--out",
+            s(&out2),
+        ],
+        true,
+    ));
+    assert!(
+        err.contains("corpus.jsonl:4: field `source`: missing"),
+        "{err}"
+    );
+    assert!(!out2.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(t.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "scratch files left: {leftovers:?}");
+}

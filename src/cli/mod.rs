@@ -4,6 +4,7 @@
 
 pub(crate) mod bank;
 pub(crate) mod demo;
+pub(crate) mod embed;
 pub(crate) mod model;
 pub(crate) mod query;
 

@@ -22,7 +22,10 @@
 //! ```
 
 pub mod bert;
+mod file;
 mod fused;
+
+pub use file::EmbeddingFileWriter;
 
 use std::path::{Path, PathBuf};
 
