@@ -42,7 +42,7 @@ pub mod retrieve;
 pub mod rng;
 pub mod snapshot;
 
-pub use bank::{Bank, Memory, NewMemory};
+pub use bank::{Bank, BankSummary, Memory, NewMemory};
 pub use candle_core::{Device, Tensor};
 pub use config::{
     BankConfig, KeyDType, LearningConfig, OutOfRange, RetrievalConfig, RewardRange, ZSim,

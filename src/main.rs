@@ -40,6 +40,12 @@ enum Command {
     /// Add one memory to a bank (created if missing).
     #[command(long_about = cli::bank::ADD_HELP)]
     Add(cli::bank::AddArgs),
+    /// Apply a JSON Lines file of outcomes (memory ids, reward) as one atomic batch.
+    #[command(long_about = cli::inspect::FEEDBACK_HELP)]
+    Feedback(cli::inspect::FeedbackArgs),
+    /// Counts, configs and Q telemetry of a bank.
+    #[command(long_about = cli::inspect::INSPECT_HELP)]
+    Inspect(cli::inspect::InspectArgs),
     /// Retrieve memories for one query text or a JSON Lines file of queries.
     #[command(long_about = cli::query::QUERY_HELP)]
     Query(cli::query::QueryArgs),
@@ -54,6 +60,8 @@ fn main() -> ExitCode {
         Command::Index(args) => cli::bank::index(&args),
         Command::Add(args) => cli::bank::add(&args),
         Command::Query(args) => cli::query::query(&args),
+        Command::Feedback(args) => cli::inspect::feedback(&args),
+        Command::Inspect(args) => cli::inspect::inspect(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

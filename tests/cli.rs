@@ -355,3 +355,62 @@ fn embed_writes_rows_and_their_lines_or_nothing() {
         .collect();
     assert!(leftovers.is_empty(), "scratch files left: {leftovers:?}");
 }
+
+#[test]
+fn feedback_moves_q_atomically_and_inspect_reports_it() {
+    let t = Setup::new();
+    let input = t.write("memories.jsonl", MEMORIES);
+    let bank = t.path("bank.safetensors");
+    ok(&t.run(&["index", "--input", s(&input), "--bank", s(&bank)], true));
+
+    // Ids: 0 and 1 assigned in order, 100 given.
+    let outcomes = t.write(
+        "outcomes.jsonl",
+        "{\"memory_ids\": [0, 100], \"reward\": 1}\n{\"memory_ids\": [1], \"reward\": -1}\n",
+    );
+    let out = ok(&t.run(
+        &["feedback", "--bank", s(&bank), "--input", s(&outcomes)],
+        false,
+    ));
+    assert!(
+        out.contains("2 outcomes, 3 Q updates over 3 memories"),
+        "{out}"
+    );
+
+    let out = ok(&t.run(&["inspect", "--bank", s(&bank), "--json"], false));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let summary = &v["summary"];
+    assert_eq!(summary["memories"], 3);
+    assert_eq!(summary["q_signs"], serde_json::json!([2, 0, 1]));
+    // alpha 0.3: 0.5 -> 0.65 (id 0), 0 -> 0.3 (id 100), 0 -> -0.3 (id 1).
+    assert_eq!(summary["top"][0][0], 0);
+    assert_eq!(summary["bottom"][0][0], 1);
+    let q0 = summary["top"][0][1].as_f64().unwrap();
+    assert!((q0 - 0.65).abs() < 1e-6, "{q0}");
+    let text = ok(&t.run(&["inspect", "--bank", s(&bank)], false));
+    for needle in [
+        "memories    3",
+        "median",
+        "> 0: 66.7%",
+        "highest Q:",
+        "lowest Q:",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+
+    // An unknown id rejects the whole file; the bank on disk is untouched.
+    let before = std::fs::read(&bank).unwrap();
+    let bad = t.write(
+        "bad.jsonl",
+        "{\"memory_ids\": [0], \"reward\": 1}\n{\"memory_ids\": [999], \"reward\": 1}\n",
+    );
+    let err = failed(&t.run(&["feedback", "--bank", s(&bank), "--input", s(&bad)], false));
+    assert!(err.contains("unknown memory id 999"), "{err}");
+    let bad = t.write(
+        "bad2.jsonl",
+        "{\"memory_ids\": [0], \"reward\": \"good\"}\n",
+    );
+    let err = failed(&t.run(&["feedback", "--bank", s(&bank), "--input", s(&bad)], false));
+    assert!(err.contains("bad2.jsonl:1: field `reward`"), "{err}");
+    assert_eq!(std::fs::read(&bank).unwrap(), before);
+}

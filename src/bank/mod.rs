@@ -18,6 +18,9 @@
 //! before the host, so an error leaves the bank exactly as it was.
 
 mod intents;
+mod stats;
+
+pub use stats::BankSummary;
 mod utility;
 
 use std::collections::{HashMap, HashSet};

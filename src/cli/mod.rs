@@ -5,6 +5,7 @@
 pub(crate) mod bank;
 pub(crate) mod demo;
 pub(crate) mod embed;
+pub(crate) mod inspect;
 pub(crate) mod model;
 pub(crate) mod query;
 
