@@ -391,7 +391,7 @@ fn feedback_moves_q_atomically_and_inspect_reports_it() {
     for needle in [
         "memories    3",
         "median",
-        "> 0: 66.7%",
+        "> 0: 66.67%",
         "highest Q:",
         "lowest Q:",
     ] {

@@ -146,7 +146,12 @@ pub(crate) fn inspect(args: &InspectArgs) -> Result<()> {
         println!("{title}:");
         for &(id, q) in list.iter() {
             let intent = bank.get(id).map(|m| m.intent.as_str()).unwrap_or("");
-            println!("  {id:>8} {q:>7.3}  {intent}");
+            // One line per memory: long intents are cut at 80 characters.
+            let mut shown: String = intent.chars().take(80).collect();
+            if shown.len() < intent.len() {
+                shown.push_str("...");
+            }
+            println!("  {id:>8} {q:>7.3}  {shown}");
         }
     }
     Ok(())
