@@ -124,7 +124,7 @@ pub(crate) fn inspect(args: &InspectArgs) -> Result<()> {
         "Q           min {min:.3}  p25 {p25:.3}  median {median:.3}  p75 {p75:.3}  max {max:.3}"
     );
     println!(
-        "            > 0: {:.1}%   = 0: {:.1}%   < 0: {:.1}%",
+        "            > 0: {:.2}%   = 0: {:.2}%   < 0: {:.2}%",
         100.0 * pos as f64 / n,
         100.0 * zero as f64 / n,
         100.0 * neg as f64 / n
