@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod bank;
+pub mod calibrate;
 pub mod config;
 pub mod device;
 pub mod embed;

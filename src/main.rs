@@ -46,6 +46,9 @@ enum Command {
     /// Counts, configs and Q telemetry of a bank.
     #[command(long_about = cli::inspect::INSPECT_HELP)]
     Inspect(cli::inspect::InspectArgs),
+    /// The paper's delta (top-20% pairwise similarity) and fixed-zsim statistics.
+    #[command(long_about = cli::calibrate::CALIBRATE_HELP)]
+    Calibrate(cli::calibrate::CalibrateArgs),
     /// Retrieve memories for one query text or a JSON Lines file of queries.
     #[command(long_about = cli::query::QUERY_HELP)]
     Query(cli::query::QueryArgs),
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Command::Query(args) => cli::query::query(&args),
         Command::Feedback(args) => cli::inspect::feedback(&args),
         Command::Inspect(args) => cli::inspect::inspect(&args),
+        Command::Calibrate(args) => cli::calibrate::calibrate(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -56,7 +56,6 @@ impl SplitMix64 {
         v.into_iter().map(|x| x / norm).collect()
     }
 
-    #[cfg(test)]
     /// Uniform in [0, n) without modulo bias (Lemire's multiply-shift with rejection).
     pub(crate) fn below(&mut self, n: u64) -> u64 {
         debug_assert!(n > 0);

@@ -414,3 +414,43 @@ fn feedback_moves_q_atomically_and_inspect_reports_it() {
     assert!(err.contains("bad2.jsonl:1: field `reward`"), "{err}");
     assert_eq!(std::fs::read(&bank).unwrap(), before);
 }
+
+#[test]
+fn calibrate_from_a_bank_or_a_file_and_write_it() {
+    let t = Setup::new();
+    let input = t.write("memories.jsonl", MEMORIES);
+    let bank = t.path("bank.safetensors");
+    ok(&t.run(&["index", "--input", s(&input), "--bank", s(&bank)], true));
+    let out = ok(&t.run(&["calibrate", "--bank", s(&bank), "--json"], false));
+    let c: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (c["intents"].as_u64(), c["pairs"].as_u64()),
+        (Some(3), Some(3))
+    );
+    let delta = c["delta"].as_f64().unwrap();
+
+    // The same intents from the file give the same figures.
+    let out = ok(&t.run(&["calibrate", "--input", s(&input), "--json"], true));
+    let from_file: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(
+        (from_file["delta"].as_f64().unwrap() - delta).abs() < 1e-5,
+        "{out}"
+    );
+
+    ok(&t.run(
+        &["calibrate", "--bank", s(&bank), "--write", "--fixed-zsim"],
+        false,
+    ));
+    let out = ok(&t.run(&["inspect", "--bank", s(&bank), "--json"], false));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(
+        (v["retrieval"]["delta"].as_f64().unwrap() - delta).abs() < 1e-6,
+        "{out}"
+    );
+    assert_eq!(v["retrieval"]["zsim"]["mode"], "fixed", "{out}");
+    let mean = v["retrieval"]["zsim"]["mean"].as_f64().unwrap();
+    assert!((mean - c["mean"].as_f64().unwrap()).abs() < 1e-6, "{out}");
+
+    let err = failed(&t.run(&["calibrate", "--input", s(&input), "--write"], true));
+    assert!(err.contains("--bank"), "{err}");
+}
