@@ -55,6 +55,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Diagnostics go to stderr, filtered by RUST_LOG (default: warnings only), so stdout stays
+    // clean for pipes.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let result = match Cli::parse().command {
         Command::Demo(args) => demo(&args),
         Command::Model(ModelCommand::List) => model_list(),

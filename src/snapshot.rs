@@ -191,6 +191,7 @@ impl Encoded {
 /// Writes `bank` to `path` atomically (see the module docs).
 pub fn save(bank: &Bank, path: &Path) -> Result<()> {
     let encoded = encode(bank)?;
+    tracing::debug!(path = %path.display(), memories = bank.len(), "saving bank");
     write_atomically(path, |tmp| {
         safetensors::serialize_to_file(
             encoded.tensors.iter().map(|(n, b)| (n.as_str(), b)),

@@ -454,3 +454,21 @@ fn calibrate_from_a_bank_or_a_file_and_write_it() {
     let err = failed(&t.run(&["calibrate", "--input", s(&input), "--write"], true));
     assert!(err.contains("--bank"), "{err}");
 }
+
+#[test]
+fn model_list_and_inspect_errors() {
+    let t = Setup::new();
+    let out = ok(&t.run(&["model", "list"], false));
+    assert!(
+        out.contains("all-MiniLM-L6-v2") && out.contains("bge-small-en-v1.5"),
+        "{out}"
+    );
+    let missing = t.path("none.safetensors");
+    let err = failed(&t.run(&["inspect", "--bank", s(&missing)], false));
+    assert!(err.contains("no such bank"), "{err}");
+    let not_a_bank = t.write("junk.safetensors", "not a snapshot");
+    let err = failed(&t.run(&["inspect", "--bank", s(&not_a_bank)], false));
+    assert!(err.contains("junk.safetensors"), "{err}");
+    let err = failed(&t.run(&["query", "--bank", s(&missing)], false));
+    assert!(err.contains("--text") || err.contains("--input"), "{err}");
+}

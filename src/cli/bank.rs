@@ -148,6 +148,7 @@ pub(crate) fn index(args: &IndexArgs) -> Result<()> {
     for record in read_jsonl::<MemoryRecord>(&args.input)? {
         batch.push(record?);
         if batch.len() == INDEX_BATCH {
+            tracing::info!(memories = bank.len() + batch.len(), "indexing");
             truncated += add_records(&mut bank, &embedder, std::mem::take(&mut batch))
                 .with_context(|| format!("indexing {}", args.input.display()))?
                 .0;

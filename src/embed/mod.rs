@@ -278,6 +278,12 @@ impl Embedder {
             slot[i] = r as u32;
         }
         let slot = Tensor::from_vec(slot, order.len(), &self.device)?;
+        tracing::debug!(
+            texts = order.len(),
+            tokens = lengths.iter().sum::<usize>(),
+            truncated = truncated.len(),
+            "embedded"
+        );
         Ok(Embeddings {
             vectors: sorted.index_select(&slot, 0)?,
             truncated,

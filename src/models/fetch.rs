@@ -231,6 +231,7 @@ pub fn resolve(
 const NO_SUCH_DIR: &str = "no such directory";
 
 fn found(spec: &ModelSpec, dir: PathBuf, source: Source) -> ResolvedModel {
+    tracing::info!(model = %spec.name, source = source.describe(), dir = %dir.display(), "model resolved");
     ResolvedModel {
         name: spec.name.clone(),
         spec: Some(spec.clone()),
