@@ -22,6 +22,21 @@ impl Setup {
         Self { dir, model }
     }
 
+    /// `memrl index --input INPUT --bank BANK`, which must succeed; returns its stdout.
+    fn index(&self, input: &Path, bank: &Path, with_model: bool) -> String {
+        ok(&self.run(
+            &["index", "--input", s(input), "--bank", s(bank)],
+            with_model,
+        ))
+    }
+
+    /// `memrl query --bank BANK ARGS` (the bank's own model), which must succeed.
+    fn query(&self, bank: &Path, args: &[&str]) -> String {
+        let mut all = vec!["query", "--bank", s(bank)];
+        all.extend_from_slice(args);
+        ok(&self.run(&all, false))
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -75,26 +90,17 @@ fn index_then_query_then_extend() {
     let t = Setup::new();
     let input = t.write("memories.jsonl", MEMORIES);
     let bank = t.path("bank.safetensors");
-    let out = ok(&t.run(&["index", "--input", s(&input), "--bank", s(&bank)], true));
+    let out = t.index(&input, &bank, true);
     assert!(
         out.contains("created") && out.contains("+3 memories"),
         "{out}"
     );
 
     // The query uses the bank's own model when --model is not given.
-    let out = ok(&t.run(
-        &[
-            "query",
-            "--bank",
-            s(&bank),
-            "--text",
-            "parse the date",
-            "--json",
-            "--delta",
-            "-1",
-        ],
-        false,
-    ));
+    let out = t.query(
+        &bank,
+        &["--text", "parse the date", "--json", "--delta", "-1"],
+    );
     let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(line["query"], "parse the date");
     let hits = line["hits"].as_array().unwrap();
@@ -109,25 +115,15 @@ fn index_then_query_then_extend() {
         "more.jsonl",
         "{\"intent\": \"book a flight\", \"experience\": \"search by airport code\"}\n",
     );
-    let out = ok(&t.run(&["index", "--input", s(&more), "--bank", s(&bank)], false));
+    let out = t.index(&more, &bank, false);
     assert!(
         out.contains("extended") && out.contains("4 in all"),
         "{out}"
     );
-    let out = ok(&t.run(
-        &[
-            "query",
-            "--bank",
-            s(&bank),
-            "--text",
-            "hello world",
-            "--k2",
-            "4",
-            "--delta",
-            "-1",
-        ],
-        false,
-    ));
+    let out = t.query(
+        &bank,
+        &["--text", "hello world", "--k2", "4", "--delta", "-1"],
+    );
     assert!(
         out.contains("query: hello world") && out.contains("experience"),
         "{out}"
@@ -160,7 +156,7 @@ fn a_bad_line_names_file_line_and_field_and_writes_nothing() {
 
     // An existing bank is left byte for byte as it was.
     let good = t.write("good.jsonl", MEMORIES);
-    ok(&t.run(&["index", "--input", s(&good), "--bank", s(&bank)], true));
+    t.index(&good, &bank, true);
     let before = std::fs::read(&bank).unwrap();
     let wrong_type = t.write(
         "wrong.jsonl",
@@ -209,19 +205,7 @@ fn add_one_memory_and_refuse_another_model() {
         true,
     ));
     assert!(out.contains("added memory 42"), "{out}");
-    let out = ok(&t.run(
-        &[
-            "query",
-            "--bank",
-            s(&bank),
-            "--text",
-            "flight",
-            "--json",
-            "--delta",
-            "-1",
-        ],
-        false,
-    ));
+    let out = t.query(&bank, &["--text", "flight", "--json", "--delta", "-1"]);
     assert!(
         out.contains("\"id\":42") && out.contains("\"q\":-0.25"),
         "{out}"
@@ -256,7 +240,7 @@ fn query_errors_are_clear() {
     assert!(err.contains("no such bank"), "{err}");
 
     let input = t.write("memories.jsonl", MEMORIES);
-    ok(&t.run(&["index", "--input", s(&input), "--bank", s(&bank)], true));
+    t.index(&input, &bank, true);
     let queries = t.write(
         "queries.jsonl",
         "{\"text\": \"parse\"}\n{\"txt\": \"oops\"}\n",
@@ -277,19 +261,7 @@ fn query_errors_are_clear() {
 
     // Many queries from a file, one JSON line each.
     let queries = t.write("ok.jsonl", "{\"text\": \"parse\"}\n{\"text\": \"bug\"}\n");
-    let out = ok(&t.run(
-        &[
-            "query",
-            "--bank",
-            s(&bank),
-            "--input",
-            s(&queries),
-            "--json",
-            "--delta",
-            "-1",
-        ],
-        false,
-    ));
+    let out = t.query(&bank, &["--input", s(&queries), "--json", "--delta", "-1"]);
     assert_eq!(out.lines().count(), 2, "{out}");
 }
 
@@ -361,7 +333,7 @@ fn feedback_moves_q_atomically_and_inspect_reports_it() {
     let t = Setup::new();
     let input = t.write("memories.jsonl", MEMORIES);
     let bank = t.path("bank.safetensors");
-    ok(&t.run(&["index", "--input", s(&input), "--bank", s(&bank)], true));
+    t.index(&input, &bank, true);
 
     // Ids: 0 and 1 assigned in order, 100 given.
     let outcomes = t.write(
@@ -420,7 +392,7 @@ fn calibrate_from_a_bank_or_a_file_and_write_it() {
     let t = Setup::new();
     let input = t.write("memories.jsonl", MEMORIES);
     let bank = t.path("bank.safetensors");
-    ok(&t.run(&["index", "--input", s(&input), "--bank", s(&bank)], true));
+    t.index(&input, &bank, true);
     let out = ok(&t.run(&["calibrate", "--bank", s(&bank), "--json"], false));
     let c: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(
