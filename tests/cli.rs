@@ -430,6 +430,37 @@ fn calibrate_from_a_bank_or_a_file_and_write_it() {
 #[test]
 fn model_list_and_inspect_errors() {
     let t = Setup::new();
+    // A registry model pulled from a folder of other files: the checksum error names the file.
+    let err = failed(&t.run(
+        &[
+            "model",
+            "pull",
+            "all-MiniLM-L6-v2",
+            "--dir",
+            s(&t.model),
+            "--offline",
+        ],
+        false,
+    ));
+    assert!(
+        err.contains("sha256") && err.contains("tiny-model"),
+        "{err}"
+    );
+    let quiet = t.path("quiet.safetensors");
+    let out = t.run(
+        &[
+            "add",
+            "--bank",
+            s(&quiet),
+            "--intent",
+            "a",
+            "--experience",
+            "b",
+            "--quiet",
+        ],
+        true,
+    );
+    assert!(ok(&out).is_empty() && quiet.exists());
     let out = ok(&t.run(&["model", "list"], false));
     assert!(
         out.contains("all-MiniLM-L6-v2") && out.contains("bge-small-en-v1.5"),

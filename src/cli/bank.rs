@@ -91,6 +91,9 @@ pub(crate) struct AddArgs {
     new_bank: NewBankArgs,
     #[command(flatten)]
     model: ModelArgs,
+    /// Print nothing on success.
+    #[arg(long)]
+    quiet: bool,
 }
 
 /// The bank at `path` (or a new one) and an embedder that matches its keys.
@@ -193,8 +196,10 @@ pub(crate) fn add(args: &AddArgs) -> Result<()> {
     };
     let (_, ids) = add_records(&mut bank, &embedder, vec![record])?;
     snapshot::save(&bank, &args.bank).with_context(|| format!("saving {}", args.bank.display()))?;
-    for id in ids {
-        println!("added memory {id} to {}", args.bank.display());
+    if !args.quiet {
+        for id in ids {
+            println!("added memory {id} to {}", args.bank.display());
+        }
     }
     Ok(())
 }
