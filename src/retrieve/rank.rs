@@ -91,14 +91,15 @@ pub(crate) fn rank(
     if let Device::Cuda(dev) = device {
         if p <= crate::kernels::cuda::RANK_MAX && b <= 65_535 {
             let lens: Vec<u32> = pools.iter().map(|pool| pool.len() as u32).collect();
-            let host = cuda::Host {
+            let host = crate::kernels::cuda::Pools {
+                b,
                 sims: &sims,
                 slots: &slots,
                 lens: &lens,
                 explore: &explore_rows,
                 random_keys: &random_keys,
             };
-            let (pos, picked) = cuda::rank(dev, utility, b, p, &host, cfg)?;
+            let (pos, picked) = cuda::rank(dev, utility, p, &host, cfg)?;
             return Ok(hits(&pos, &picked));
         }
     }
@@ -175,21 +176,12 @@ mod cuda {
     use crate::error::Result;
     use crate::kernels::cuda::{rank as launch, Pools, RankParams};
 
-    pub(super) struct Host<'a> {
-        pub(super) sims: &'a [f32],
-        pub(super) slots: &'a [u32],
-        pub(super) lens: &'a [u32],
-        pub(super) explore: &'a [u32],
-        pub(super) random_keys: &'a [f32],
-    }
-
     /// Positions `b x kk` and planes `4 x b x kk`, as the tensor path returns them.
     pub(super) fn rank(
         dev: &CudaDevice,
         utility: &Tensor,
-        b: usize,
         p: usize,
-        host: &Host<'_>,
+        pools: &Pools<'_>,
         cfg: &RetrievalConfig,
     ) -> Result<super::Picks> {
         let (fixed, fixed_mul, fixed_add) = match cfg.zsim {
@@ -212,14 +204,6 @@ mod cuda {
             p: p as u32,
             k2: cfg.k2 as u32,
         };
-        let pools = Pools {
-            b,
-            sims: host.sims,
-            slots: host.slots,
-            lens: host.lens,
-            explore: host.explore,
-            random_keys: host.random_keys,
-        };
         let utility = utility.contiguous()?;
         let (storage, layout) = utility.storage_and_layout();
         let Storage::Cuda(storage) = &*storage else {
@@ -231,11 +215,11 @@ mod cuda {
             return Err(candle_core::Error::Msg("memrl-rank: Q is not contiguous".into()).into());
         };
         let q = storage.as_cuda_slice::<f32>()?;
-        let (pos, fields) = launch(dev, q, start..end, &pools, params)?;
+        let (pos, fields) = launch(dev, q, start..end, pools, params)?;
         let kk = cfg.k2.min(p);
         let pos = pos.chunks(kk).map(<[u32]>::to_vec).collect();
         let planes = fields
-            .chunks(b * kk)
+            .chunks(pools.b * kk)
             .map(|plane| plane.chunks(kk).map(<[f32]>::to_vec).collect())
             .collect();
         Ok((pos, planes))
