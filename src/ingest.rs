@@ -1,4 +1,4 @@
-//! Reading memories, queries and outcomes from JSON Lines files.
+//! Reading memories, queries, outcomes and task corpora from JSON Lines files.
 //!
 //! Why it lives in the library: the CLI's `index`, `query --input` and `feedback` read these
 //! files, and so does any program that loads a bank from the same data; one reader means one set
@@ -62,6 +62,16 @@ impl MemoryRecord {
 pub struct QueryRecord {
     /// The query text, embedded like an intent.
     pub text: String,
+}
+
+/// One line of a task corpus (the simulation's tasks): `{text, source}`, where `source` names the
+/// task family the text comes from (any other fields are ignored).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRecord {
+    /// The task text.
+    pub text: String,
+    /// The task family (for BIG-bench, the task name).
+    pub source: String,
 }
 
 /// A record type that one JSON object per line can be read into.
@@ -153,6 +163,15 @@ impl Record for QueryRecord {
     fn from_object(object: &Map<String, Value>) -> std::result::Result<Self, (String, String)> {
         Ok(Self {
             text: required_string(object, "text")?,
+        })
+    }
+}
+
+impl Record for TaskRecord {
+    fn from_object(object: &Map<String, Value>) -> std::result::Result<Self, (String, String)> {
+        Ok(Self {
+            text: required_string(object, "text")?,
+            source: required_string(object, "source")?,
         })
     }
 }

@@ -41,6 +41,7 @@ pub mod learn;
 pub mod models;
 pub mod retrieve;
 pub mod rng;
+pub mod simulate;
 pub mod snapshot;
 
 pub use bank::{Bank, BankSummary, Memory, NewMemory};

@@ -25,9 +25,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Synthetic demonstration of MemRL vs RAG (no LLM, no embedding model).
+    /// A small learning benchmark (MemRL vs RAG and others on a simulated world), then a snapshot
+    /// round trip.
     #[command(long_about = DEMO_HELP)]
     Demo(DemoArgs),
+    /// The learning benchmark: policies compared on a simulated world where similarity is not
+    /// utility; a table, a JSON file and learning curves.
+    #[command(long_about = cli::simulate::SIMULATE_HELP)]
+    Simulate(cli::simulate::SimulateArgs),
     /// The embedding-model registry: list the models, or fetch and verify one.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -66,6 +71,7 @@ fn main() -> ExitCode {
         .init();
     let result = match Cli::parse().command {
         Command::Demo(args) => demo(&args),
+        Command::Simulate(args) => cli::simulate::run(&args),
         Command::Model(ModelCommand::List) => model_list(),
         Command::Model(ModelCommand::Pull(args)) => model_pull(&args),
         Command::Embed(args) => cli::embed::embed(&args),

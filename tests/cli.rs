@@ -475,3 +475,132 @@ fn model_list_and_inspect_errors() {
     let err = failed(&t.run(&["query", "--bank", s(&missing)], false));
     assert!(err.contains("--text") || err.contains("--input"), "{err}");
 }
+
+/// A corpus file of `common::task_corpus` lines.
+fn corpus_file(t: &Setup) -> PathBuf {
+    let lines: Vec<String> = common::task_corpus(5, 10, 9)
+        .into_iter()
+        .map(|r| serde_json::json!({"text": r.text, "source": r.source}).to_string())
+        .collect();
+    t.write("corpus.jsonl", &(lines.join("\n") + "\n"))
+}
+
+#[test]
+fn simulate_writes_the_table_the_json_and_the_pictures() {
+    let t = Setup::new();
+    let corpus = corpus_file(&t);
+    let out_dir = t.path("sim");
+    let args = [
+        "simulate",
+        "--corpus",
+        s(&corpus),
+        "--tasks",
+        "30",
+        "--epochs",
+        "3",
+        "--seeds",
+        "2",
+        "--out",
+        s(&out_dir),
+    ];
+    let out = ok(&t.run(&args, true));
+    for row in [
+        "| No memory |",
+        "| RAG |",
+        "| MemP |",
+        "| MemRL |",
+        "| Oracle |",
+        "| 0.25 |",
+    ] {
+        assert!(out.contains(row), "{row} missing from:\n{out}");
+    }
+    assert!(out.contains("2 seeds (1-2)"), "{out}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["seeds"].as_array().unwrap().len(), 2);
+    assert_eq!(json["policies"].as_array().unwrap().len(), 9);
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("results.md")).unwrap(),
+        out.split("figures:").next().unwrap().trim_end().to_string() + "\n"
+    );
+    let png = std::fs::read(out_dir.join("learning-curves.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let svg = std::fs::read_to_string(out_dir.join("learning-curves.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("MemRL"),
+        "{svg:.200}"
+    );
+}
+
+#[test]
+fn demo_runs_and_round_trips_the_learned_bank() {
+    let t = Setup::new();
+    let corpus = corpus_file(&t);
+    let out_dir = t.path("demo");
+    let args = [
+        "demo",
+        "--corpus",
+        s(&corpus),
+        "--tasks",
+        "25",
+        "--epochs",
+        "2",
+        "--out",
+        s(&out_dir),
+    ];
+    let out = ok(&t.run(&args, true));
+    assert!(
+        out.contains("| MemRL |") && out.contains("loaded it back"),
+        "{out}"
+    );
+    // 25 tasks x 2 epochs, one memory per attempt.
+    assert!(out.contains("(50 memories"), "{out}");
+    let bank = ok(&t.run(
+        &["inspect", "--bank", s(&out_dir.join("bank.safetensors"))],
+        false,
+    ));
+    assert!(bank.contains("50"), "{bank}");
+}
+
+#[test]
+fn simulate_reports_a_bad_corpus_line_and_writes_nothing() {
+    let t = Setup::new();
+    let corpus = t.write(
+        "corpus.jsonl",
+        "{\"text\": \"a b\", \"source\": \"x\"}\n{\"text\": \"c d\"}\n",
+    );
+    let out_dir = t.path("sim");
+    let args = [
+        "simulate",
+        "--corpus",
+        s(&corpus),
+        "--tasks",
+        "1",
+        "--out",
+        s(&out_dir),
+    ];
+    let err = failed(&t.run(&args, true));
+    assert!(
+        err.contains("corpus.jsonl:2") && err.contains("field `source`: missing"),
+        "{err}"
+    );
+    let short = t.write("short.jsonl", "{\"text\": \"a b\", \"source\": \"x\"}\n");
+    let args = [
+        "simulate",
+        "--corpus",
+        s(&short),
+        "--tasks",
+        "5",
+        "--out",
+        s(&out_dir),
+    ];
+    let err = failed(&t.run(&args, true));
+    assert!(err.contains("short.jsonl has 1 lines; 5 tasks"), "{err}");
+    let missing = t.path("nope.jsonl");
+    let err = failed(&t.run(
+        &["demo", "--corpus", s(&missing), "--out", s(&out_dir)],
+        true,
+    ));
+    assert!(err.contains("nope.jsonl"), "{err}");
+    assert!(!out_dir.exists());
+}

@@ -8,7 +8,9 @@ pub(crate) mod demo;
 pub(crate) mod embed;
 pub(crate) mod inspect;
 pub(crate) mod model;
+pub(crate) mod plot;
 pub(crate) mod query;
+pub(crate) mod simulate;
 
 use std::path::Path;
 

@@ -356,3 +356,31 @@ pub fn state(bank: &Bank) -> Vec<(memrl::Memory, Vec<u32>, Vec<u64>)> {
     out
 }
 pub mod tiny_model;
+
+/// A small task corpus for the simulation: `sources` skills of `per_source` texts each. A skill's
+/// texts share a topic word; the rest of each text is drawn from words common to all skills, so
+/// neighbourhoods only partly follow skills (as in real corpora).
+pub fn task_corpus(sources: usize, per_source: usize, seed: u64) -> Vec<memrl::ingest::TaskRecord> {
+    const TOPICS: [&str; 8] = [
+        "date", "bug", "sort", "parse", "graph", "query", "cache", "token",
+    ];
+    const COMMON: [&str; 12] = [
+        "fix", "the", "list", "find", "value", "test", "file", "read", "write", "count", "map",
+        "check",
+    ];
+    let mut rng = Rng(seed);
+    let mut out = Vec::new();
+    for s in 0..sources {
+        for _ in 0..per_source {
+            let mut words = vec![TOPICS[s % TOPICS.len()].to_string()];
+            for _ in 0..4 {
+                words.push(COMMON[(rng.next_u64() % COMMON.len() as u64) as usize].to_string());
+            }
+            out.push(memrl::ingest::TaskRecord {
+                text: words.join(" "),
+                source: format!("skill/{s}"),
+            });
+        }
+    }
+    out
+}
