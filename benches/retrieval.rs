@@ -8,18 +8,15 @@
 //! and p95 latency of a few repetitions, queries per second and the bank bytes read per second,
 //! as a line for people and a line of JSON. Run with `cargo bench --bench retrieval`.
 //!
-//! The vectors: 100k random unit vectors, reused for larger banks with their coordinates
-//! rotated by one more place per round, so every key is distinct and a 10M bank builds in
-//! seconds instead of drawing 3.8G Gaussians.
+//! The bank is `memrl::bench::random_bank` (what `memrl bench` and the criterion benches use).
+//! This program stays for the GPU scripts (`benches/peers/gpu.sh` reads its JSON lines).
 
 use std::time::{Duration, Instant};
 
-use memrl::{Bank, BankConfig, Device, KeyDType, NewMemory, RetrievalConfig, Tensor};
+use memrl::bench::{random_bank, random_queries, DIM};
+use memrl::{Device, KeyDType, RetrievalConfig, Tensor};
 
-const DIM: usize = 384;
-const ADD_BATCH: usize = 10_000;
 const REPS: usize = 7;
-const POOL: usize = 100_000;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String>
 where
@@ -36,32 +33,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let k1: usize = env_or("MEMRL_BENCH_K1", 10)?;
     let device_name: String = env_or("MEMRL_BENCH_DEVICE", "cpu".to_string())?;
     let device = memrl::device::parse_device(&device_name)?;
-    let mut rng = memrl::rng::SplitMix64::new(42);
-    let pool: Vec<Vec<f32>> = (0..POOL.min(n)).map(|_| rng.unit_vector(DIM)).collect();
     let dtype: KeyDType = std::env::var("MEMRL_BENCH_DTYPE")
         .unwrap_or_else(|_| "f32".into())
         .parse()?;
-    let config = BankConfig {
-        dtype,
-        dedup_sim: 1.0,
-        ..BankConfig::new(DIM, "bench-random")
-    };
-    let mut bank = Bank::new(config, &device)?;
     let start = Instant::now();
-    let mut next = 0;
-    while next < n {
-        let batch = (next..n.min(next + ADD_BATCH))
-            .map(|i| {
-                let mut embedding = pool[i % pool.len()].clone();
-                embedding.rotate_left((i / pool.len()) % DIM);
-                NewMemory {
-                    embedding,
-                    ..Default::default()
-                }
-            })
-            .collect();
-        next += bank.add_many(batch)?.len();
-    }
+    let bank = random_bank(n, dtype, &device, 42)?;
     println!(
         "bank: {} memories, d = {DIM}, {} keys, {device_name}; built in {:.2} s",
         bank.len(),
@@ -88,7 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => vec![1, 32, 256],
     };
     for b in batches {
-        let flat: Vec<f32> = (0..b).flat_map(|_| rng.unit_vector(DIM)).collect();
+        let flat: Vec<f32> = random_queries(b, b as u64).into_iter().flatten().collect();
         let queries = Tensor::from_vec(flat, (b, DIM), &Device::Cpu)?.to_device(&device)?;
         bank.retrieve(&queries, &cfg)?; // warm-up
         let mut times: Vec<Duration> = (0..REPS)

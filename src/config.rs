@@ -215,6 +215,14 @@ impl KeyDType {
         }
     }
 
+    /// Bytes per key element.
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            KeyDType::F32 => 4,
+            KeyDType::F16 | KeyDType::Bf16 => 2,
+        }
+    }
+
     /// The name used in snapshots and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -167,6 +167,11 @@ pub enum Error {
         tried: Vec<String>,
     },
 
+    /// A batched call failed as a whole (each caller of the batch gets this), or the batching
+    /// queue has stopped.
+    #[error("batch: {0}")]
+    Batch(String),
+
     /// The tokenizer failed on an input.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

@@ -29,6 +29,8 @@
 #![warn(missing_docs)]
 
 pub mod bank;
+pub mod batch;
+pub mod bench;
 pub mod calibrate;
 pub mod config;
 pub mod device;

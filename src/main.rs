@@ -33,6 +33,9 @@ enum Command {
     /// utility; a table, a JSON file and learning curves.
     #[command(long_about = cli::simulate::SIMULATE_HELP)]
     Simulate(cli::simulate::SimulateArgs),
+    /// Benchmark retrieval, learning and snapshots on one device (table and JSON).
+    #[command(long_about = cli::bench::BENCH_HELP)]
+    Bench(cli::bench::BenchArgs),
     /// The embedding-model registry: list the models, or fetch and verify one.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Demo(args) => demo(&args),
         Command::Simulate(args) => cli::simulate::run(&args),
+        Command::Bench(args) => cli::bench::bench(&args),
         Command::Model(ModelCommand::List) => model_list(),
         Command::Model(ModelCommand::Pull(args)) => model_pull(&args),
         Command::Embed(args) => cli::embed::embed(&args),

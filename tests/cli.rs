@@ -604,3 +604,42 @@ fn simulate_reports_a_bad_corpus_line_and_writes_nothing() {
     assert!(err.contains("nope.jsonl"), "{err}");
     assert!(!out_dir.exists());
 }
+
+#[test]
+fn bench_prints_a_table_and_writes_json() {
+    let t = Setup::new();
+    let json = t.path("bench.json");
+    let args = [
+        "bench",
+        "--quick",
+        "--n",
+        "2000",
+        "--b",
+        "1,16",
+        "--k1",
+        "10",
+        "--callers",
+        "4",
+        "--json",
+        s(&json),
+    ];
+    let out = ok(&t.run(&args, false));
+    assert!(
+        out.contains("ceilings:") && out.contains("roofline"),
+        "{out}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let cases = report["retrieval"].as_array().unwrap();
+    // Two dtypes x two batch sizes.
+    assert_eq!(cases.len(), 4);
+    for case in cases {
+        assert!(case["timing"]["median_s"].as_f64().unwrap() > 0.0, "{case}");
+        assert!(case["roofline_fraction"].as_f64().unwrap() > 0.0, "{case}");
+    }
+    assert!(report["recall"][0]["recall"].as_f64().unwrap() > 0.9);
+    assert!(report["outcomes"]["updates_per_s"].as_f64().unwrap() > 0.0);
+    assert!(report["snapshot"]["bytes"].as_u64().unwrap() > 0);
+    assert_eq!(report["batching"]["callers"], 4);
+    let err = failed(&t.run(&["bench", "--dtype", "f64", "--n", "10"], false));
+    assert!(err.contains("f64"), "{err}");
+}

@@ -127,6 +127,11 @@ proptest! {
                 prop_assert_eq!(&h.experience, &format!("exp {}", h.id));
             }
         }
+        // The same queries inside a batch large enough for the CPU's tiled path (beyond the
+        // fused loop's few queries) give the same hits: dyadic vectors make every sum exact.
+        let many: Vec<Vec<f32>> = queries.iter().cycle().take(queries.len() * 8 + 9).cloned().collect();
+        let tiled = bank.retrieve_vectors(&many, &case.cfg).unwrap();
+        prop_assert_eq!(&tiled[..queries.len()], &ours[..]);
     }
 }
 

@@ -3,6 +3,7 @@
 //! retrieving, saving) lives in the library.
 
 pub(crate) mod bank;
+pub(crate) mod bench;
 pub(crate) mod calibrate;
 pub(crate) mod demo;
 pub(crate) mod embed;

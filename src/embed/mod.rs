@@ -225,6 +225,16 @@ impl Embedder {
         Ok(())
     }
 
+    /// Tokens `text` will take in a forward pass (after truncation, special tokens included):
+    /// what a batching queue counts against its token cap.
+    pub fn token_count(&self, text: &str) -> Result<usize> {
+        let encoding = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(encoding.get_ids().len())
+    }
+
     /// Chooses how the encoder computes (tests run the portable GPU path on the CPU).
     pub fn set_compute_path(&mut self, path: ComputePath) {
         self.encoder.set_compute_path(path);

@@ -7,6 +7,9 @@
 
 mod rank;
 mod scan;
+mod simd;
+
+pub(crate) use simd::read_sum;
 pub(crate) mod topk;
 
 use candle_core::{DType, Device, Tensor};

@@ -7,13 +7,19 @@
 //! - Order: the running best list is sorted by (similarity desc, key row asc). Each tile's top-k
 //!   has global rows above every row already kept, and is concatenated after the running list,
 //!   so on equal similarity the merge's "lower position" is "lower row": the tie rule holds across
-//!   tiles without comparing rows.
-//! - Every step is a tensor op on the bank's device; only the final `B x k` lists come back.
+//!   tiles without comparing rows. On the CPU each query's `RunningTopK` sees its rows in
+//!   increasing order, which gives the same rule.
+//! - On a GPU every step is a tensor op on the device; only the final `B x k` lists come back.
+//!   The CPU has three paths, all exact: up to `FUSED_MAX_QUERIES` queries over f32/f16 keys, a
+//!   fused loop (`simd.rs` kernels picked at run time) with no score tile; otherwise tiles of
+//!   matrix products whose scores feed a running top-k per query, with f16/bf16 tiles widened
+//!   to f32 first.
 
 use candle_core::{CpuStorage, DType, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::topk::{merge_sorted, topk_indices, topk_row};
+use super::simd::{self, Keys};
+use super::topk::{merge_sorted, topk_indices, topk_row, RunningTopK};
 use crate::error::Result;
 
 /// Target size of one score tile, in bytes, on the CPU: small enough to stay near the caches.
@@ -25,11 +31,16 @@ const GPU_TILE_SCORE_BYTES: usize = 1 << 30;
 const MIN_TILE_ROWS: usize = 4096;
 /// Up to this many queries, an f32 or f16 bank on the CPU is scanned by the fused loop below: a
 /// matrix product of so few rows is bound by reading the keys, and the fused loop reads each key
-/// once for all queries without writing a score tile. Measured at N = 300k, d = 384, 2 cores:
-/// B = 1 20 ms fused vs 37 ms tiled, B = 8 49 vs 60 ms.
+/// once for all queries without writing a score tile. Measured at N = 1M, d = 384, 2 cores (AVX-512
+/// kernels): B = 8 100 ms fused vs about 140 ms tiled; B = 16 and 32 fused lose (181 and 547 ms
+/// vs 210 ms tiled at 32): the fused loop loads a query vector for every multiply-add.
 const FUSED_MAX_QUERIES: usize = 8;
-/// Keys per parallel work item of the fused loop (1.5 MiB of f32 keys at d = 384).
-const FUSED_CHUNK_ROWS: usize = 1024;
+/// Most rows of a widened (f16 or bf16 -> f32) tile on the CPU: 24 MiB of f32 keys at d = 384.
+const WIDEN_MAX_ROWS: usize = 16_384;
+/// Keys per parallel work item of the fused loop (24 MiB of f32 keys at d = 384): few chunks,
+/// so the final merge of the chunks' top-k lists stays small (1024-row chunks left a merge of
+/// 100k candidates per query, about a tenth of a B = 1 call over 1M keys).
+const FUSED_CHUNK_ROWS: usize = 16_384;
 
 /// The best keys of each query, best first.
 pub(crate) struct TopKeys {
@@ -59,10 +70,10 @@ pub(crate) fn top_keys(queries: &Tensor, keys: &Tensor, k: usize) -> Result<TopK
         let (storage, layout) = keys.storage_and_layout();
         let slice = match (&*storage, layout.contiguous_offsets()) {
             (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) => {
-                Some(KeySlice::F32(&data[start..end]))
+                Some(Keys::F32(&data[start..end]))
             }
             (Storage::Cpu(CpuStorage::F16(data)), Some((start, end))) => {
-                Some(KeySlice::F16(&data[start..end]))
+                Some(Keys::F16(&data[start..end]))
             }
             _ => None,
         };
@@ -71,15 +82,23 @@ pub(crate) fn top_keys(queries: &Tensor, keys: &Tensor, k: usize) -> Result<TopK
             return Ok(fused_cpu_scan(&queries, slice, b, k));
         }
     }
+    // On the CPU, reduced-precision tiles are widened to f32 before the product: gemm's f16
+    // kernels run at a fraction of its f32 rate, while widening a tile costs a few percent of
+    // its product. GPUs multiply f16 and bf16 natively.
+    let widen = keys.device().is_cpu() && keys.dtype() != DType::F32;
+    let compute_dtype = if widen { DType::F32 } else { keys.dtype() };
     let queries = queries
         .to_device(keys.device())?
-        .to_dtype(keys.dtype())?
+        .to_dtype(compute_dtype)?
         .contiguous()?;
     let tile_bytes = if keys.device().is_cpu() {
         TILE_SCORE_BYTES
     } else {
         GPU_TILE_SCORE_BYTES
     };
+    if keys.device().is_cpu() {
+        return tiled_cpu_scan(&queries, keys, k, widen);
+    }
     let tile_rows = (tile_bytes / (4 * b)).max(MIN_TILE_ROWS).min(n);
     let mut best: Option<(Tensor, Tensor)> = None;
     let mut start = 0;
@@ -116,57 +135,97 @@ pub(crate) fn top_keys(queries: &Tensor, keys: &Tensor, k: usize) -> Result<TopK
     }
 }
 
-/// Keys in their storage precision, as the fused scan reads them.
-#[derive(Clone, Copy)]
-enum KeySlice<'a> {
-    F32(&'a [f32]),
-    /// Converted to f32 one chunk at a time (F16C when the CPU has it, detected at run time),
-    /// so a scan reads half the bytes of an f32 bank.
-    F16(&'a [half::f16]),
+/// The CPU's tiled scan: the same tiles and matrix products as the device path, but each
+/// query's top-k runs on the score tile in place and carries its threshold from tile to tile, so
+/// after the first tiles most scores are rejected with one compare (no per-tile top-k, gather,
+/// concatenation and merge).
+fn tiled_cpu_scan(queries: &Tensor, keys: &Tensor, k: usize, widen: bool) -> Result<TopKeys> {
+    let (b, _) = queries.dims2()?;
+    let (n, _) = keys.dims2()?;
+    let mut tile_rows = (TILE_SCORE_BYTES / (4 * b)).max(MIN_TILE_ROWS).min(n);
+    if widen {
+        // Each widened tile is a fresh f32 copy of its keys: keep it near the score tile's size.
+        tile_rows = tile_rows.min(WIDEN_MAX_ROWS);
+    }
+    let mut running: Vec<RunningTopK> = (0..b).map(|_| RunningTopK::new(k)).collect();
+    let mut start = 0;
+    while start < n {
+        let rows = tile_rows.min(n - start);
+        let tile = keys.narrow(0, start, rows)?;
+        let tile = if widen { widen_cpu(&tile)? } else { tile };
+        let scores = queries
+            .matmul(&tile.t()?)?
+            .to_dtype(DType::F32)?
+            .contiguous()?;
+        let (storage, layout) = scores.storage_and_layout();
+        let data = match (&*storage, layout.contiguous_offsets()) {
+            (Storage::Cpu(CpuStorage::F32(data)), Some((from, to))) => &data[from..to],
+            _ => {
+                return Err(candle_core::Error::Msg(
+                    "a CPU score tile is not contiguous f32".into(),
+                )
+                .into())
+            }
+        };
+        running
+            .par_iter_mut()
+            .zip(data.par_chunks(rows))
+            .for_each(|(top, row)| top.push(row, start as u32));
+        start += rows;
+    }
+    let mut out = TopKeys::empty(b);
+    for (i, top) in running.into_iter().enumerate() {
+        let best = top.finish();
+        out.sims[i] = best.iter().map(|p| p.0).collect();
+        out.rows[i] = best.iter().map(|p| p.1).collect();
+    }
+    Ok(out)
 }
 
-impl KeySlice<'_> {
-    fn len(&self) -> usize {
-        match self {
-            KeySlice::F32(s) => s.len(),
-            KeySlice::F16(s) => s.len(),
-        }
+/// A CPU tile of f16 or bf16 keys as f32, converted with the CPU's vector instructions (F16C
+/// for f16) in parallel; candle's own conversion goes one element at a time.
+fn widen_cpu(tile: &Tensor) -> Result<Tensor> {
+    use half::slice::HalfFloatSliceExt;
+    let (storage, layout) = tile.storage_and_layout();
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        return Ok(tile.to_dtype(DType::F32)?);
+    };
+    let mut wide = vec![0f32; end - start];
+    match &*storage {
+        Storage::Cpu(CpuStorage::F16(data)) => wide
+            .par_chunks_mut(1 << 16)
+            .zip(data[start..end].par_chunks(1 << 16))
+            .for_each(|(dst, src)| src.convert_to_f32_slice(dst)),
+        Storage::Cpu(CpuStorage::BF16(data)) => wide
+            .par_chunks_mut(1 << 16)
+            .zip(data[start..end].par_chunks(1 << 16))
+            .for_each(|(dst, src)| src.convert_to_f32_slice(dst)),
+        _ => return Ok(tile.to_dtype(DType::F32)?),
     }
-
-    /// Key row `r` as f32: borrowed when no conversion is needed, else converted into `buf`
-    /// (one row at a time, so the buffer stays in L1 and nothing large is allocated).
-    fn row<'s>(&'s self, r: usize, buf: &'s mut [f32]) -> &'s [f32] {
-        use half::slice::HalfFloatSliceExt;
-        let d = buf.len();
-        match self {
-            KeySlice::F32(s) => &s[r * d..(r + 1) * d],
-            KeySlice::F16(s) => {
-                s[r * d..(r + 1) * d].convert_to_f32_slice(buf);
-                buf
-            }
-        }
-    }
+    Ok(Tensor::from_vec(wide, tile.shape(), tile.device())?)
 }
 
 /// Similarity and top-k in one pass over the keys on the CPU, chunks of keys in parallel.
 /// Same result order as the tiled path: (similarity desc, row asc), since each chunk's list has
 /// global rows and `merge_sorted` orders by the same rule.
-fn fused_cpu_scan(queries: &[f32], keys: KeySlice<'_>, b: usize, k: usize) -> TopKeys {
+fn fused_cpu_scan(queries: &[f32], keys: Keys<'_>, b: usize, k: usize) -> TopKeys {
     let d = queries.len() / b;
-    let n = keys.len() / d;
+    let n = match keys {
+        Keys::F32(s) => s.len(),
+        Keys::F16(s) => s.len(),
+    } / d;
     let per_chunk: Vec<Vec<Vec<(f32, u32)>>> = (0..n.div_ceil(FUSED_CHUNK_ROWS))
         .into_par_iter()
         .map(|c| {
             let first = c * FUSED_CHUNK_ROWS;
             let rows = FUSED_CHUNK_ROWS.min(n - first);
-            let mut buf = vec![0f32; d];
+            let span = first * d..(first + rows) * d;
+            let chunk = match keys {
+                Keys::F32(s) => Keys::F32(&s[span]),
+                Keys::F16(s) => Keys::F16(&s[span]),
+            };
             let mut scores = vec![0f32; b * rows];
-            for r in 0..rows {
-                let key = keys.row(first + r, &mut buf);
-                for (i, query) in queries.chunks_exact(d).enumerate() {
-                    scores[i * rows + r] = dot(query, key);
-                }
-            }
+            simd::scores(queries, b, chunk, d, &mut scores);
             scores
                 .chunks_exact(rows)
                 .map(|row| topk_row(row, first as u32, k))
@@ -181,20 +240,4 @@ fn fused_cpu_scan(queries: &[f32], keys: KeySlice<'_>, b: usize, k: usize) -> To
         out.rows[i] = best.iter().map(|p| p.1).collect();
     }
     out
-}
-
-/// Dot product with 16 independent accumulators, so the compiler keeps several vector
-/// registers busy instead of one serial chain of adds.
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (a_body, a_tail) = a.split_at(a.len() - a.len() % 16);
-    let (b_body, b_tail) = b.split_at(a_body.len());
-    for (x, y) in a_body.chunks_exact(16).zip(b_body.chunks_exact(16)) {
-        for j in 0..16 {
-            acc[j] += x[j] * y[j];
-        }
-    }
-    let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
 }

@@ -41,35 +41,83 @@ fn better(a: &(f32, u32), b: &(f32, u32)) -> Ordering {
 
 /// The best `k` of `(value, base + position)` over `values`, sorted best first.
 pub(crate) fn topk_row(values: &[f32], base: u32, k: usize) -> Vec<(f32, u32)> {
-    let k = k.min(values.len());
-    if k == 0 {
-        return Vec::new();
-    }
+    let mut top = RunningTopK::new(k);
+    top.push(values, base);
+    top.finish()
+}
+
+/// Scores checked at once against the threshold before any is looked at alone.
+const SKIP_BLOCK: usize = 32;
+
+/// A top-k fed in pieces (tiles of one row, in increasing position), so a scan over many tiles
+/// keeps its threshold instead of starting each tile from nothing.
+pub(crate) struct RunningTopK {
+    k: usize,
     // Invariant: `buffer` holds every element seen so far that may still be in the top k; all
     // elements dropped are worse than `threshold`, which is the k-th best seen once the buffer
     // has been compacted at least once (NEG_INFINITY before, so everything enters).
-    let mut buffer: Vec<(f32, u32)> = Vec::with_capacity(2 * k);
-    let mut threshold = f32::NEG_INFINITY;
-    let mut compacted = false;
-    for (i, &v) in values.iter().enumerate() {
-        // Equal to the threshold loses: the k-th best already has a lower index.
-        if compacted && v <= threshold {
-            continue;
-        }
-        buffer.push((v, base + i as u32));
-        if buffer.len() == 2 * k {
-            buffer.select_nth_unstable_by(k - 1, better);
-            buffer.truncate(k);
-            // select_nth leaves the k-th best at k-1 with only better elements before it, so
-            // its value is the smallest kept; everything scanned later has a higher index and
-            // must beat it strictly.
-            threshold = buffer[k - 1].0;
-            compacted = true;
+    buffer: Vec<(f32, u32)>,
+    threshold: f32,
+    compacted: bool,
+}
+
+impl RunningTopK {
+    pub(crate) fn new(k: usize) -> Self {
+        Self {
+            k,
+            buffer: Vec::with_capacity(2 * k),
+            threshold: f32::NEG_INFINITY,
+            compacted: false,
         }
     }
-    buffer.sort_unstable_by(better);
-    buffer.truncate(k);
-    buffer
+
+    /// Offers `(values[i], base + i)`; positions must be above every one offered before.
+    pub(crate) fn push(&mut self, values: &[f32], base: u32) {
+        if self.k == 0 {
+            return;
+        }
+        let mut offset = 0u32;
+        for block in values.chunks(SKIP_BLOCK) {
+            // Once the threshold is set, most blocks hold nothing above it: one vectorised max
+            // rejects all of them at once.
+            if self.compacted
+                && block.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) <= self.threshold
+            {
+                offset += block.len() as u32;
+                continue;
+            }
+            for (i, &v) in block.iter().enumerate() {
+                self.offer(v, base + offset + i as u32);
+            }
+            offset += block.len() as u32;
+        }
+    }
+
+    #[inline]
+    fn offer(&mut self, v: f32, position: u32) {
+        let k = self.k;
+        // Equal to the threshold loses: the k-th best already has a lower position.
+        if self.compacted && v <= self.threshold {
+            return;
+        }
+        self.buffer.push((v, position));
+        if self.buffer.len() == 2 * k {
+            self.buffer.select_nth_unstable_by(k - 1, better);
+            self.buffer.truncate(k);
+            // select_nth leaves the k-th best at k-1 with only better elements before it, so
+            // its value is the smallest kept; everything offered later has a higher position
+            // and must beat it strictly.
+            self.threshold = self.buffer[k - 1].0;
+            self.compacted = true;
+        }
+    }
+
+    /// The best `k` offered, best first.
+    pub(crate) fn finish(mut self) -> Vec<(f32, u32)> {
+        self.buffer.sort_unstable_by(better);
+        self.buffer.truncate(self.k);
+        self.buffer
+    }
 }
 
 /// Merges several best-first candidate lists into the best `k`.

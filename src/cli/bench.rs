@@ -1,0 +1,328 @@
+//! `memrl bench`: the benchmark suite of [`memrl::bench`] on one device, as a table for people
+//! and JSON for machines.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use memrl::batch::{BatchConfig, Batcher};
+use memrl::bench::{
+    measure_ceilings, outcome_case, random_bank, random_queries, recall, retrieval_case, time,
+    Ceilings, RetrievalCase, Timing,
+};
+use memrl::{snapshot, Bank, Engine, KeyDType, LoadOptions, RetrievalConfig};
+use serde::Serialize;
+
+pub(crate) const BENCH_HELP: &str = "\
+Benchmark the engine on one device: the device's ceilings (memory read bandwidth, f32 matrix \
+product rate), full two-phase retrieval over random banks (N x 384, f32 and f16 keys, k1 100, \
+k2 5, every key past the gate) for several batch sizes, recall of f16 keys against f32, outcome \
+updates in batches of 1,000, snapshot save and load, and 64 concurrent single-query callers \
+through the batching queue against the same callers calling one query at a time.
+
+Every retrieval figure is also printed as a fraction of its roofline: the larger of (bank bytes \
+/ bandwidth) and (2 B N d flops / matrix rate), over the measured median. --quick runs smaller \
+banks and fewer repetitions (a minute or two on 2 cores).";
+
+#[derive(Args)]
+pub(crate) struct BenchArgs {
+    /// Device: cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Smaller banks (10k, 100k) and shorter timing.
+    #[arg(long)]
+    quick: bool,
+    /// Write every figure as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Bank sizes (default 10000,100000,1000000; --quick 10000,100000).
+    #[arg(long, value_delimiter = ',')]
+    n: Option<Vec<usize>>,
+    /// Queries per call.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 32, 256])]
+    b: Vec<usize>,
+    /// Key precisions: f32, f16, bf16.
+    #[arg(long, value_delimiter = ',', default_values_t = [String::from("f32"), String::from("f16")])]
+    dtype: Vec<String>,
+    /// Phase A's k1.
+    #[arg(long, default_value_t = 100)]
+    k1: usize,
+    /// Concurrent single-query callers for the batching comparison (0 skips it).
+    #[arg(long, default_value_t = 64)]
+    callers: usize,
+    /// Skip the outcome and snapshot cases.
+    #[arg(long)]
+    retrieval_only: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    device: String,
+    threads: usize,
+    ceilings: Ceilings,
+    retrieval: Vec<RetrievalCase>,
+    recall: Vec<RecallFigure>,
+    outcomes: Option<OutcomeFigure>,
+    snapshot: Option<SnapshotFigure>,
+    batching: Option<BatchingFigure>,
+}
+
+#[derive(Serialize)]
+struct RecallFigure {
+    n: usize,
+    dtype: String,
+    k: usize,
+    queries: usize,
+    recall: f64,
+}
+
+#[derive(Serialize)]
+struct OutcomeFigure {
+    bank: usize,
+    updates_per_batch: usize,
+    timing: Timing,
+    updates_per_s: f64,
+}
+
+#[derive(Serialize)]
+struct SnapshotFigure {
+    memories: usize,
+    bytes: u64,
+    save: Timing,
+    load: Timing,
+}
+
+#[derive(Serialize)]
+struct BatchingFigure {
+    n: usize,
+    dtype: String,
+    callers: usize,
+    queries: usize,
+    batched_queries_per_s: f64,
+    one_at_a_time_queries_per_s: f64,
+    speedup: f64,
+}
+
+fn ms(t: f64) -> String {
+    format!("{:.3}", t * 1e3)
+}
+
+pub(crate) fn bench(args: &BenchArgs) -> Result<()> {
+    let device = memrl::device::parse_device(&args.device)?;
+    let (min_reps, min_time) = if args.quick {
+        (3, Duration::from_millis(300))
+    } else {
+        (7, Duration::from_secs(2))
+    };
+    let ns = args.n.clone().unwrap_or_else(|| {
+        if args.quick {
+            vec![10_000, 100_000]
+        } else {
+            vec![10_000, 100_000, 1_000_000]
+        }
+    });
+    let dtypes = args
+        .dtype
+        .iter()
+        .map(|d| d.parse::<KeyDType>())
+        .collect::<memrl::Result<Vec<_>>>()?;
+    let threads = rayon::current_num_threads();
+    println!("memrl bench on {} ({threads} threads)", args.device);
+
+    let ceilings = measure_ceilings(&device, args.quick, min_time)?;
+    println!(
+        "ceilings: memory read {:.1} GB/s, f32 matrix product {:.1} GFLOP/s",
+        ceilings.read_bytes_per_s / 1e9,
+        ceilings.matmul_flop_per_s / 1e9
+    );
+
+    println!(
+        "\nretrieval (d 384, k1 {}, k2 5, delta -1; memory = the bank's keys + the calls' peak working memory):\n{:>6} {:>9} {:>5} {:>11} {:>11} {:>11} {:>8} {:>9} {:>10}",
+        args.k1, "dtype", "N", "B", "median ms", "p95 ms", "queries/s", "bound", "roofline", "memory MB"
+    );
+    let mut retrieval = Vec::new();
+    let mut recalls = Vec::new();
+    let mut batching_bank: Option<Bank> = None;
+    let largest = ns.iter().copied().max().unwrap_or(0);
+    for &n in &ns {
+        let mut banks: Vec<Bank> = Vec::new();
+        for &dtype in &dtypes {
+            let bank = random_bank(n, dtype, &device, 42)?;
+            for &b in &args.b {
+                let case = retrieval_case(&bank, b, args.k1, &ceilings, min_reps, min_time)?;
+                let memory = case
+                    .working_bytes
+                    .map(|w| format!("{:.0}", (case.key_bytes + w) as f64 / 1e6))
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:>6} {:>9} {:>5} {:>11} {:>11} {:>11.1} {:>8} {:>9.2} {:>10}",
+                    case.dtype,
+                    n,
+                    b,
+                    ms(case.timing.median_s),
+                    ms(case.timing.p95_s),
+                    case.queries_per_s,
+                    case.bound,
+                    case.roofline_fraction,
+                    memory
+                );
+                retrieval.push(case);
+            }
+            banks.push(bank);
+        }
+        // Reduced-precision keys against f32 keys built from the same vectors.
+        if let Some(exact) = banks.iter().find(|b| b.config().dtype == KeyDType::F32) {
+            let queries = random_queries(100, 7);
+            for approx in banks.iter().filter(|b| b.config().dtype != KeyDType::F32) {
+                recalls.push(RecallFigure {
+                    n,
+                    dtype: approx.config().dtype.as_str().into(),
+                    k: args.k1,
+                    queries: queries.len(),
+                    recall: recall(exact, approx, &queries, args.k1)?,
+                });
+            }
+        }
+        if n == largest {
+            batching_bank = banks.into_iter().next();
+        }
+    }
+    for r in &recalls {
+        println!(
+            "recall@{} of {} keys against f32, N = {}: {:.4} ({} queries)",
+            r.k, r.dtype, r.n, r.recall, r.queries
+        );
+    }
+
+    let (outcomes, snapshot) = if args.retrieval_only {
+        (None, None)
+    } else {
+        let n = if args.quick { 10_000 } else { 100_000 };
+        let mut bank = random_bank(n, KeyDType::F32, &device, 5)?;
+        let timing = outcome_case(&mut bank, 1000, min_reps, min_time)?;
+        let outcomes = OutcomeFigure {
+            bank: n,
+            updates_per_batch: 1000,
+            timing,
+            updates_per_s: 1000.0 / timing.median_s,
+        };
+        println!(
+            "\noutcome updates: batches of 1000 on a bank of {n}: median {} ms, {:.2}M updates/s",
+            ms(timing.median_s),
+            outcomes.updates_per_s / 1e6
+        );
+        (
+            Some(outcomes),
+            Some(snapshot_case(&bank, &device, min_reps, min_time)?),
+        )
+    };
+
+    let batching = match (batching_bank, args.callers) {
+        (Some(bank), callers) if callers > 0 => Some(batching_case(bank, callers, args)?),
+        _ => None,
+    };
+    let report = Report {
+        device: args.device.clone(),
+        threads,
+        ceilings,
+        retrieval,
+        recall: recalls,
+        outcomes,
+        snapshot,
+        batching,
+    };
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("JSON: {}", path.display());
+    }
+    Ok(())
+}
+
+fn snapshot_case(
+    bank: &Bank,
+    device: &memrl::Device,
+    min_reps: usize,
+    min_time: Duration,
+) -> Result<SnapshotFigure> {
+    let path = std::env::temp_dir().join(format!("memrl-bench-{}.safetensors", std::process::id()));
+    let measured = (|| -> Result<(Timing, Timing, u64)> {
+        let save = time(min_reps, min_time, || snapshot::save(bank, &path))?;
+        let load = time(min_reps, min_time, || {
+            snapshot::load(&path, device, &LoadOptions::default()).map(drop)
+        })?;
+        let bytes = std::fs::metadata(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .len();
+        Ok((save, load, bytes))
+    })();
+    let _ = std::fs::remove_file(&path);
+    let (save, load, bytes) = measured?;
+    println!(
+        "snapshot of {} memories ({:.1} MB): save {} ms ({:.0} MB/s), load {} ms ({:.0} MB/s)",
+        bank.len(),
+        bytes as f64 / 1e6,
+        ms(save.median_s),
+        bytes as f64 / save.median_s / 1e6,
+        ms(load.median_s),
+        bytes as f64 / load.median_s / 1e6
+    );
+    Ok(SnapshotFigure {
+        memories: bank.len(),
+        bytes,
+        save,
+        load,
+    })
+}
+
+/// `callers` threads each retrieving single queries: through one [`Batcher`], then each query
+/// its own call on the shared [`Engine`].
+fn batching_case(bank: Bank, callers: usize, args: &BenchArgs) -> Result<BatchingFigure> {
+    let n = bank.len();
+    let dtype = bank.config().dtype.as_str().to_string();
+    let engine = Arc::new(Engine::from_bank(bank));
+    let cfg = RetrievalConfig {
+        delta: -1.0,
+        k1: args.k1,
+        ..RetrievalConfig::default()
+    };
+    let per_caller = if args.quick { 2 } else { 4 };
+    let queries = random_queries(callers * per_caller, 11);
+    let run = |one: &(dyn Fn(&Vec<f32>) -> memrl::Result<()> + Sync)| -> Result<f64> {
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = queries
+                .chunks(per_caller)
+                .map(|mine| s.spawn(move || mine.iter().try_for_each(one)))
+                .collect();
+            handles.into_iter().try_for_each(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(memrl::Error::Batch("a caller panicked".into())))
+            })
+        })?;
+        Ok(queries.len() as f64 / start.elapsed().as_secs_f64())
+    };
+    let batcher = Batcher::new(engine.clone(), None, cfg.clone(), BatchConfig::default())?;
+    let batched = run(&|q| batcher.retrieve_vector(q.clone()).map(drop))?;
+    drop(batcher);
+    let alone = run(&|q| {
+        engine
+            .retrieve_vectors(std::slice::from_ref(q), &cfg)
+            .map(drop)
+    })?;
+    println!(
+        "\n{callers} concurrent single-query callers, N = {n} {dtype}: batched {batched:.1} queries/s, one query per call {alone:.1} queries/s ({:.1}x)",
+        batched / alone
+    );
+    Ok(BatchingFigure {
+        n,
+        dtype,
+        callers,
+        queries: queries.len(),
+        batched_queries_per_s: batched,
+        one_at_a_time_queries_per_s: alone,
+        speedup: batched / alone,
+    })
+}
