@@ -194,9 +194,9 @@ pub struct RetrievalCase {
     pub roofline_fraction: f64,
     /// The bank's key bytes.
     pub key_bytes: u64,
-    /// Peak resident memory above the resident memory before the calls: the retrieval's own
-    /// working memory (Linux only).
-    pub working_bytes: Option<u64>,
+    /// The process's peak resident memory during the calls (Linux only): the bank, every
+    /// buffer of the calls, and whatever else the process holds at the time.
+    pub peak_rss_bytes: Option<u64>,
 }
 
 /// Times full two-phase retrieval of `b` queries over `bank` (delta -1: the gate keeps all).
@@ -216,15 +216,11 @@ pub fn retrieval_case(
     let queries = random_queries(b, b as u64);
     let flat: Vec<f32> = queries.iter().flatten().copied().collect();
     let tensor = Tensor::from_vec(flat, (b, DIM), &Device::Cpu)?.to_device(bank.device())?;
-    let before = rss_bytes();
     reset_peak_rss();
     let timing = time(min_reps, min_time, || {
         bank.retrieve(&tensor, &cfg).map(drop)
     })?;
-    let working_bytes = match (before, rss_bytes()) {
-        (Some((rss, _)), Some((_, peak))) => Some(peak.saturating_sub(rss)),
-        _ => None,
-    };
+    let peak_rss_bytes = rss_bytes().map(|(_, peak)| peak);
     let n = bank.num_intents();
     let key_bytes = (n * DIM * bank.config().dtype.size_in_bytes()) as u64;
     let t_memory = key_bytes as f64 / ceilings.read_bytes_per_s;
@@ -243,13 +239,12 @@ pub fn retrieval_case(
         },
         roofline_fraction: t_memory.max(t_compute) / timing.median_s,
         key_bytes,
-        working_bytes,
+        peak_rss_bytes,
     })
 }
 
-/// recall@k of `approx`'s top-k keys against `exact`'s for `queries` (banks built alike, so rows
-/// correspond).
-pub fn recall(exact: &Bank, approx: &Bank, queries: &[Vec<f32>], k: usize) -> Result<f64> {
+/// The ids of the `k` most similar memories of each query (similarity only).
+pub fn top_ids(bank: &Bank, queries: &[Vec<f32>], k: usize) -> Result<Vec<Vec<u64>>> {
     let cfg = RetrievalConfig {
         delta: -1.0,
         k1: k,
@@ -257,16 +252,28 @@ pub fn recall(exact: &Bank, approx: &Bank, queries: &[Vec<f32>], k: usize) -> Re
         lambda: 0.0,
         ..RetrievalConfig::default()
     };
-    let a = exact.retrieve_vectors(queries, &cfg)?;
-    let b = approx.retrieve_vectors(queries, &cfg)?;
+    let hits = bank.retrieve_vectors(queries, &cfg)?;
+    Ok(hits
+        .into_iter()
+        .map(|h| h.into_iter().map(|h| h.id).collect())
+        .collect())
+}
+
+/// recall@k of `approx` against `exact` (per query, the share of exact ids found; pooled).
+///
+/// ```
+/// let r = memrl::bench::recall(&[vec![1, 2], vec![3, 4]], &[vec![2, 9], vec![3, 4]]);
+/// assert_eq!(r, 0.75);
+/// ```
+pub fn recall(exact: &[Vec<u64>], approx: &[Vec<u64>]) -> f64 {
     let mut found = 0usize;
     let mut total = 0usize;
-    for (a, b) in a.iter().zip(&b) {
-        let want: std::collections::HashSet<u64> = a.iter().map(|h| h.id).collect();
-        found += b.iter().filter(|h| want.contains(&h.id)).count();
+    for (a, b) in exact.iter().zip(approx) {
+        let want: std::collections::HashSet<u64> = a.iter().copied().collect();
+        found += b.iter().filter(|id| want.contains(id)).count();
         total += want.len();
     }
-    Ok(found as f64 / total.max(1) as f64)
+    found as f64 / total.max(1) as f64
 }
 
 /// Outcome updates: batches of `per_batch` memory updates (outcomes of 5 memories each) on

@@ -10,7 +10,7 @@ use clap::Args;
 use memrl::batch::{BatchConfig, Batcher};
 use memrl::bench::{
     measure_ceilings, outcome_case, random_bank, random_queries, recall, retrieval_case, time,
-    Ceilings, RetrievalCase, Timing,
+    top_ids, Ceilings, RetrievalCase, Timing,
 };
 use memrl::{snapshot, Bank, Engine, KeyDType, LoadOptions, RetrievalConfig};
 use serde::Serialize;
@@ -139,22 +139,22 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<()> {
     );
 
     println!(
-        "\nretrieval (d 384, k1 {}, k2 5, delta -1; memory = the bank's keys + the calls' peak working memory):\n{:>6} {:>9} {:>5} {:>11} {:>11} {:>11} {:>8} {:>9} {:>10}",
+        "\nretrieval (d 384, k1 {}, k2 5, delta -1; memory = the process's peak resident memory during the calls):\n{:>6} {:>9} {:>5} {:>11} {:>11} {:>11} {:>8} {:>9} {:>10}",
         args.k1, "dtype", "N", "B", "median ms", "p95 ms", "queries/s", "bound", "roofline", "memory MB"
     );
     let mut retrieval = Vec::new();
     let mut recalls = Vec::new();
-    let mut batching_bank: Option<Bank> = None;
-    let largest = ns.iter().copied().max().unwrap_or(0);
+    let queries = random_queries(100, 7);
     for &n in &ns {
-        let mut banks: Vec<Bank> = Vec::new();
+        // One bank alive at a time, so each case's peak memory is its own bank's.
+        let mut exact: Option<Vec<Vec<u64>>> = None;
         for &dtype in &dtypes {
             let bank = random_bank(n, dtype, &device, 42)?;
             for &b in &args.b {
                 let case = retrieval_case(&bank, b, args.k1, &ceilings, min_reps, min_time)?;
                 let memory = case
-                    .working_bytes
-                    .map(|w| format!("{:.0}", (case.key_bytes + w) as f64 / 1e6))
+                    .peak_rss_bytes
+                    .map(|m| format!("{:.0}", m as f64 / 1e6))
                     .unwrap_or_else(|| "-".into());
                 println!(
                     "{:>6} {:>9} {:>5} {:>11} {:>11} {:>11.1} {:>8} {:>9.2} {:>10}",
@@ -170,23 +170,19 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<()> {
                 );
                 retrieval.push(case);
             }
-            banks.push(bank);
-        }
-        // Reduced-precision keys against f32 keys built from the same vectors.
-        if let Some(exact) = banks.iter().find(|b| b.config().dtype == KeyDType::F32) {
-            let queries = random_queries(100, 7);
-            for approx in banks.iter().filter(|b| b.config().dtype != KeyDType::F32) {
-                recalls.push(RecallFigure {
+            // Reduced-precision keys against f32 keys built from the same vectors.
+            let ids = top_ids(&bank, &queries, args.k1)?;
+            match (&exact, dtype) {
+                (None, KeyDType::F32) => exact = Some(ids),
+                (Some(exact), KeyDType::F16 | KeyDType::Bf16) => recalls.push(RecallFigure {
                     n,
-                    dtype: approx.config().dtype.as_str().into(),
+                    dtype: dtype.as_str().into(),
                     k: args.k1,
                     queries: queries.len(),
-                    recall: recall(exact, approx, &queries, args.k1)?,
-                });
+                    recall: recall(exact, &ids),
+                }),
+                _ => {}
             }
-        }
-        if n == largest {
-            batching_bank = banks.into_iter().next();
         }
     }
     for r in &recalls {
@@ -219,8 +215,11 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<()> {
         )
     };
 
-    let batching = match (batching_bank, args.callers) {
-        (Some(bank), callers) if callers > 0 => Some(batching_case(bank, callers, args)?),
+    let batching = match (ns.iter().max(), dtypes.first()) {
+        (Some(&n), Some(&dtype)) if args.callers > 0 => {
+            let bank = random_bank(n, dtype, &device, 42)?;
+            Some(batching_case(bank, args.callers, args)?)
+        }
         _ => None,
     };
     let report = Report {
