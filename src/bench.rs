@@ -27,12 +27,18 @@ const POOL: usize = 100_000;
 /// Random unit vectors for a bank of `n` keys: `POOL` Gaussian draws, reused for larger banks with
 /// their coordinates rotated by one more place per round, so every key is distinct and a 10M bank
 /// builds in seconds.
+///
+/// The pool is one flat allocation, so it goes back to the system when dropped instead of
+/// leaving 100k small blocks in the allocator (they showed up as 150 MB in the peak memory of
+/// later cases).
 fn random_keys(n: usize, seed: u64) -> impl Iterator<Item = Vec<f32>> {
     let mut rng = SplitMix64::new(seed);
-    let pool: Vec<Vec<f32>> = (0..POOL.min(n)).map(|_| rng.unit_vector(DIM)).collect();
+    let rows = POOL.min(n);
+    let pool: Vec<f32> = (0..rows).flat_map(|_| rng.unit_vector(DIM)).collect();
     (0..n).map(move |i| {
-        let mut v = pool[i % pool.len()].clone();
-        v.rotate_left((i / pool.len()) % DIM);
+        let r = i % rows;
+        let mut v = pool[r * DIM..(r + 1) * DIM].to_vec();
+        v.rotate_left((i / rows) % DIM);
         v
     })
 }
