@@ -163,15 +163,12 @@ pub fn measure_ceilings(device: &Device, quick: bool, min_time: Duration) -> Res
     })
 }
 
-/// Resident memory now and the peak since the last [`reset_peak_rss`], in bytes (Linux; `None`
-/// elsewhere).
-pub fn rss_bytes() -> Option<(u64, u64)> {
+/// The process's peak resident memory since the last [`reset_peak_rss`], in bytes (Linux;
+/// `None` elsewhere).
+pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let field = |name: &str| -> Option<u64> {
-        let line = status.lines().find(|l| l.starts_with(name))?;
-        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
 
 /// Resets the kernel's peak-resident-memory mark of this process (Linux; no-op elsewhere).
@@ -226,7 +223,7 @@ pub fn retrieval_case(
     let timing = time(min_reps, min_time, || {
         bank.retrieve(&tensor, &cfg).map(drop)
     })?;
-    let peak_rss_bytes = rss_bytes().map(|(_, peak)| peak);
+    let peak_rss_bytes = peak_rss_bytes();
     let n = bank.num_intents();
     let key_bytes = (n * DIM * bank.config().dtype.size_in_bytes()) as u64;
     let t_memory = key_bytes as f64 / ceilings.read_bytes_per_s;
@@ -293,13 +290,20 @@ pub fn outcome_case(
     let n = bank.len() as u64;
     let ids: Vec<u64> = bank.iter().map(|m| m.id).collect();
     let mut rng = SplitMix64::new(77);
+    // Built before timing, so only the updates are measured.
+    let batches: Vec<Vec<Outcome>> = (0..16)
+        .map(|_| {
+            (0..per_batch.div_ceil(5))
+                .map(|_| Outcome {
+                    memory_ids: (0..5).map(|_| ids[rng.below(n) as usize]).collect(),
+                    reward: if rng.next_f64() < 0.5 { 1.0 } else { -1.0 },
+                })
+                .collect()
+        })
+        .collect();
+    let mut next = 0;
     time(min_reps, min_time, || {
-        let outcomes: Vec<Outcome> = (0..per_batch.div_ceil(5))
-            .map(|_| Outcome {
-                memory_ids: (0..5).map(|_| ids[rng.below(n) as usize]).collect(),
-                reward: if rng.next_f64() < 0.5 { 1.0 } else { -1.0 },
-            })
-            .collect();
-        bank.apply_outcomes(&outcomes).map(drop)
+        next = (next + 1) % batches.len();
+        bank.apply_outcomes(&batches[next]).map(drop)
     })
 }

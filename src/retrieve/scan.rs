@@ -82,24 +82,14 @@ pub(crate) fn top_keys(queries: &Tensor, keys: &Tensor, k: usize) -> Result<TopK
             return Ok(fused_cpu_scan(&queries, slice, b, k));
         }
     }
-    // On the CPU, reduced-precision tiles are widened to f32 before the product: gemm's f16
-    // kernels run at a fraction of its f32 rate, while widening a tile costs a few percent of
-    // its product. GPUs multiply f16 and bf16 natively.
-    let widen = keys.device().is_cpu() && keys.dtype() != DType::F32;
-    let compute_dtype = if widen { DType::F32 } else { keys.dtype() };
+    if keys.device().is_cpu() {
+        return tiled_cpu_scan(queries, keys, k);
+    }
     let queries = queries
         .to_device(keys.device())?
-        .to_dtype(compute_dtype)?
+        .to_dtype(keys.dtype())?
         .contiguous()?;
-    let tile_bytes = if keys.device().is_cpu() {
-        TILE_SCORE_BYTES
-    } else {
-        GPU_TILE_SCORE_BYTES
-    };
-    if keys.device().is_cpu() {
-        return tiled_cpu_scan(&queries, keys, k, widen);
-    }
-    let tile_rows = (tile_bytes / (4 * b)).max(MIN_TILE_ROWS).min(n);
+    let tile_rows = (GPU_TILE_SCORE_BYTES / (4 * b)).max(MIN_TILE_ROWS).min(n);
     let mut best: Option<(Tensor, Tensor)> = None;
     let mut start = 0;
     while start < n {
@@ -139,7 +129,11 @@ pub(crate) fn top_keys(queries: &Tensor, keys: &Tensor, k: usize) -> Result<TopK
 /// query's top-k runs on the score tile in place and carries its threshold from tile to tile, so
 /// after the first tiles most scores are rejected with one compare (no per-tile top-k, gather,
 /// concatenation and merge).
-fn tiled_cpu_scan(queries: &Tensor, keys: &Tensor, k: usize, widen: bool) -> Result<TopKeys> {
+fn tiled_cpu_scan(queries: &Tensor, keys: &Tensor, k: usize) -> Result<TopKeys> {
+    // Reduced-precision tiles are widened to f32 before the product: gemm's f16 kernels run at
+    // a fraction of its f32 rate, while widening a tile costs a few percent of its product.
+    let widen = keys.dtype() != DType::F32;
+    let queries = queries.to_dtype(DType::F32)?.contiguous()?;
     let (b, _) = queries.dims2()?;
     let (n, _) = keys.dims2()?;
     let mut tile_rows = (TILE_SCORE_BYTES / (4 * b)).max(MIN_TILE_ROWS).min(n);
