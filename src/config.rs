@@ -300,6 +300,64 @@ impl BankConfig {
     }
 }
 
+/// Operational limits of a bank: not part of its state (never saved), set by whoever opens it.
+///
+/// They bound what one call or one bank may cost, so a runaway caller or a bad input file gets a
+/// clear [`Error::LimitExceeded`] instead of exhausting memory. The defaults admit anything a
+/// sane workload sends; the bank size's default is the hard ceiling (memories are addressed by
+/// 32-bit slots).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    /// Largest intent, experience or metadata (as JSON) of one memory, in bytes.
+    pub max_text_bytes: usize,
+    /// Most items in one call: memories added, outcomes applied, queries retrieved.
+    pub max_batch: usize,
+    /// Most memories a bank may hold.
+    pub max_memories: usize,
+}
+
+/// The most memories any bank can hold: slots are 32-bit.
+pub const MAX_MEMORIES: usize = u32::MAX as usize;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_text_bytes: 1 << 20,
+            max_batch: 1 << 20,
+            max_memories: MAX_MEMORIES,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks every field; the error names the first invalid one.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_text_bytes == 0 {
+            return Err(Error::config("max_text_bytes", 0, "must be at least 1"));
+        }
+        if self.max_batch == 0 {
+            return Err(Error::config("max_batch", 0, "must be at least 1"));
+        }
+        if self.max_memories == 0 || self.max_memories > MAX_MEMORIES {
+            return Err(Error::config(
+                "max_memories",
+                self.max_memories,
+                "must be between 1 and 4294967295 (memories are addressed by 32-bit slots)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// An error unless `got <= limit`.
+    pub(crate) fn check(what: &'static str, limit: usize, got: usize) -> Result<()> {
+        if got > limit {
+            return Err(Error::LimitExceeded { what, limit, got });
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -167,6 +167,41 @@ pub enum Error {
         tried: Vec<String>,
     },
 
+    /// A call or a bank would exceed one of its [`crate::config::Limits`].
+    #[error("{what}: {got} exceeds the limit of {limit}")]
+    LimitExceeded {
+        /// What was measured ("memories in the bank", "intent bytes of memory #3", ...).
+        what: &'static str,
+        /// The configured limit.
+        limit: usize,
+        /// The value that exceeds it.
+        got: usize,
+    },
+
+    /// A text of one memory in a batch is longer than [`crate::config::Limits::max_text_bytes`].
+    #[error("memory #{index} of the batch: {what}: {got} exceeds the limit of {limit}")]
+    TextTooLong {
+        /// Which text ("intent bytes", "experience bytes", "metadata bytes (as JSON)").
+        what: &'static str,
+        /// The memory's index within its batch.
+        index: usize,
+        /// The configured limit.
+        limit: usize,
+        /// The text's length in bytes.
+        got: usize,
+    },
+
+    /// A write-ahead log cannot be used: a broken header, a log of another bank, records missing
+    /// between the snapshot and the log, a record that does not apply, or a log already in use.
+    /// (A torn or corrupt *tail* is not an error: it is dropped and reported by the recovery.)
+    #[error("log {path}: {problem}")]
+    Log {
+        /// The log file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+
     /// A batched call failed as a whole (each caller of the batch gets this), or the batching
     /// queue has stopped.
     #[error("batch: {0}")]

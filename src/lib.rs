@@ -45,13 +45,14 @@ pub mod retrieve;
 pub mod rng;
 pub mod simulate;
 pub mod snapshot;
+pub mod wal;
 
 pub use bank::{Bank, BankSummary, Memory, NewMemory};
 pub use candle_core::{Device, Tensor};
 pub use config::{
-    BankConfig, KeyDType, LearningConfig, OutOfRange, RetrievalConfig, RewardRange, ZSim,
+    BankConfig, KeyDType, LearningConfig, Limits, OutOfRange, RetrievalConfig, RewardRange, ZSim,
 };
-pub use engine::Engine;
+pub use engine::{Engine, OpenOptions};
 pub use error::{Error, Result};
 pub use learn::{update_q, Outcome, OutcomeReport};
 pub use retrieve::Hit;

@@ -16,7 +16,8 @@
 //! | `memories.{intent,experience,metadata}.offsets` | U64 | N + 1 | text i is `bytes[o[i]..o[i+1]]`; empty metadata = none |
 //!
 //! Header metadata: `format` (`memrl.bank`), `format_version`, `model_id`, `dim`, `dtype`,
-//! `dedup_sim`, `next_id`, `retrieval_config` and `learning_config` (JSON), and `checksum`: the
+//! `dedup_sim`, `next_id`, `log_seq` (the last write-ahead log record the bank reflects; absent in
+//! older files, read as 0), `retrieval_config` and `learning_config` (JSON), and `checksum`: the
 //! CRC32C of every other metadata entry and every tensor's name, dtype, shape and bytes. Any
 //! single-bit change anywhere in the file is therefore either a parse error or a checksum
 //! mismatch, never a silently different bank.
@@ -294,6 +295,7 @@ fn encode(bank: &Bank) -> Result<Encoded> {
     metadata.insert("dtype".into(), config.dtype.as_str().into());
     metadata.insert("dedup_sim".into(), config.dedup_sim.to_string());
     metadata.insert("next_id".into(), bank.next_id().to_string());
+    metadata.insert("log_seq".into(), bank.log_seq().to_string());
     metadata.insert("retrieval_config".into(), to_json(bank.retrieval_config())?);
     metadata.insert("learning_config".into(), to_json(bank.learning_config())?);
     let mut encoded = Encoded { tensors, metadata };
@@ -429,6 +431,13 @@ pub(crate) fn parse(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<
     let next_id: u64 = field("next_id")?
         .parse()
         .map_err(|_| corrupt("metadata `next_id` is not a number".into()))?;
+    // Optional: snapshots written before the write-ahead log existed have no `log_seq`.
+    let log_seq: u64 = match metadata.get("log_seq") {
+        None => 0,
+        Some(v) => v
+            .parse()
+            .map_err(|_| corrupt("metadata `log_seq` is not a number".into()))?,
+    };
     let retrieval: RetrievalConfig = serde_json::from_str(field("retrieval_config")?)
         .map_err(|e| corrupt(format!("metadata `retrieval_config`: {e}")))?;
     retrieval
@@ -617,6 +626,7 @@ pub(crate) fn parse(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<
         memories,
         key_of,
         next_id,
+        log_seq,
     })
 }
 

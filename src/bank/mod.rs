@@ -29,7 +29,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{BankConfig, LearningConfig, RetrievalConfig};
+use crate::config::{BankConfig, LearningConfig, Limits, RetrievalConfig};
 use crate::error::{Error, Result};
 use crate::learn::{self, Outcome, OutcomeReport};
 use crate::retrieve::{self, Hit};
@@ -146,6 +146,9 @@ pub struct Bank {
     slot_of: HashMap<u64, u32>,
     utility: UtilityVector,
     next_id: u64,
+    /// Sequence number of the last write-ahead log record applied (0: none).
+    log_seq: u64,
+    limits: Limits,
 }
 
 impl Bank {
@@ -163,6 +166,8 @@ impl Bank {
             slot_of: HashMap::new(),
             utility: UtilityVector::new(device)?,
             next_id: 0,
+            log_seq: 0,
+            limits: Limits::default(),
         })
     }
 
@@ -193,6 +198,29 @@ impl Bank {
         config.validate()?;
         self.learning = config;
         Ok(())
+    }
+
+    /// The operational limits (not saved with the bank).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Replaces the limits after validating them. A bank already larger than the new
+    /// `max_memories` keeps its memories and refuses further adds.
+    pub fn set_limits(&mut self, limits: Limits) -> Result<()> {
+        limits.validate()?;
+        self.limits = limits;
+        Ok(())
+    }
+
+    /// Sequence number of the last write-ahead log record this bank reflects (saved in
+    /// snapshots; 0 for a bank that never had a log). See [`crate::wal`].
+    pub fn log_seq(&self) -> u64 {
+        self.log_seq
+    }
+
+    pub(crate) fn set_log_seq(&mut self, seq: u64) {
+        self.log_seq = seq;
     }
 
     /// The device the keys and Q live on.
@@ -264,10 +292,19 @@ impl Bank {
     /// Memories of one batch can share intents with each other as well as with the bank; each is
     /// filed in order, as if added one at a time.
     pub fn add_many(&mut self, batch: Vec<NewMemory>) -> Result<Vec<u64>> {
+        let resolved = self.resolve_add(batch, now_ms())?;
+        self.apply_add(&resolved)
+    }
+
+    /// Validates a batch and makes every decision an add takes (ids, which key each memory is
+    /// filed under, the unit keys, the creation time) without changing anything. Applying the
+    /// result with [`Bank::apply_add`] is what [`Bank::add_many`] does; the write-ahead log
+    /// stores it in between, so a replay files every memory exactly as the original call did.
+    pub fn resolve_add(&self, batch: Vec<NewMemory>, created_ms: u64) -> Result<ResolvedAdd> {
         let dim = self.config.dim;
-        // 1. Validate everything and assign ids, touching nothing.
+        self.check_add_size(batch.len())?;
         let mut flat = Vec::with_capacity(batch.len() * dim);
-        for m in &batch {
+        for (index, m) in batch.iter().enumerate() {
             if m.embedding.len() != dim {
                 return Err(Error::DimensionMismatch {
                     what: "intent embedding",
@@ -280,6 +317,8 @@ impl Bank {
                     return Err(Error::config("q", q, "initial Q must be a finite number"));
                 }
             }
+            let metadata_bytes = m.metadata.as_ref().map_or(0, |v| v.to_string().len());
+            self.check_texts(index, &m.intent, &m.experience, metadata_bytes)?;
             flat.extend_from_slice(&m.embedding);
         }
         let unit = normalise_rows("intent embedding", &flat, dim)?;
@@ -306,68 +345,165 @@ impl Bank {
             }
             ids.push(id);
         }
-        let new_next_id = ids
-            .iter()
-            .fold(self.next_id, |acc, &id| acc.max(id.saturating_add(1)));
 
-        // 2. Decide the key of each memory: an existing key, a key created earlier in this
-        //    batch, or a new key.
+        // An existing key is named by its first member; a key created earlier in the batch by
+        // the memory that creates it. Both stay valid until the add is applied.
         let assignment = self.assign_keys(&unit)?;
-        let new_key_rows: Vec<usize> = assignment
-            .iter()
-            .enumerate()
-            .filter_map(|(i, a)| matches!(a, KeyAssignment::New).then_some(i))
-            .collect();
-
-        // 3. Device writes first (they can fail), then the host tables (they cannot).
         let q_init = self.learning.q_init;
-        let qs: Vec<f32> = batch.iter().map(|m| m.q.unwrap_or(q_init)).collect();
-        self.keys.reserve(new_key_rows.len())?;
-        self.utility.reserve(batch.len())?;
-        let first_new_key = self.keys.len();
-        if !new_key_rows.is_empty() {
-            let mut rows = Vec::with_capacity(new_key_rows.len() * dim);
-            for &i in &new_key_rows {
-                rows.extend_from_slice(&unit[i * dim..(i + 1) * dim]);
+        let memories = batch
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| ResolvedMemory {
+                id: ids[i],
+                key: match assignment[i] {
+                    KeyAssignment::Existing(row) => {
+                        KeyChoice::SharedWith(self.memories[self.members[row][0] as usize].id)
+                    }
+                    KeyAssignment::SameAs(j) => KeyChoice::SharedWith(ids[j]),
+                    KeyAssignment::New => KeyChoice::New(unit[i * dim..(i + 1) * dim].to_vec()),
+                },
+                intent: m.intent,
+                experience: m.experience,
+                success: m.success,
+                q: m.q.unwrap_or(q_init),
+                metadata: m.metadata,
+            })
+            .collect();
+        Ok(ResolvedAdd {
+            created_ms,
+            memories,
+        })
+    }
+
+    /// Applies a resolved add, all or nothing, and returns the new ids in order. It checks
+    /// everything again (ids free and distinct, keys that exist, finite unit vectors of the
+    /// bank's dimension, the limits), because a resolved add may come from a log file.
+    pub fn apply_add(&mut self, add: &ResolvedAdd) -> Result<Vec<u64>> {
+        let dim = self.config.dim;
+        let batch = &add.memories;
+        self.check_add_size(batch.len())?;
+        // 1. Validate, touching nothing.
+        let mut batch_index: HashMap<u64, usize> = HashMap::with_capacity(batch.len());
+        let mut new_rows = Vec::new();
+        for (i, m) in batch.iter().enumerate() {
+            if self.slot_of.contains_key(&m.id) || batch_index.insert(m.id, i).is_some() {
+                return Err(Error::DuplicateId(m.id));
             }
-            let rows = Tensor::from_vec(rows, (new_key_rows.len(), dim), &Device::Cpu)?;
+            if !m.q.is_finite() {
+                return Err(Error::config("q", m.q, "initial Q must be a finite number"));
+            }
+            let metadata_bytes = m.metadata.as_ref().map_or(0, |v| v.to_string().len());
+            self.check_texts(i, &m.intent, &m.experience, metadata_bytes)?;
+            match &m.key {
+                KeyChoice::New(unit) => {
+                    if unit.len() != dim {
+                        return Err(Error::DimensionMismatch {
+                            what: "intent key",
+                            expected: dim,
+                            got: unit.len(),
+                        });
+                    }
+                    let norm2: f64 = unit.iter().map(|&v| v as f64 * v as f64).sum();
+                    if !norm2.is_finite() || (norm2 - 1.0).abs() > 1e-3 {
+                        return Err(Error::InvalidEmbedding {
+                            what: "intent key",
+                            index: i,
+                            problem: format!("not a unit vector (squared norm {norm2})"),
+                        });
+                    }
+                    new_rows.extend_from_slice(unit);
+                }
+                KeyChoice::SharedWith(other) => {
+                    let earlier = batch_index.get(other).is_some_and(|&j| j < i);
+                    if !earlier && !self.slot_of.contains_key(other) {
+                        return Err(Error::NotFound(*other));
+                    }
+                }
+            }
+        }
+        let new_next_id = batch
+            .iter()
+            .fold(self.next_id, |acc, m| acc.max(m.id.saturating_add(1)));
+
+        // 2. Device writes first (they can fail), then the host tables (they cannot).
+        let new_keys = new_rows.len() / dim;
+        let qs: Vec<f32> = batch.iter().map(|m| m.q).collect();
+        self.keys.reserve(new_keys)?;
+        self.utility.reserve(batch.len())?;
+        if new_keys > 0 {
+            let rows = Tensor::from_vec(new_rows, (new_keys, dim), &Device::Cpu)?;
             self.keys.push_rows(&rows)?;
         }
         self.utility.push(&qs)?;
 
-        let now = now_ms();
-        let mut created_key = vec![0u32; batch.len()];
-        let mut next_key = first_new_key as u32;
-        for (i, (m, id)) in batch.into_iter().zip(ids.iter().copied()).enumerate() {
-            let key = match assignment[i] {
-                KeyAssignment::Existing(row) => row as u32,
-                KeyAssignment::SameAs(j) => created_key[j],
-                KeyAssignment::New => {
+        let mut key_of_new: Vec<u32> = Vec::with_capacity(batch.len());
+        let mut next_key = self.members.len() as u32;
+        for (i, m) in batch.iter().enumerate() {
+            let key = match &m.key {
+                KeyChoice::New(_) => {
                     self.members.push(Vec::new());
                     next_key += 1;
                     next_key - 1
                 }
+                KeyChoice::SharedWith(other) => match batch_index.get(other) {
+                    Some(&j) if j < i => key_of_new[j],
+                    _ => self.key_of[self.slot_of[other] as usize],
+                },
             };
-            created_key[i] = key;
+            key_of_new.push(key);
             let slot = self.memories.len() as u32;
             self.members[key as usize].push(slot);
             self.key_of.push(key);
-            self.slot_of.insert(id, slot);
+            self.slot_of.insert(m.id, slot);
             self.memories.push(Memory {
-                id,
-                intent: m.intent,
-                experience: m.experience,
-                q: qs[i],
+                id: m.id,
+                intent: m.intent.clone(),
+                experience: m.experience.clone(),
+                q: m.q,
                 visits: 0,
                 last_reward: None,
                 success: m.success,
-                created_ms: now,
-                updated_ms: now,
-                metadata: m.metadata,
+                created_ms: add.created_ms,
+                updated_ms: add.created_ms,
+                metadata: m.metadata.clone(),
             });
         }
         self.next_id = new_next_id;
-        Ok(ids)
+        Ok(batch.iter().map(|m| m.id).collect())
+    }
+
+    fn check_add_size(&self, adding: usize) -> Result<()> {
+        Limits::check("memories in one add", self.limits.max_batch, adding)?;
+        Limits::check(
+            "memories in the bank",
+            self.limits.max_memories,
+            self.memories.len().saturating_add(adding),
+        )
+    }
+
+    fn check_texts(
+        &self,
+        index: usize,
+        intent: &str,
+        experience: &str,
+        metadata: usize,
+    ) -> Result<()> {
+        let limit = self.limits.max_text_bytes;
+        for (what, len) in [
+            ("intent bytes", intent.len()),
+            ("experience bytes", experience.len()),
+            ("metadata bytes (as JSON)", metadata),
+        ] {
+            if len > limit {
+                return Err(Error::TextTooLong {
+                    what,
+                    index,
+                    limit,
+                    got: len,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// For each unit row of a batch: file it under an existing key, under a key that an earlier
@@ -465,6 +601,11 @@ impl Bank {
     /// here). Returns, for each query, up to `k2` hits best first; an empty list when nothing
     /// passes the similarity gate.
     pub fn retrieve(&self, queries: &Tensor, config: &RetrievalConfig) -> Result<Vec<Vec<Hit>>> {
+        Limits::check(
+            "queries in one retrieval",
+            self.limits.max_batch,
+            queries.dims().first().copied().unwrap_or(0),
+        )?;
         retrieve::retrieve(self, queries, config)
     }
 
@@ -504,16 +645,40 @@ impl Bank {
         outcomes: &[Outcome],
         config: &LearningConfig,
     ) -> Result<OutcomeReport> {
-        let plan = learn::plan(outcomes, config, |id| {
+        self.apply_outcomes_at(outcomes, config, now_ms())
+    }
+
+    /// Checks a batch of outcomes as [`Bank::apply_outcomes_with`] would, changing nothing.
+    pub fn check_outcomes(&self, outcomes: &[Outcome], config: &LearningConfig) -> Result<()> {
+        self.plan_outcomes(outcomes, config).map(drop)
+    }
+
+    fn plan_outcomes(&self, outcomes: &[Outcome], config: &LearningConfig) -> Result<learn::Plan> {
+        Limits::check(
+            "outcomes in one batch",
+            self.limits.max_batch,
+            outcomes.len(),
+        )?;
+        learn::plan(outcomes, config, |id| {
             self.slot_of.get(&id).map(|&slot| {
                 let m = &self.memories[slot as usize];
                 (slot, m.q, m.visits)
             })
-        })?;
+        })
+    }
+
+    /// [`Bank::apply_outcomes_with`] stamped with a given time (`updated_ms`), as a log replay
+    /// needs.
+    pub fn apply_outcomes_at(
+        &mut self,
+        outcomes: &[Outcome],
+        config: &LearningConfig,
+        now: u64,
+    ) -> Result<OutcomeReport> {
+        let plan = self.plan_outcomes(outcomes, config)?;
         let slots: Vec<u32> = plan.updates.iter().map(|u| u.slot).collect();
         let values: Vec<f32> = plan.updates.iter().map(|u| u.q).collect();
         self.utility.set(&slots, &values)?;
-        let now = now_ms();
         for u in &plan.updates {
             let m = &mut self.memories[u.slot as usize];
             m.q = u.q;
@@ -563,6 +728,7 @@ impl Bank {
         bank.key_of = parts.key_of;
         bank.memories = parts.memories;
         bank.next_id = parts.next_id;
+        bank.log_seq = parts.log_seq;
         Ok(bank)
     }
 
@@ -618,4 +784,43 @@ pub(crate) struct BankParts {
     pub(crate) memories: Vec<Memory>,
     pub(crate) key_of: Vec<u32>,
     pub(crate) next_id: u64,
+    pub(crate) log_seq: u64,
+}
+
+/// An add with every decision made: what [`Bank::resolve_add`] returns, [`Bank::apply_add`]
+/// applies and the write-ahead log stores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedAdd {
+    /// Creation time of every memory of the add, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// The memories, in order.
+    pub memories: Vec<ResolvedMemory>,
+}
+
+/// One memory of a [`ResolvedAdd`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedMemory {
+    /// Its id.
+    pub id: u64,
+    /// The key it is filed under.
+    pub key: KeyChoice,
+    /// Intent text.
+    pub intent: String,
+    /// Experience text.
+    pub experience: String,
+    /// Whether the episode succeeded.
+    pub success: bool,
+    /// Initial Q.
+    pub q: f32,
+    /// User metadata.
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Where a resolved memory is filed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyChoice {
+    /// Under a new key: this unit vector (f32; stored in the bank's dtype).
+    New(Vec<f32>),
+    /// Under the key of this memory, which exists in the bank or comes earlier in the same add.
+    SharedWith(u64),
 }

@@ -1,0 +1,410 @@
+use std::fs;
+use std::time::Duration;
+
+use super::*;
+use crate::bank::{NewMemory, ResolvedMemory};
+use crate::config::{BankConfig, OutOfRange, RewardRange};
+use crate::engine::{Engine, OpenOptions};
+
+fn memory(id: Option<u64>, v: [f32; 3], text: &str) -> NewMemory {
+    NewMemory {
+        id,
+        intent: format!("intent {text}"),
+        embedding: v.to_vec(),
+        experience: format!("experience {text}"),
+        success: text.len() % 2 == 0,
+        q: None,
+        metadata: Some(serde_json::json!({ "text": text, "n": 1.25 })),
+    }
+}
+
+fn config() -> BankConfig {
+    BankConfig {
+        dedup_sim: 0.95,
+        ..BankConfig::new(3, "toy")
+    }
+}
+
+/// Every kind of record, through an engine, so the log holds one of each.
+fn mutate(engine: &Engine) {
+    let ids = engine
+        .add_many(vec![
+            memory(None, [1.0, 0.0, 0.0], "a"),
+            memory(Some(10), [0.0, 1.0, 0.0], "bb"),
+            // Shares the key of the first memory of the batch.
+            memory(None, [1.0, 0.01, 0.0], "c"),
+        ])
+        .unwrap();
+    assert_eq!(ids, vec![0, 10, 1]);
+    // Shares the key of a memory already in the bank.
+    assert_eq!(engine.add(memory(None, [0.0, 1.0, 0.001], "dd")).unwrap(), 11);
+    engine
+        .apply_outcomes(&[
+            Outcome {
+                memory_ids: vec![0, 10],
+                reward: 1.0,
+            },
+            Outcome {
+                memory_ids: vec![10],
+                reward: -1.0,
+            },
+        ])
+        .unwrap();
+    engine
+        .set_learning_config(LearningConfig {
+            alpha: 0.5,
+            q_init: 0.25,
+            reward_range: Some(RewardRange {
+                min: -1.0,
+                max: 1.0,
+                out_of_range: OutOfRange::Clamp,
+            }),
+        })
+        .unwrap();
+    engine
+        .apply_outcomes(&[Outcome {
+            memory_ids: vec![1, 11],
+            reward: 3.0,
+        }])
+        .unwrap();
+    engine.remove(0).unwrap();
+    engine
+        .set_retrieval_config(RetrievalConfig {
+            k1: 7,
+            ..Default::default()
+        })
+        .unwrap();
+    engine.add(memory(None, [0.0, 0.0, 1.0], "e")).unwrap();
+}
+
+/// Bank state, timestamps and keys included.
+fn state(bank: &Bank) -> (Vec<Memory>, Vec<Vec<u32>>, u64, u64, RetrievalConfig, LearningConfig) {
+    let memories: Vec<Memory> = bank.iter().cloned().collect();
+    let keys = memories
+        .iter()
+        .map(|m| {
+            bank.intent_key(m.id)
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        })
+        .collect();
+    (
+        memories,
+        keys,
+        bank.next_id(),
+        bank.log_seq(),
+        bank.retrieval_config().clone(),
+        bank.learning_config().clone(),
+    )
+}
+
+#[test]
+fn a_replay_rebuilds_the_bank_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bank.safetensors");
+    let engine = Engine::create(&path, config(), &Device::Cpu, &OpenOptions::default()).unwrap();
+    mutate(&engine);
+    assert_eq!(engine.log_seq(), 8);
+    let live = engine.with_bank(state);
+    drop(engine);
+
+    let (bank, recovery) = recover(&path, &Device::Cpu, &LoadOptions::default()).unwrap();
+    assert_eq!(state(&bank), live);
+    bank.debug_check().unwrap();
+    assert_eq!(
+        (recovery.snapshot_seq, recovery.replayed, recovery.skipped, recovery.log_seq),
+        (0, 8, 0, 8)
+    );
+    assert!(recovery.tail.is_none());
+
+    // The same through a writer, then a checkpoint empties the log and keeps the state.
+    let (engine, recovery) = Engine::open(&path, &Device::Cpu, &OpenOptions::default()).unwrap();
+    assert_eq!(recovery.replayed, 8);
+    assert_eq!(engine.with_bank(state), live);
+    engine.checkpoint().unwrap();
+    assert_eq!(engine.log_bytes(), Some(HEADER_LEN as u64));
+    engine.add(memory(None, [0.5, 0.5, 0.0], "f")).unwrap();
+    let live = engine.with_bank(state);
+    drop(engine);
+    let (bank, recovery) = recover(&path, &Device::Cpu, &LoadOptions::default()).unwrap();
+    assert_eq!((recovery.snapshot_seq, recovery.replayed), (8, 1));
+    assert_eq!(state(&bank), live);
+}
+
+#[test]
+fn every_record_kind_round_trips_through_its_frame() {
+    let add = ResolvedAdd {
+        created_ms: 17,
+        memories: vec![ResolvedMemory {
+            id: 3,
+            key: crate::bank::KeyChoice::New(vec![0.6, 0.8]),
+            intent: "é".into(),
+            experience: String::new(),
+            success: true,
+            q: -0.5,
+            metadata: Some(serde_json::json!([1, "x", 0.1])),
+        }],
+    };
+    let learning = LearningConfig::default();
+    let retrieval = RetrievalConfig::default();
+    let outcomes = vec![Outcome {
+        memory_ids: vec![1, u64::MAX],
+        reward: -0.0,
+    }];
+    let cases: Vec<(RecordRef<'_>, Record)> = vec![
+        (RecordRef::Add(&add), Record::Add(add.clone())),
+        (RecordRef::Remove(9), Record::Remove(9)),
+        (
+            RecordRef::Outcomes {
+                applied_ms: 5,
+                config: &learning,
+                outcomes: &outcomes,
+            },
+            Record::Outcomes {
+                applied_ms: 5,
+                config: learning.clone(),
+                outcomes: outcomes.clone(),
+            },
+        ),
+        (
+            RecordRef::RetrievalConfig(&retrieval),
+            Record::RetrievalConfig(retrieval.clone()),
+        ),
+        (
+            RecordRef::LearningConfig(&learning),
+            Record::LearningConfig(learning.clone()),
+        ),
+    ];
+    for (seq, (record, expected)) in cases.into_iter().enumerate() {
+        let mut frame = Vec::new();
+        format::encode_frame(seq as u64 + 1, record, &mut frame).unwrap();
+        let Ok((len, got_seq, got)) = format::decode_frame(&frame) else {
+            panic!("frame {seq} does not decode");
+        };
+        assert_eq!((len, got_seq), (frame.len(), seq as u64 + 1));
+        assert_eq!(got, expected);
+        // Any single flipped bit is caught.
+        for bit in 0..frame.len() * 8 {
+            let mut bad = frame.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                !matches!(format::decode_frame(&bad), Ok((_, s, ref r)) if s == got_seq && *r == expected),
+                "flipping bit {bit} of frame {seq} went unnoticed"
+            );
+        }
+    }
+}
+
+fn logged_bank(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let path = dir.join("bank.safetensors");
+    let engine = Engine::create(&path, config(), &Device::Cpu, &OpenOptions::default()).unwrap();
+    mutate(&engine);
+    drop(engine);
+    let log = fs::read(log_path(&path)).unwrap();
+    (path, log)
+}
+
+/// Offsets where each record's frame starts, and the file's end.
+fn frame_starts(log: &[u8]) -> Vec<usize> {
+    let mut starts = vec![HEADER_LEN];
+    while *starts.last().unwrap() < log.len() {
+        let at = *starts.last().unwrap();
+        let Ok((len, _, _)) = format::decode_frame(&log[at..]) else {
+            panic!("bad frame at {at}");
+        };
+        starts.push(at + len);
+    }
+    starts
+}
+
+#[test]
+fn a_torn_tail_is_dropped_and_everything_before_it_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, log) = logged_bank(dir.path());
+    let starts = frame_starts(&log);
+    let snapshot_bytes = fs::read(&path).unwrap();
+    // Cut the log at every byte: the bank holds exactly the whole records before the cut.
+    for cut in HEADER_LEN..log.len() {
+        let mut bank = snapshot::load_bytes(&snapshot_bytes, &Device::Cpu, &LoadOptions::default()).unwrap();
+        let recovery = replay_bytes(&mut bank, &log[..cut], Path::new("log")).unwrap();
+        let whole = starts.iter().filter(|&&s| s <= cut).count() as u64 - 1;
+        assert_eq!(recovery.replayed, whole, "cut at {cut}");
+        assert_eq!(recovery.valid_bytes as usize, starts[whole as usize]);
+        assert_eq!(recovery.tail.is_some(), cut != starts[whole as usize]);
+        bank.debug_check().unwrap();
+    }
+    // A writer cuts the torn tail off the file and appends after the last whole record.
+    fs::write(log_path(&path), &log[..starts[4] + 3]).unwrap();
+    let (engine, recovery) = Engine::open(&path, &Device::Cpu, &OpenOptions::default()).unwrap();
+    let tail = recovery.tail.unwrap();
+    assert_eq!((tail.offset, tail.bytes), (starts[4] as u64, 3));
+    assert!(tail.reason.contains("torn"), "{}", tail.reason);
+    assert_eq!(fs::metadata(log_path(&path)).unwrap().len(), starts[4] as u64);
+    engine.add(memory(None, [0.0, 0.0, -1.0], "g")).unwrap();
+    let live = engine.with_bank(state);
+    drop(engine);
+    let (bank, recovery) = recover(&path, &Device::Cpu, &LoadOptions::default()).unwrap();
+    assert_eq!((recovery.replayed, recovery.tail), (5, None));
+    assert_eq!(state(&bank), live);
+}
+
+#[test]
+fn a_corrupt_record_ends_the_replay_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, mut log) = logged_bank(dir.path());
+    let starts = frame_starts(&log);
+    log[starts[6] + 12] ^= 0x40;
+    let mut bank = snapshot::load(&path, &Device::Cpu, &LoadOptions::default()).unwrap();
+    let recovery = replay_bytes(&mut bank, &log, Path::new("log")).unwrap();
+    assert_eq!(recovery.replayed, 6);
+    let tail = recovery.tail.unwrap();
+    assert_eq!(tail.offset, starts[6] as u64);
+    assert_eq!(tail.bytes as usize, log.len() - starts[6]);
+    assert!(tail.reason.contains("checksum"), "{}", tail.reason);
+}
+
+#[test]
+fn a_checkpoint_cut_short_replays_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, log) = logged_bank(dir.path());
+    // The snapshot of the full bank is written, the log is not emptied yet.
+    let (bank, _) = recover(&path, &Device::Cpu, &LoadOptions::default()).unwrap();
+    let live = state(&bank);
+    snapshot::save(&bank, &path).unwrap();
+    assert_eq!(fs::read(log_path(&path)).unwrap(), log);
+    let (engine, recovery) = Engine::open(&path, &Device::Cpu, &OpenOptions::default()).unwrap();
+    assert_eq!((recovery.replayed, recovery.skipped, recovery.snapshot_seq), (0, 8, 8));
+    assert_eq!(engine.with_bank(state), live);
+    // The stale records are gone, and the next record is number 9.
+    assert_eq!(engine.log_bytes(), Some(HEADER_LEN as u64));
+    engine.remove(10).unwrap();
+    assert_eq!(engine.log_seq(), 9);
+}
+
+#[test]
+fn logs_that_do_not_fit_the_snapshot_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, log) = logged_bank(dir.path());
+    let starts = frame_starts(&log);
+    let fresh = || snapshot::load(&path, &Device::Cpu, &LoadOptions::default()).unwrap();
+    // Records 1-3 missing: the log starts after the snapshot ends.
+    let mut gap = log[..HEADER_LEN].to_vec();
+    gap.extend_from_slice(&log[starts[3]..]);
+    let err = replay_bytes(&mut fresh(), &gap, Path::new("log")).unwrap_err();
+    assert!(err.to_string().contains("records 1 to 3 are missing"), "{err}");
+    // Another bank's log.
+    let mut other = log.clone();
+    other[..HEADER_LEN].copy_from_slice(&LogHeader::new(3, "another model").encode());
+    let err = replay_bytes(&mut fresh(), &other, Path::new("log")).unwrap_err();
+    assert!(err.to_string().contains("another bank"), "{err}");
+    // A broken header before records.
+    let mut broken = log.clone();
+    broken[2] ^= 1;
+    assert!(matches!(
+        replay_bytes(&mut fresh(), &broken, Path::new("log")),
+        Err(Error::Log { .. })
+    ));
+    // A log cut inside its header holds no record: empty.
+    let recovery = replay_bytes(&mut fresh(), &log[..10], Path::new("log")).unwrap();
+    assert_eq!(recovery.replayed, 0);
+}
+
+#[test]
+fn one_writer_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bank.safetensors");
+    let engine = Engine::create(&path, config(), &Device::Cpu, &OpenOptions::default()).unwrap();
+    let err = Engine::open(&path, &Device::Cpu, &OpenOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("open for writing elsewhere"), "{err}");
+    let err = Engine::create(&path, config(), &Device::Cpu, &OpenOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::Log { .. }), "{err}");
+    // Readers need no lock.
+    recover(&path, &Device::Cpu, &LoadOptions::default()).unwrap();
+    drop(engine);
+    Engine::open(&path, &Device::Cpu, &OpenOptions::default()).unwrap();
+    let err = Engine::create(&path, config(), &Device::Cpu, &OpenOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("already there"), "{err}");
+}
+
+#[test]
+fn rejected_calls_log_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bank.safetensors");
+    let engine = Engine::create(&path, config(), &Device::Cpu, &OpenOptions::default()).unwrap();
+    engine.add(memory(Some(1), [1.0, 0.0, 0.0], "a")).unwrap();
+    let before = engine.log_bytes();
+    assert!(engine.add(memory(Some(1), [0.0, 1.0, 0.0], "dup")).is_err());
+    assert!(engine.remove(5).is_err());
+    assert!(engine
+        .apply_outcomes(&[Outcome {
+            memory_ids: vec![1, 2],
+            reward: 1.0
+        }])
+        .is_err());
+    assert!(engine
+        .set_learning_config(LearningConfig {
+            alpha: 2.0,
+            ..Default::default()
+        })
+        .is_err());
+    assert_eq!(engine.log_bytes(), before);
+    assert_eq!(engine.log_seq(), 1);
+}
+
+#[test]
+fn interval_and_never_policies_log_the_same_records() {
+    for sync in [SyncPolicy::Interval(Duration::from_millis(5)), SyncPolicy::Never] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bank.safetensors");
+        let options = OpenOptions {
+            sync,
+            ..Default::default()
+        };
+        let engine = Engine::create(&path, config(), &Device::Cpu, &options).unwrap();
+        mutate(&engine);
+        std::thread::sleep(Duration::from_millis(20));
+        let live = engine.with_bank(state);
+        drop(engine);
+        let (bank, recovery) = recover(&path, &Device::Cpu, &LoadOptions::default()).unwrap();
+        assert_eq!(recovery.replayed, 8, "{sync:?}");
+        assert_eq!(state(&bank), live);
+    }
+}
+
+#[test]
+fn bulk_changes_are_one_snapshot_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bank.safetensors");
+    let mut engine =
+        Engine::create(&path, config(), &Device::Cpu, &OpenOptions::default()).unwrap();
+    engine.add(memory(None, [1.0, 0.0, 0.0], "a")).unwrap();
+    engine
+        .bulk(|bank| bank.add_many(vec![memory(None, [0.0, 1.0, 0.0], "b")]))
+        .unwrap();
+    assert_eq!(engine.log_bytes(), Some(HEADER_LEN as u64));
+    // A failing bulk change leaves memory equal to the files.
+    let err = engine.bulk(|bank| {
+        bank.add_many(vec![memory(None, [0.0, 0.0, 1.0], "c")])?;
+        bank.add_many(vec![memory(Some(0), [0.0, 0.0, 1.0], "dup")])
+    });
+    assert!(matches!(err, Err(Error::DuplicateId(0))));
+    assert_eq!(engine.len(), 2);
+    engine.add(memory(None, [0.0, 0.5, 0.5], "d")).unwrap();
+    let live = engine.with_bank(state);
+    drop(engine);
+    let (bank, _) = recover(&path, &Device::Cpu, &LoadOptions::default()).unwrap();
+    assert_eq!(state(&bank), live);
+}
+
+#[test]
+fn stale_temporary_files_of_interrupted_saves_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _) = logged_bank(dir.path());
+    fs::write(dir.path().join(".bank.safetensors.tmp-1-0"), b"half a snapshot").unwrap();
+    fs::write(dir.path().join("unrelated"), b"x").unwrap();
+    let (_engine, recovery) = Engine::open(&path, &Device::Cpu, &OpenOptions::default()).unwrap();
+    assert_eq!(recovery.stale_temp_files, 1);
+    assert!(dir.path().join("unrelated").exists());
+}

@@ -1,0 +1,286 @@
+//! The appending side of a log: one locked file, frames written whole, synced per policy.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+use super::format::{self, LogHeader, HEADER_LEN};
+use super::{RecordRef, SyncPolicy};
+
+/// Where an append started, to cut it off again.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mark {
+    pub(crate) seq: u64,
+    offset: u64,
+}
+
+/// The only writer of one log file (it holds an exclusive lock on it).
+#[derive(Debug)]
+pub(crate) struct LogWriter {
+    path: PathBuf,
+    file: File,
+    /// Bytes of the file; appends go here.
+    len: u64,
+    /// Sequence number of the next record.
+    next_seq: u64,
+    policy: SyncPolicy,
+    flusher: Option<Flusher>,
+    /// Set when the file may no longer match what was acknowledged; every append then fails.
+    broken: Option<String>,
+    frame: Vec<u8>,
+}
+
+impl LogWriter {
+    /// Opens (or creates) the log at `path` and locks it. Returns the writer and the file's
+    /// bytes, for the caller to replay before it calls [`LogWriter::start`].
+    pub(crate) fn lock(path: &Path, policy: SyncPolicy) -> Result<(Self, Vec<u8>)> {
+        let io = |e| Error::io(path, e);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io)?;
+        file.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => Error::Log {
+                path: path.to_path_buf(),
+                problem: "the bank is open for writing elsewhere (the log is locked)".into(),
+            },
+            std::fs::TryLockError::Error(e) => Error::io(path, e),
+        })?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io)?;
+        let writer = Self {
+            path: path.to_path_buf(),
+            file,
+            len: bytes.len() as u64,
+            next_seq: 1,
+            policy,
+            flusher: None,
+            broken: None,
+            frame: Vec::new(),
+        };
+        Ok((writer, bytes))
+    }
+
+    /// Gives a log shorter than its header (new, or a crash while it was being created: no
+    /// record can be in it) the header `header`.
+    pub(crate) fn ensure_header(&mut self, header: LogHeader) -> Result<()> {
+        if self.len >= HEADER_LEN as u64 {
+            return Ok(());
+        }
+        let io = |e| Error::io(&self.path, e);
+        self.file.set_len(0).map_err(io)?;
+        self.file.seek(SeekFrom::Start(0)).map_err(io)?;
+        self.file.write_all(&header.encode()).map_err(io)?;
+        self.file.sync_all().map_err(io)?;
+        sync_dir(&self.path)?;
+        self.len = HEADER_LEN as u64;
+        Ok(())
+    }
+
+    /// Cuts the file to `valid_len` bytes (dropping a torn tail) and starts appending at record
+    /// `next_seq`.
+    pub(crate) fn start(&mut self, valid_len: u64, next_seq: u64) -> Result<()> {
+        if valid_len != self.len {
+            self.file
+                .set_len(valid_len)
+                .and_then(|()| self.file.sync_all())
+                .map_err(|e| Error::io(&self.path, e))?;
+            self.len = valid_len;
+        }
+        self.file
+            .seek(SeekFrom::Start(self.len))
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.next_seq = next_seq;
+        if let SyncPolicy::Interval(every) = self.policy {
+            let clone = self.file.try_clone().map_err(|e| Error::io(&self.path, e))?;
+            self.flusher =
+                Some(Flusher::start(clone, every).map_err(|e| Error::io(&self.path, e))?);
+        }
+        Ok(())
+    }
+
+    /// Bytes in the file.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Writes one record and syncs it per policy. Nothing is acknowledged yet: the caller
+    /// applies the mutation, then keeps the record ([`LogWriter::committed`]) or cuts it off
+    /// ([`LogWriter::rollback`]).
+    pub(crate) fn append(&mut self, record: RecordRef<'_>) -> Result<Mark> {
+        if let Some(problem) = &self.broken {
+            return Err(self.error(format!("{problem}; reopen the bank")));
+        }
+        if let Some(flusher) = &self.flusher {
+            if let Some(problem) = flusher.failure() {
+                self.broken = Some(format!("a background fsync failed: {problem}"));
+                return Err(self.error(format!("a background fsync failed: {problem}; reopen the bank")));
+            }
+        }
+        let mark = Mark {
+            seq: self.next_seq,
+            offset: self.len,
+        };
+        self.frame.clear();
+        format::encode_frame(mark.seq, record, &mut self.frame).map_err(|p| self.error(p))?;
+        let written = self.file.write_all(&self.frame).and_then(|()| match self.policy {
+            SyncPolicy::EveryBatch => self.file.sync_data(),
+            _ => Ok(()),
+        });
+        if let Err(e) = written {
+            // The frame may be partly on disk: cut it off so the log never holds a record
+            // that was not acknowledged.
+            self.cut(mark);
+            return Err(Error::io(&self.path, e));
+        }
+        if let Some(flusher) = &self.flusher {
+            flusher.dirty.store(true, Ordering::Release);
+        }
+        self.len += self.frame.len() as u64;
+        self.next_seq += 1;
+        Ok(mark)
+    }
+
+    /// Removes the record appended at `mark` (its mutation failed to apply).
+    pub(crate) fn rollback(&mut self, mark: Mark) {
+        self.cut(mark);
+    }
+
+    fn cut(&mut self, mark: Mark) {
+        let cut = self
+            .file
+            .set_len(mark.offset)
+            .and_then(|()| self.file.seek(SeekFrom::Start(mark.offset)).map(drop))
+            .and_then(|()| match self.policy {
+                SyncPolicy::EveryBatch => self.file.sync_data(),
+                _ => Ok(()),
+            });
+        match cut {
+            Ok(()) => {
+                self.len = mark.offset;
+                self.next_seq = mark.seq;
+            }
+            Err(e) => {
+                self.broken = Some(format!(
+                    "a failed record could not be cut off the log ({e})"
+                ));
+            }
+        }
+    }
+
+    /// Empties the log (after a snapshot that holds everything in it was written).
+    pub(crate) fn reset(&mut self) -> Result<()> {
+        self.cut(Mark {
+            seq: self.next_seq,
+            offset: HEADER_LEN as u64,
+        });
+        match &self.broken {
+            Some(problem) => Err(self.error(problem.clone())),
+            None => self
+                .file
+                .sync_data()
+                .map_err(|e| Error::io(&self.path, e)),
+        }
+    }
+
+    /// Empties the log and writes `header` (a new bank over whatever log was there).
+    pub(crate) fn reset_to(&mut self, header: LogHeader) -> Result<()> {
+        self.len = 0;
+        self.ensure_header(header)
+    }
+
+    /// Marks the log unusable (the bank in memory no longer matches it).
+    pub(crate) fn poison(&mut self, problem: String) {
+        self.broken = Some(problem);
+    }
+
+    fn error(&self, problem: String) -> Error {
+        Error::Log {
+            path: self.path.clone(),
+            problem,
+        }
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        // Stop the flusher first: it syncs one last time on the way out.
+        self.flusher.take();
+    }
+}
+
+/// fsyncs the folder holding `path`, so a newly created file's name is durable.
+fn sync_dir(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(&dir, e))
+}
+
+/// The background thread of [`SyncPolicy::Interval`].
+#[derive(Debug)]
+struct Flusher {
+    dirty: Arc<AtomicBool>,
+    failure: Arc<Mutex<Option<String>>>,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Flusher {
+    fn start(file: File, every: Duration) -> std::io::Result<Self> {
+        let dirty = Arc::new(AtomicBool::new(false));
+        let failure = Arc::new(Mutex::new(None));
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = {
+            let dirty = Arc::clone(&dirty);
+            let failure = Arc::clone(&failure);
+            std::thread::Builder::new()
+                .name("memrl-log-sync".into())
+                .spawn(move || loop {
+                    let last = !matches!(stopped.recv_timeout(every), Err(RecvTimeoutError::Timeout));
+                    if dirty.swap(false, Ordering::AcqRel) {
+                        if let Err(e) = file.sync_data() {
+                            if let Ok(mut slot) = failure.lock() {
+                                *slot = Some(e.to_string());
+                            }
+                        }
+                    }
+                    if last {
+                        break;
+                    }
+                })?
+        };
+        Ok(Self {
+            dirty,
+            failure,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|slot| slot.clone())
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
