@@ -83,7 +83,9 @@ struct Durable {
 
 impl Durable {
     fn log(&self) -> MutexGuard<'_, LogWriter> {
-        self.log.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -115,7 +117,11 @@ impl Engine {
         device: &Device,
         options: &OpenOptions,
     ) -> Result<Self> {
-        let mut bank = Bank::new(config, device)?;
+        Self::create_with(path, Bank::new(config, device)?, options)
+    }
+
+    /// [`Engine::create`] with a bank built in memory: its first snapshot holds it all.
+    pub fn create_with(path: &Path, mut bank: Bank, options: &OpenOptions) -> Result<Self> {
         bank.set_limits(options.limits)?;
         let header = LogHeader::new(bank.config().dim, &bank.config().model_id);
         let (mut log, _) = LogWriter::lock(&wal::log_path(path), options.sync)?;
@@ -130,7 +136,7 @@ impl Engine {
         }
         snapshot::save(&bank, path)?;
         log.reset_to(header)?;
-        log.start(log.len(), 1)?;
+        log.start(log.len(), bank.log_seq() + 1)?;
         Ok(Self {
             bank: RwLock::new(bank),
             durable: Some(Durable {

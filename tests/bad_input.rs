@@ -202,3 +202,101 @@ fn removing_an_unknown_id_is_an_error() {
     assert!(matches!(b.remove(8), Err(Error::NotFound(8))));
     assert_eq!(b.len(), 1);
 }
+
+#[test]
+fn limits_refuse_oversized_calls_and_change_nothing() {
+    use memrl::{Limits, Outcome};
+    let mut b = bank();
+    b.set_limits(Limits {
+        max_text_bytes: 8,
+        max_batch: 2,
+        max_memories: 3,
+    })
+    .unwrap();
+    let before = state(&b);
+    let m = |intent: &str, v: [f32; 3]| NewMemory {
+        intent: intent.into(),
+        embedding: v.to_vec(),
+        ..Default::default()
+    };
+    let e = b.add(m("nine bytes", [0.0, 1.0, 0.0])).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::TextTooLong {
+                what: "intent bytes",
+                index: 0,
+                limit: 8,
+                got: 10
+            }
+        ),
+        "{e}"
+    );
+    let e = b
+        .add(NewMemory {
+            metadata: Some(serde_json::json!({"a": "long value"})),
+            ..m("ok", [0.0, 1.0, 0.0])
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::TextTooLong {
+                what: "metadata bytes (as JSON)",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let three = vec![
+        m("a", [0.0, 1.0, 0.0]),
+        m("b", [0.0, 0.0, 1.0]),
+        m("c", [1.0, 1.0, 0.0]),
+    ];
+    let e = b.add_many(three).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::LimitExceeded {
+                limit: 2,
+                got: 3,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = b
+        .apply_outcomes(&vec![
+            Outcome {
+                memory_ids: vec![7],
+                reward: 1.0
+            };
+            3
+        ])
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("outcomes in one batch: 3 exceeds the limit of 2"),
+        "{e}"
+    );
+    let e = b
+        .retrieve_vectors(&vec![vec![1.0, 0.0, 0.0]; 3], &RetrievalConfig::default())
+        .unwrap_err();
+    assert!(e.to_string().contains("queries in one retrieval"), "{e}");
+    assert_eq!(state(&b), before);
+    // The bank's size: one memory is there, two more fit, a third does not.
+    b.add_many(vec![m("a", [0.0, 1.0, 0.0]), m("b", [0.0, 0.0, 1.0])])
+        .unwrap();
+    let e = b.add(m("c", [1.0, 1.0, 0.0])).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("memories in the bank: 4 exceeds the limit of 3"),
+        "{e}"
+    );
+    assert!(b
+        .set_limits(Limits {
+            max_memories: 0,
+            ..Limits::default()
+        })
+        .is_err());
+}

@@ -340,6 +340,10 @@ fn feedback_moves_q_atomically_and_inspect_reports_it() {
         "outcomes.jsonl",
         "{\"memory_ids\": [0, 100], \"reward\": 1}\n{\"memory_ids\": [1], \"reward\": -1}\n",
     );
+    // The batch goes to the write-ahead log; the snapshot is not rewritten for it.
+    let log = t.path("bank.safetensors.wal");
+    let snapshot_before = std::fs::read(&bank).unwrap();
+    let log_before = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     let out = ok(&t.run(
         &["feedback", "--bank", s(&bank), "--input", s(&outcomes)],
         false,
@@ -348,8 +352,20 @@ fn feedback_moves_q_atomically_and_inspect_reports_it() {
         out.contains("2 outcomes, 3 Q updates over 3 memories"),
         "{out}"
     );
+    assert_eq!(std::fs::read(&bank).unwrap(), snapshot_before);
+    assert!(std::fs::metadata(&log).unwrap().len() > log_before);
+    // A torn tail (a crash mid-append) is reported and dropped; the batch before it stays.
+    let mut torn = std::fs::read(&log).unwrap();
+    torn.extend_from_slice(&[200, 1, 0, 0, 7, 7]);
+    std::fs::write(&log, &torn).unwrap();
 
-    let out = ok(&t.run(&["inspect", "--bank", s(&bank), "--json"], false));
+    let inspected = t.run(&["inspect", "--bank", s(&bank), "--json"], false);
+    let warning = String::from_utf8_lossy(&inspected.stderr).to_string();
+    assert!(
+        warning.contains("dropped the last 6 bytes of its log"),
+        "{warning}"
+    );
+    let out = ok(&inspected);
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let summary = &v["summary"];
     assert_eq!(summary["memories"], 3);
@@ -370,8 +386,25 @@ fn feedback_moves_q_atomically_and_inspect_reports_it() {
         assert!(text.contains(needle), "{needle} missing from\n{text}");
     }
 
-    // An unknown id rejects the whole file; the bank on disk is untouched.
-    let before = std::fs::read(&bank).unwrap();
+    // An unknown id rejects the whole file; the bank on disk is untouched (the writer has cut
+    // the torn tail off first).
+    ok(&t.run(&["inspect", "--bank", s(&bank)], false));
+    let err = failed(&t.run(
+        &[
+            "feedback",
+            "--bank",
+            s(&bank),
+            "--input",
+            s(&t.write("bad0.jsonl", "{\"memory_ids\": [999], \"reward\": 1}\n")),
+        ],
+        false,
+    ));
+    assert!(err.contains("unknown memory id 999"), "{err}");
+    assert_eq!(
+        std::fs::metadata(&log).unwrap().len() + 6,
+        torn.len() as u64
+    );
+    let before = (std::fs::read(&bank).unwrap(), std::fs::read(&log).unwrap());
     let bad = t.write(
         "bad.jsonl",
         "{\"memory_ids\": [0], \"reward\": 1}\n{\"memory_ids\": [999], \"reward\": 1}\n",
@@ -384,7 +417,10 @@ fn feedback_moves_q_atomically_and_inspect_reports_it() {
     );
     let err = failed(&t.run(&["feedback", "--bank", s(&bank), "--input", s(&bad)], false));
     assert!(err.contains("bad2.jsonl:1: field `reward`"), "{err}");
-    assert_eq!(std::fs::read(&bank).unwrap(), before);
+    assert_eq!(
+        (std::fs::read(&bank).unwrap(), std::fs::read(&log).unwrap()),
+        before
+    );
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! `memrl index` and `memrl add`: memories in, through the embedder, into a bank on disk.
 //!
-//! Both load the bank (or create it), apply everything in memory, and save once through the
-//! snapshot's atomic path: a bad line, a wrong model or a failed save leaves the file on disk
-//! exactly as it was.
+//! `index` is a bulk load: everything is applied in memory and written as one new snapshot
+//! (the log emptied), so a bad line, a wrong model or a failed save leaves the files exactly as
+//! they were. `add` is one record of the bank's write-ahead log, synced before it returns.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -11,9 +11,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use memrl::embed::Embedder;
 use memrl::ingest::{read_jsonl, MemoryRecord};
-use memrl::{snapshot, Bank, BankConfig, Device, KeyDType};
+use memrl::{Bank, BankConfig, Device, Engine, KeyDType, NewMemory, OpenOptions};
 
-use super::{check_model, load_bank, ModelArgs};
+use super::{check_model, open_engine, settle, ModelArgs};
 
 /// Records embedded and added per step: large enough for the embedder's token-budget chunks,
 /// small enough that a multi-GB input never sits in memory.
@@ -24,13 +24,15 @@ Create or extend a bank from a JSON Lines file of memories, one object per line:
   {\"intent\": \"...\", \"experience\": \"...\", \"q\": 0.0, \"success\": false, \"id\": 7, \"metadata\": {...}}
 `intent` and `experience` are required; the others are optional. Intents are embedded with the \
 model (the bank's own when it exists) and filed in the bank; an existing bank keeps everything \
-it holds. The input is streamed; the bank is saved once at the end, atomically: on any error \
-(a bad line names its file, line and field) nothing is written.
+it holds. The input is streamed; the bank is written once at the end as a new snapshot \
+(atomically, its write-ahead log emptied): on any error (a bad line names its file, line and \
+field) nothing is written.
 
 Example: memrl index --input memories.jsonl --bank bank.safetensors";
 
 pub(crate) const ADD_HELP: &str = "\
-Add one memory to a bank (created if missing), embedding its intent with the bank's model.
+Add one memory to a bank (created if missing), embedding its intent with the bank's model. The \
+add is appended to the bank's write-ahead log (<bank>.wal) and synced before the command returns.
 
 Example: memrl add --bank bank.safetensors --intent \"book a flight\" --experience \"search by airport code\" --success";
 
@@ -96,20 +98,27 @@ pub(crate) struct AddArgs {
     quiet: bool,
 }
 
-/// The bank at `path` (or a new one) and an embedder that matches its keys.
+/// The bank at `path` opened for writing (or `None` when it does not exist, with the settings
+/// of a new one), and an embedder that matches its keys.
 fn open(
     path: &Path,
     new_bank: &NewBankArgs,
     model: &ModelArgs,
     device: &Device,
-) -> Result<(Bank, Embedder, bool)> {
-    let existing = load_bank(path, device)?;
-    let fallback = existing.as_ref().map(|b| b.config().model_id.clone());
+) -> Result<(Result<Engine, BankConfig>, Embedder)> {
+    let existing = if path.exists() {
+        Some(open_engine(path, device)?)
+    } else {
+        None
+    };
+    let fallback = existing
+        .as_ref()
+        .map(|e| e.with_bank(|b| b.config().model_id.clone()));
     let embedder = model.embedder(fallback.as_deref(), device)?;
     match existing {
-        Some(bank) => {
-            check_model(&bank, &embedder, path)?;
-            Ok((bank, embedder, true))
+        Some(engine) => {
+            engine.with_bank(|bank| check_model(bank, &embedder, path))?;
+            Ok((Ok(engine), embedder))
         }
         None => {
             let config = BankConfig {
@@ -117,18 +126,16 @@ fn open(
                 dedup_sim: new_bank.dedup_sim,
                 ..BankConfig::new(embedder.dim(), embedder.name())
             };
-            Ok((Bank::new(config, device)?, embedder, false))
+            Ok((Err(config), embedder))
         }
     }
 }
 
-/// Embeds the records' intents and adds them as one all-or-nothing batch; returns how many
-/// intents were truncated and the new memories' ids.
-fn add_records(
-    bank: &mut Bank,
+/// The records' intents embedded and made into memories.
+fn new_memories(
     embedder: &Embedder,
     records: Vec<MemoryRecord>,
-) -> Result<(usize, Vec<u64>)> {
+) -> memrl::Result<(usize, Vec<NewMemory>)> {
     let intents: Vec<&str> = records.iter().map(|r| r.intent.as_str()).collect();
     let embeddings = embedder.embed(&intents)?;
     let truncated = embeddings.truncated.len();
@@ -137,32 +144,55 @@ fn add_records(
         .zip(embeddings.to_rows()?)
         .map(|(record, embedding)| record.into_new_memory(embedding))
         .collect();
-    let ids = bank.add_many(memories)?;
-    Ok((truncated, ids))
+    Ok((truncated, memories))
 }
 
 pub(crate) fn index(args: &IndexArgs) -> Result<()> {
     let started = Instant::now();
     let device = args.model.device()?;
-    let (mut bank, embedder, existed) = open(&args.bank, &args.new_bank, &args.model, &device)?;
-    let before = (bank.len(), bank.num_intents());
-    let mut truncated = 0;
-    let mut batch = Vec::with_capacity(INDEX_BATCH);
-    for record in read_jsonl::<MemoryRecord>(&args.input)? {
-        batch.push(record?);
-        if batch.len() == INDEX_BATCH {
-            tracing::info!(memories = bank.len() + batch.len(), "indexing");
-            truncated += add_records(&mut bank, &embedder, std::mem::take(&mut batch))
-                .with_context(|| format!("indexing {}", args.input.display()))?
-                .0;
+    let (existing, embedder) = open(&args.bank, &args.new_bank, &args.model, &device)?;
+    let existed = existing.is_ok();
+    let load = |bank: &mut Bank| -> memrl::Result<usize> {
+        let mut truncated = 0;
+        let mut batch = Vec::with_capacity(INDEX_BATCH);
+        let mut records = read_jsonl::<MemoryRecord>(&args.input)?;
+        loop {
+            let record = records.next().transpose()?;
+            let last = record.is_none();
+            batch.extend(record);
+            if batch.len() == INDEX_BATCH || (last && !batch.is_empty()) {
+                tracing::info!(memories = bank.len() + batch.len(), "indexing");
+                let (t, memories) = new_memories(&embedder, std::mem::take(&mut batch))?;
+                truncated += t;
+                bank.add_many(memories)?;
+            }
+            if last {
+                return Ok(truncated);
+            }
         }
-    }
-    if !batch.is_empty() {
-        truncated += add_records(&mut bank, &embedder, batch)
-            .with_context(|| format!("indexing {}", args.input.display()))?
-            .0;
-    }
-    snapshot::save(&bank, &args.bank).with_context(|| format!("saving {}", args.bank.display()))?;
+    };
+    let context = || {
+        format!(
+            "indexing {} into {}",
+            args.input.display(),
+            args.bank.display()
+        )
+    };
+    let (bank, truncated, before) = match existing {
+        Ok(mut engine) => {
+            let before = engine.with_bank(|b| (b.len(), b.num_intents()));
+            let truncated = engine.bulk(load).with_context(context)?;
+            (engine.into_bank(), truncated, before)
+        }
+        Err(config) => {
+            // A new bank is built in memory and created on disk only when all of it is there.
+            let mut bank = Bank::new(config, &device)?;
+            let truncated = load(&mut bank).with_context(context)?;
+            let engine = Engine::create_with(&args.bank, bank, &OpenOptions::default())
+                .with_context(|| format!("creating {}", args.bank.display()))?;
+            (engine.into_bank(), truncated, (0, 0))
+        }
+    };
     let added = bank.len() - before.0;
     let seconds = started.elapsed().as_secs_f64();
     if !args.quiet {
@@ -181,7 +211,7 @@ pub(crate) fn index(args: &IndexArgs) -> Result<()> {
 
 pub(crate) fn add(args: &AddArgs) -> Result<()> {
     let device = args.model.device()?;
-    let (mut bank, embedder, _) = open(&args.bank, &args.new_bank, &args.model, &device)?;
+    let (existing, embedder) = open(&args.bank, &args.new_bank, &args.model, &device)?;
     let metadata = match &args.metadata {
         Some(text) => Some(serde_json::from_str(text).context("--metadata is not valid JSON")?),
         None => None,
@@ -194,8 +224,21 @@ pub(crate) fn add(args: &AddArgs) -> Result<()> {
         success: args.success,
         metadata,
     };
-    let (_, ids) = add_records(&mut bank, &embedder, vec![record])?;
-    snapshot::save(&bank, &args.bank).with_context(|| format!("saving {}", args.bank.display()))?;
+    let (_, memories) = new_memories(&embedder, vec![record])?;
+    let ids = match existing {
+        Ok(engine) => {
+            let ids = engine.add_many(memories)?;
+            settle(&engine, &args.bank)?;
+            ids
+        }
+        Err(config) => {
+            let mut bank = Bank::new(config, &device)?;
+            let ids = bank.add_many(memories)?;
+            Engine::create_with(&args.bank, bank, &OpenOptions::default())
+                .with_context(|| format!("creating {}", args.bank.display()))?;
+            ids
+        }
+    };
     if !args.quiet {
         for id in ids {
             println!("added memory {id} to {}", args.bank.display());

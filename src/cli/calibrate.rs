@@ -2,13 +2,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use memrl::calibrate::{calibrate as calibrate_rows, Calibration, DEFAULT_MAX_PAIRS};
 use memrl::ingest::read_jsonl_field;
-use memrl::{snapshot, ZSim};
+use memrl::ZSim;
 
-use super::{load_bank, ModelArgs};
+use super::{load_bank, open_engine, settle, ModelArgs};
 
 pub(crate) const CALIBRATE_HELP: &str = "\
 Calibrate retrieval the way the paper does: delta = the top-20% quantile (80th percentile) of \
@@ -16,7 +16,7 @@ the pairwise cosine similarities between intents, and the mean and std of that d
 the `fixed` zsim mode. From a bank (its intent keys) or from a JSON Lines file of intents \
 (embedded with --model). Above --max-pairs pairs, that many are sampled with --seed. --write \
 stores delta in the bank's retrieval config (and, with --fixed-zsim, switches zsim to fixed with \
-the measured mean and std); the bank is saved atomically.
+the measured mean and std) as one record of the bank's write-ahead log.
 
 Example: memrl calibrate --bank bank.safetensors --write";
 
@@ -76,13 +76,17 @@ pub(crate) fn calibrate(args: &CalibrateArgs) -> Result<()> {
     }
     let device = args.model.device()?;
     if let Some(path) = &args.bank {
-        let Some(mut bank) = load_bank(path, &device)? else {
+        let Some(bank) = load_bank(path, &device)? else {
             bail!("{}: no such bank", path.display());
         };
         let c = bank.calibrate(args.max_pairs, args.seed)?;
         report(&c, args.json)?;
         if args.write {
-            let mut cfg = bank.retrieval_config().clone();
+            drop(bank);
+            // One logged record. The config is read again under the writer's lock, so only
+            // delta (and zsim) change even if another writer changed the rest meanwhile.
+            let engine = open_engine(path, &device)?;
+            let mut cfg = engine.retrieval_config();
             cfg.delta = c.delta;
             if args.fixed_zsim {
                 cfg.zsim = ZSim::Fixed {
@@ -90,8 +94,8 @@ pub(crate) fn calibrate(args: &CalibrateArgs) -> Result<()> {
                     std: c.std,
                 };
             }
-            bank.set_retrieval_config(cfg)?;
-            snapshot::save(&bank, path).with_context(|| format!("saving {}", path.display()))?;
+            engine.set_retrieval_config(cfg)?;
+            settle(&engine, path)?;
             eprintln!("stored in {}", path.display());
         }
         return Ok(());

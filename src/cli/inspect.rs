@@ -5,16 +5,18 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use memrl::ingest::read_jsonl;
-use memrl::{snapshot, Outcome};
+use memrl::Outcome;
 
-use super::load_bank;
+use super::{load_bank, open_engine, settle};
 
 pub(crate) const FEEDBACK_HELP: &str = "\
 Apply a JSON Lines file of outcomes to a bank, one object per line:
   {\"memory_ids\": [3, 17], \"reward\": 1}
 Every memory given to the agent in an episode gets Q <- Q + alpha (r - Q). The whole file is one \
 batch: a bad line (named by file, line and field), an unknown memory id or a bad reward rejects \
-all of it, and the bank on disk is only replaced, atomically, when everything applied.
+all of it and changes nothing. An accepted batch is appended to the bank's write-ahead log \
+(<bank>.wal) and synced before the command returns; the snapshot is rewritten only once the log \
+has grown past it.
 
 Example: memrl feedback --bank bank.safetensors --input outcomes.jsonl";
 
@@ -58,14 +60,15 @@ pub(crate) struct InspectArgs {
 
 pub(crate) fn feedback(args: &FeedbackArgs) -> Result<()> {
     let device = memrl::Device::Cpu;
-    let Some(mut bank) = load_bank(&args.bank, &device)? else {
+    if !args.bank.exists() {
         bail!("{}: no such bank", args.bank.display());
-    };
+    }
     let outcomes = read_jsonl::<Outcome>(&args.input)?.collect::<memrl::Result<Vec<_>>>()?;
-    let report = bank
+    let engine = open_engine(&args.bank, &device)?;
+    let report = engine
         .apply_outcomes(&outcomes)
         .with_context(|| format!("applying {}", args.input.display()))?;
-    snapshot::save(&bank, &args.bank).with_context(|| format!("saving {}", args.bank.display()))?;
+    settle(&engine, &args.bank)?;
     if !args.quiet {
         println!(
             "{}: {} outcomes, {} Q updates over {} memories ({} rewards clamped)",

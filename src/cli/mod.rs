@@ -19,7 +19,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use memrl::embed::Embedder;
 use memrl::models::{resolve, Registry, ResolveOptions};
-use memrl::{snapshot, Bank, Device, LoadOptions};
+use memrl::wal::{self, Recovery};
+use memrl::{Bank, Device, Engine, LoadOptions, OpenOptions};
 
 /// Which embedding model to run, and where.
 #[derive(Args, Debug, Clone)]
@@ -73,14 +74,48 @@ impl ModelArgs {
     }
 }
 
-/// Loads the bank at `path` if the file exists.
+/// Loads the bank at `path` (its snapshot, then its write-ahead log) if the file exists, for
+/// reading: no file is changed.
 pub(crate) fn load_bank(path: &Path, device: &Device) -> Result<Option<Bank>> {
     if !path.exists() {
         return Ok(None);
     }
-    let bank = snapshot::load(path, device, &LoadOptions::default())
+    let (bank, recovery) = wal::recover(path, device, &LoadOptions::default())
         .with_context(|| format!("loading bank {}", path.display()))?;
+    warn_tail(path, &recovery);
     Ok(Some(bank))
+}
+
+/// Opens the bank at `path` for writing (locks its log, replays it, cuts a torn tail).
+pub(crate) fn open_engine(path: &Path, device: &Device) -> Result<Engine> {
+    let (engine, recovery) = Engine::open(path, device, &OpenOptions::default())
+        .with_context(|| format!("opening bank {}", path.display()))?;
+    warn_tail(path, &recovery);
+    Ok(engine)
+}
+
+fn warn_tail(path: &Path, recovery: &Recovery) {
+    if let Some(tail) = &recovery.tail {
+        eprintln!(
+            "warning: {}: dropped the last {} bytes of its log ({}); everything before them is kept",
+            path.display(),
+            tail.bytes,
+            tail.reason
+        );
+    }
+}
+
+/// After a logged change: checkpoint (rewrite the snapshot, empty the log) once the log has
+/// grown past the snapshot, when replaying it would cost more than loading the bank again.
+pub(crate) fn settle(engine: &Engine, path: &Path) -> Result<()> {
+    let log = engine.log_bytes().unwrap_or(0);
+    let snapshot = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if log > snapshot {
+        engine
+            .checkpoint()
+            .with_context(|| format!("checkpointing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Refuses an embedder that does not match the bank's keys.

@@ -76,7 +76,9 @@ impl LogHeader {
         if &bytes[..8] != MAGIC {
             return Err("not a memrl log (bad magic bytes)".into());
         }
-        let word = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let word = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
         if word(20) != crc32c::crc32c(&bytes[..20]) {
             return Err("the header's checksum does not match".into());
         }
@@ -94,7 +96,11 @@ impl LogHeader {
 }
 
 /// Appends one frame (sequence number `seq`) to `out`.
-pub(crate) fn encode_frame(seq: u64, record: RecordRef<'_>, out: &mut Vec<u8>) -> Result<(), String> {
+pub(crate) fn encode_frame(
+    seq: u64,
+    record: RecordRef<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_PREFIX]);
     out.extend_from_slice(&seq.to_le_bytes());
@@ -167,11 +173,17 @@ pub(crate) fn encode_frame(seq: u64, record: RecordRef<'_>, out: &mut Vec<u8>) -
         }
         RecordRef::RetrievalConfig(config) => {
             out.push(TAG_RETRIEVAL);
-            put_str(out, &serde_json::to_string(config).map_err(|e| e.to_string())?)?;
+            put_str(
+                out,
+                &serde_json::to_string(config).map_err(|e| e.to_string())?,
+            )?;
         }
         RecordRef::LearningConfig(config) => {
             out.push(TAG_LEARNING);
-            put_str(out, &serde_json::to_string(config).map_err(|e| e.to_string())?)?;
+            put_str(
+                out,
+                &serde_json::to_string(config).map_err(|e| e.to_string())?,
+            )?;
         }
     }
     let body_len = out.len() - start - FRAME_PREFIX;
@@ -233,7 +245,10 @@ pub(crate) fn decode_frame(bytes: &[u8]) -> Result<(usize, u64, Record), FrameEr
     if frame_crc(&bytes[..4], body) != stored {
         return Err(FrameError::Corrupt("checksum mismatch".into()));
     }
-    let mut cursor = Cursor { bytes: body, pos: 0 };
+    let mut cursor = Cursor {
+        bytes: body,
+        pos: 0,
+    };
     let (seq, record) = decode_body(&mut cursor).map_err(FrameError::Corrupt)?;
     if cursor.pos != body.len() {
         return Err(FrameError::Corrupt(format!(
@@ -267,7 +282,11 @@ fn decode_body(c: &mut Cursor<'_>) -> Result<(u64, Record), String> {
                         KeyChoice::New(unit)
                     }
                     1 => KeyChoice::SharedWith(c.u64()?),
-                    other => return Err(format!("key kind {other} is neither 0 (new) nor 1 (shared)")),
+                    other => {
+                        return Err(format!(
+                            "key kind {other} is neither 0 (new) nor 1 (shared)"
+                        ))
+                    }
                 };
                 let intent = c.string("intent")?;
                 let experience = c.string("experience")?;

@@ -37,7 +37,10 @@ fn mutate(engine: &Engine) {
         .unwrap();
     assert_eq!(ids, vec![0, 10, 1]);
     // Shares the key of a memory already in the bank.
-    assert_eq!(engine.add(memory(None, [0.0, 1.0, 0.001], "dd")).unwrap(), 11);
+    assert_eq!(
+        engine.add(memory(None, [0.0, 1.0, 0.001], "dd")).unwrap(),
+        11
+    );
     engine
         .apply_outcomes(&[
             Outcome {
@@ -78,7 +81,16 @@ fn mutate(engine: &Engine) {
 }
 
 /// Bank state, timestamps and keys included.
-fn state(bank: &Bank) -> (Vec<Memory>, Vec<Vec<u32>>, u64, u64, RetrievalConfig, LearningConfig) {
+fn state(
+    bank: &Bank,
+) -> (
+    Vec<Memory>,
+    Vec<Vec<u32>>,
+    u64,
+    u64,
+    RetrievalConfig,
+    LearningConfig,
+) {
     let memories: Vec<Memory> = bank.iter().cloned().collect();
     let keys = memories
         .iter()
@@ -114,7 +126,12 @@ fn a_replay_rebuilds_the_bank_exactly() {
     assert_eq!(state(&bank), live);
     bank.debug_check().unwrap();
     assert_eq!(
-        (recovery.snapshot_seq, recovery.replayed, recovery.skipped, recovery.log_seq),
+        (
+            recovery.snapshot_seq,
+            recovery.replayed,
+            recovery.skipped,
+            recovery.log_seq
+        ),
         (0, 8, 0, 8)
     );
     assert!(recovery.tail.is_none());
@@ -227,7 +244,8 @@ fn a_torn_tail_is_dropped_and_everything_before_it_kept() {
     let snapshot_bytes = fs::read(&path).unwrap();
     // Cut the log at every byte: the bank holds exactly the whole records before the cut.
     for cut in HEADER_LEN..log.len() {
-        let mut bank = snapshot::load_bytes(&snapshot_bytes, &Device::Cpu, &LoadOptions::default()).unwrap();
+        let mut bank =
+            snapshot::load_bytes(&snapshot_bytes, &Device::Cpu, &LoadOptions::default()).unwrap();
         let recovery = replay_bytes(&mut bank, &log[..cut], Path::new("log")).unwrap();
         let whole = starts.iter().filter(|&&s| s <= cut).count() as u64 - 1;
         assert_eq!(recovery.replayed, whole, "cut at {cut}");
@@ -241,7 +259,10 @@ fn a_torn_tail_is_dropped_and_everything_before_it_kept() {
     let tail = recovery.tail.unwrap();
     assert_eq!((tail.offset, tail.bytes), (starts[4] as u64, 3));
     assert!(tail.reason.contains("torn"), "{}", tail.reason);
-    assert_eq!(fs::metadata(log_path(&path)).unwrap().len(), starts[4] as u64);
+    assert_eq!(
+        fs::metadata(log_path(&path)).unwrap().len(),
+        starts[4] as u64
+    );
     engine.add(memory(None, [0.0, 0.0, -1.0], "g")).unwrap();
     let live = engine.with_bank(state);
     drop(engine);
@@ -275,7 +296,10 @@ fn a_checkpoint_cut_short_replays_nothing_twice() {
     snapshot::save(&bank, &path).unwrap();
     assert_eq!(fs::read(log_path(&path)).unwrap(), log);
     let (engine, recovery) = Engine::open(&path, &Device::Cpu, &OpenOptions::default()).unwrap();
-    assert_eq!((recovery.replayed, recovery.skipped, recovery.snapshot_seq), (0, 8, 8));
+    assert_eq!(
+        (recovery.replayed, recovery.skipped, recovery.snapshot_seq),
+        (0, 8, 8)
+    );
     assert_eq!(engine.with_bank(state), live);
     // The stale records are gone, and the next record is number 9.
     assert_eq!(engine.log_bytes(), Some(HEADER_LEN as u64));
@@ -293,7 +317,10 @@ fn logs_that_do_not_fit_the_snapshot_are_refused() {
     let mut gap = log[..HEADER_LEN].to_vec();
     gap.extend_from_slice(&log[starts[3]..]);
     let err = replay_bytes(&mut fresh(), &gap, Path::new("log")).unwrap_err();
-    assert!(err.to_string().contains("records 1 to 3 are missing"), "{err}");
+    assert!(
+        err.to_string().contains("records 1 to 3 are missing"),
+        "{err}"
+    );
     // Another bank's log.
     let mut other = log.clone();
     other[..HEADER_LEN].copy_from_slice(&LogHeader::new(3, "another model").encode());
@@ -317,7 +344,10 @@ fn one_writer_at_a_time() {
     let path = dir.path().join("bank.safetensors");
     let engine = Engine::create(&path, config(), &Device::Cpu, &OpenOptions::default()).unwrap();
     let err = Engine::open(&path, &Device::Cpu, &OpenOptions::default()).unwrap_err();
-    assert!(err.to_string().contains("open for writing elsewhere"), "{err}");
+    assert!(
+        err.to_string().contains("open for writing elsewhere"),
+        "{err}"
+    );
     let err = Engine::create(&path, config(), &Device::Cpu, &OpenOptions::default()).unwrap_err();
     assert!(matches!(err, Error::Log { .. }), "{err}");
     // Readers need no lock.
@@ -355,7 +385,10 @@ fn rejected_calls_log_nothing() {
 
 #[test]
 fn interval_and_never_policies_log_the_same_records() {
-    for sync in [SyncPolicy::Interval(Duration::from_millis(5)), SyncPolicy::Never] {
+    for sync in [
+        SyncPolicy::Interval(Duration::from_millis(5)),
+        SyncPolicy::Never,
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bank.safetensors");
         let options = OpenOptions {
@@ -402,7 +435,11 @@ fn bulk_changes_are_one_snapshot_or_nothing() {
 fn stale_temporary_files_of_interrupted_saves_are_removed() {
     let dir = tempfile::tempdir().unwrap();
     let (path, _) = logged_bank(dir.path());
-    fs::write(dir.path().join(".bank.safetensors.tmp-1-0"), b"half a snapshot").unwrap();
+    fs::write(
+        dir.path().join(".bank.safetensors.tmp-1-0"),
+        b"half a snapshot",
+    )
+    .unwrap();
     fs::write(dir.path().join("unrelated"), b"x").unwrap();
     let (_engine, recovery) = Engine::open(&path, &Device::Cpu, &OpenOptions::default()).unwrap();
     assert_eq!(recovery.stale_temp_files, 1);

@@ -102,7 +102,10 @@ impl LogWriter {
             .map_err(|e| Error::io(&self.path, e))?;
         self.next_seq = next_seq;
         if let SyncPolicy::Interval(every) = self.policy {
-            let clone = self.file.try_clone().map_err(|e| Error::io(&self.path, e))?;
+            let clone = self
+                .file
+                .try_clone()
+                .map_err(|e| Error::io(&self.path, e))?;
             self.flusher =
                 Some(Flusher::start(clone, every).map_err(|e| Error::io(&self.path, e))?);
         }
@@ -124,7 +127,9 @@ impl LogWriter {
         if let Some(flusher) = &self.flusher {
             if let Some(problem) = flusher.failure() {
                 self.broken = Some(format!("a background fsync failed: {problem}"));
-                return Err(self.error(format!("a background fsync failed: {problem}; reopen the bank")));
+                return Err(self.error(format!(
+                    "a background fsync failed: {problem}; reopen the bank"
+                )));
             }
         }
         let mark = Mark {
@@ -133,10 +138,13 @@ impl LogWriter {
         };
         self.frame.clear();
         format::encode_frame(mark.seq, record, &mut self.frame).map_err(|p| self.error(p))?;
-        let written = self.file.write_all(&self.frame).and_then(|()| match self.policy {
-            SyncPolicy::EveryBatch => self.file.sync_data(),
-            _ => Ok(()),
-        });
+        let written = self
+            .file
+            .write_all(&self.frame)
+            .and_then(|()| match self.policy {
+                SyncPolicy::EveryBatch => self.file.sync_data(),
+                _ => Ok(()),
+            });
         if let Err(e) = written {
             // The frame may be partly on disk: cut it off so the log never holds a record
             // that was not acknowledged.
@@ -186,10 +194,7 @@ impl LogWriter {
         });
         match &self.broken {
             Some(problem) => Err(self.error(problem.clone())),
-            None => self
-                .file
-                .sync_data()
-                .map_err(|e| Error::io(&self.path, e)),
+            None => self.file.sync_data().map_err(|e| Error::io(&self.path, e)),
         }
     }
 
@@ -250,7 +255,8 @@ impl Flusher {
             std::thread::Builder::new()
                 .name("memrl-log-sync".into())
                 .spawn(move || loop {
-                    let last = !matches!(stopped.recv_timeout(every), Err(RecvTimeoutError::Timeout));
+                    let last =
+                        !matches!(stopped.recv_timeout(every), Err(RecvTimeoutError::Timeout));
                     if dirty.swap(false, Ordering::AcqRel) {
                         if let Err(e) = file.sync_data() {
                             if let Ok(mut slot) = failure.lock() {
