@@ -12,7 +12,7 @@ fn memory(id: Option<u64>, v: [f32; 3], text: &str) -> NewMemory {
         intent: format!("intent {text}"),
         embedding: v.to_vec(),
         experience: format!("experience {text}"),
-        success: text.len() % 2 == 0,
+        success: text.len().is_multiple_of(2),
         q: None,
         metadata: Some(serde_json::json!({ "text": text, "n": 1.25 })),
     }
