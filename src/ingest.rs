@@ -16,7 +16,7 @@
 //! ```
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
@@ -214,6 +214,18 @@ pub fn read_jsonl_field(path: &Path, field: &str) -> Result<Records<String>> {
     )
 }
 
+/// [`read_jsonl`] over any buffered reader; `name` stands for the source in errors.
+pub fn read_jsonl_from<T: Record + 'static>(
+    reader: impl BufRead + 'static,
+    name: &Path,
+) -> Records<T> {
+    records(Box::new(reader), name, Box::new(T::from_object))
+}
+
+/// The longest line a reader accepts by default (64 MiB): a longer one is an error naming its
+/// line, never an unbounded allocation. [`Records::max_line_bytes`] changes it.
+pub const MAX_LINE_BYTES: usize = 64 << 20;
+
 type Parser<T> = Box<dyn Fn(&Map<String, Value>) -> std::result::Result<T, (String, String)>>;
 
 fn open_records<T>(path: &Path, parse: Parser<T>) -> Result<Records<T>> {
@@ -221,23 +233,29 @@ fn open_records<T>(path: &Path, parse: Parser<T>) -> Result<Records<T>> {
         path: path.to_path_buf(),
         source,
     })?;
-    Ok(Records {
+    Ok(records(Box::new(BufReader::new(file)), path, parse))
+}
+
+fn records<T>(reader: Box<dyn BufRead>, path: &Path, parse: Parser<T>) -> Records<T> {
+    Records {
         path: path.to_path_buf(),
-        reader: BufReader::new(file),
+        reader,
         line: 0,
         buffer: Vec::new(),
+        max_line_bytes: MAX_LINE_BYTES,
         done: false,
         parse,
-    })
+    }
 }
 
 /// The iterator of [`read_jsonl`] and [`read_jsonl_field`]. After the first error it yields
 /// nothing more.
 pub struct Records<T> {
     path: PathBuf,
-    reader: BufReader<File>,
+    reader: Box<dyn BufRead>,
     line: usize,
     buffer: Vec<u8>,
+    max_line_bytes: usize,
     done: bool,
     parse: Parser<T>,
 }
@@ -247,6 +265,12 @@ impl<T> Records<T> {
     /// can differ).
     pub fn line(&self) -> usize {
         self.line
+    }
+
+    /// Refuse lines longer than `bytes` (default [`MAX_LINE_BYTES`]).
+    pub fn max_line_bytes(mut self, bytes: usize) -> Self {
+        self.max_line_bytes = bytes;
+        self
     }
 
     fn error(&mut self, field: Option<String>, problem: String) -> Option<Result<T>> {
@@ -266,7 +290,11 @@ impl<T> Iterator for Records<T> {
     fn next(&mut self) -> Option<Result<T>> {
         while !self.done {
             self.buffer.clear();
-            match self.reader.read_until(b'\n', &mut self.buffer) {
+            let limit = self.max_line_bytes.saturating_add(1) as u64;
+            match (&mut self.reader)
+                .take(limit)
+                .read_until(b'\n', &mut self.buffer)
+            {
                 Ok(0) => {
                     self.done = true;
                     return None;
@@ -278,6 +306,13 @@ impl<T> Iterator for Records<T> {
                 }
             }
             self.line += 1;
+            if self.buffer.len() > self.max_line_bytes {
+                let problem = format!(
+                    "the line is longer than {} bytes (the reader's limit)",
+                    self.max_line_bytes
+                );
+                return self.error(None, problem);
+            }
             let text = match std::str::from_utf8(&self.buffer) {
                 Ok(text) => text.trim(),
                 Err(e) => {
@@ -308,6 +343,22 @@ impl<T> Iterator for Records<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_over_the_limit_is_an_error_naming_it() {
+        let text = "{\"text\": \"short\"}\n{\"text\": \"a much longer line\"}\n";
+        let mut records =
+            read_jsonl_from::<QueryRecord>(std::io::Cursor::new(text), Path::new("q"))
+                .max_line_bytes(20);
+        assert_eq!(records.next().unwrap().unwrap().text, "short");
+        let err = records.next().unwrap().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("q:2: the line is longer than 20 bytes"),
+            "{err}"
+        );
+        assert!(records.next().is_none());
+    }
 
     fn write(content: &[u8]) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,180 @@
+//! Every committed fuzz corpus input (`fuzz/corpus/<target>/`) through the fuzz targets' own
+//! bodies (`fuzz/harness.rs`), on stable: what the fuzzer once found stays fixed. The
+//! ignored `write_seed_corpora` made the `seed-*` inputs.
+
+#[path = "../fuzz/harness.rs"]
+mod harness;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use memrl::{BankConfig, Device, Engine, KeyDType, NewMemory, OpenOptions, Outcome};
+
+fn corpus(target: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_corpus_input_runs_clean() {
+    for (target, run) in [
+        ("snapshot", harness::snapshot as fn(&[u8])),
+        ("log", harness::log),
+        ("jsonl", harness::jsonl),
+    ] {
+        let files = corpus(target);
+        assert!(!files.is_empty(), "no corpus for {target}");
+        for file in files {
+            run(&fs::read(&file).unwrap());
+        }
+    }
+}
+
+#[test]
+fn the_seed_inputs_are_accepted() {
+    // The seeds are valid files: the targets reach past parsing with them.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let bank = memrl::snapshot::load_bytes(
+        &fs::read(root.join("snapshot/seed-shared-f16")).unwrap(),
+        &Device::Cpu,
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(bank.len() > bank.num_intents());
+    let mut bank = harness::log_bank();
+    let recovery = memrl::wal::replay_bytes(
+        &mut bank,
+        &fs::read(root.join("log/seed-all-records")).unwrap(),
+        Path::new("seed"),
+    )
+    .unwrap();
+    assert_eq!((recovery.replayed, recovery.tail), (6, None));
+}
+
+fn memory(v: [f32; 4], text: &str) -> NewMemory {
+    NewMemory {
+        intent: text.into(),
+        embedding: v.to_vec(),
+        experience: format!("{text}: what worked"),
+        metadata: Some(serde_json::json!({ "tag": text, "score": 0.5 })),
+        ..Default::default()
+    }
+}
+
+fn mutate(engine: &Engine) {
+    engine
+        .add_many(vec![
+            memory([1.0, 0.0, 0.0, 0.0], "a"),
+            memory([0.99, 0.05, 0.0, 0.0], "a again"),
+            memory([0.0, 1.0, 0.0, 0.0], "b"),
+        ])
+        .unwrap();
+    engine
+        .apply_outcomes(&[
+            Outcome {
+                memory_ids: vec![0, 1],
+                reward: 1.0,
+            },
+            Outcome {
+                memory_ids: vec![2],
+                reward: -1.0,
+            },
+        ])
+        .unwrap();
+    engine.remove(2).unwrap();
+    engine
+        .set_retrieval_config(memrl::RetrievalConfig {
+            k1: 3,
+            ..Default::default()
+        })
+        .unwrap();
+    engine
+        .set_learning_config(memrl::LearningConfig {
+            alpha: 0.5,
+            ..Default::default()
+        })
+        .unwrap();
+    engine.add(memory([0.0, 0.0, 0.0, 1.0], "c")).unwrap();
+}
+
+#[test]
+#[ignore = "writes the seed corpora; run by hand when the formats change"]
+fn write_seed_corpora() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    for target in ["snapshot", "log", "jsonl"] {
+        fs::create_dir_all(root.join(target)).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Logs: every record kind, for the fuzz bank (dimension 4, model `fuzz`).
+    let path = dir.path().join("bank.safetensors");
+    let engine = Engine::create(
+        &path,
+        BankConfig {
+            dedup_sim: 0.9,
+            ..BankConfig::new(4, "fuzz")
+        },
+        &Device::Cpu,
+        &OpenOptions::default(),
+    )
+    .unwrap();
+    mutate(&engine);
+    let log = fs::read(memrl::wal::log_path(&path)).unwrap();
+    fs::write(root.join("log/seed-all-records"), &log).unwrap();
+    fs::write(
+        root.join("log/seed-header-only"),
+        &log[..memrl::wal::HEADER_LEN],
+    )
+    .unwrap();
+    fs::write(root.join("log/seed-torn"), &log[..log.len() - 5]).unwrap();
+    // Snapshots: empty, and with shared keys in each dtype.
+    engine.checkpoint().unwrap();
+    fs::copy(&path, root.join("snapshot/seed-shared-f32")).unwrap();
+    for dtype in [KeyDType::F16, KeyDType::Bf16] {
+        let path = dir.path().join(format!("{}.safetensors", dtype.as_str()));
+        let engine = Engine::create(
+            &path,
+            BankConfig {
+                dtype,
+                dedup_sim: 0.9,
+                ..BankConfig::new(4, "fuzz")
+            },
+            &Device::Cpu,
+            &OpenOptions::default(),
+        )
+        .unwrap();
+        mutate(&engine);
+        engine.checkpoint().unwrap();
+        fs::copy(
+            &path,
+            root.join(format!("snapshot/seed-shared-{}", dtype.as_str())),
+        )
+        .unwrap();
+    }
+    let empty = dir.path().join("empty.safetensors");
+    Engine::create(
+        &empty,
+        BankConfig::new(4, "fuzz"),
+        &Device::Cpu,
+        &OpenOptions::default(),
+    )
+    .unwrap();
+    fs::copy(&empty, root.join("snapshot/seed-empty")).unwrap();
+    // JSON Lines: each record type, and the usual mistakes.
+    let lines = [
+        ("memories", "{\"intent\": \"book a flight\", \"experience\": \"use the airport code\", \"q\": 0.5, \"success\": true, \"id\": 7, \"metadata\": {\"k\": [1, 2]}}\n{\"intent\": \"x\", \"experience\": \"y\"}\n"),
+        ("outcomes", "{\"memory_ids\": [3, 17], \"reward\": 1}\n\n{\"memory_ids\": [], \"reward\": -1.5}\n"),
+        ("queries", "{\"text\": \"how do I sort\"}\n{\"text\": \"\\u00e9\\n\"}\r\n"),
+        ("tasks", "{\"text\": \"a task\", \"source\": \"bigbench/arith\"}\n"),
+        ("mistakes", "{\"intent\": 3}\n[1]\n{\"memory_ids\": [-1], \"reward\": \"x\"}\nnot json\n\u{feff}{}\n"),
+    ];
+    for (name, text) in lines {
+        fs::write(root.join(format!("jsonl/seed-{name}")), text).unwrap();
+    }
+}
