@@ -287,11 +287,38 @@ pub fn outcome_case(
     min_reps: usize,
     min_time: Duration,
 ) -> Result<Timing> {
-    let n = bank.len() as u64;
     let ids: Vec<u64> = bank.iter().map(|m| m.id).collect();
+    let batches = outcome_batches(&ids, per_batch);
+    let mut next = 0;
+    time(min_reps, min_time, || {
+        next = (next + 1) % batches.len();
+        bank.apply_outcomes(&batches[next]).map(drop)
+    })
+}
+
+/// Outcome batches through an engine: with a durable engine each batch is one log record,
+/// appended (and synced, per its policy) before the call returns.
+pub fn engine_outcome_case(
+    engine: &crate::Engine,
+    per_batch: usize,
+    min_reps: usize,
+    min_time: Duration,
+) -> Result<Timing> {
+    let ids: Vec<u64> = engine.with_bank(|bank| bank.iter().map(|m| m.id).collect());
+    let batches = outcome_batches(&ids, per_batch);
+    let mut next = 0;
+    time(min_reps, min_time, || {
+        next = (next + 1) % batches.len();
+        engine.apply_outcomes(&batches[next]).map(drop)
+    })
+}
+
+/// 16 batches of outcomes, five random memories each, `per_batch` updates per batch (rounded up
+/// to whole outcomes). Built before timing, so only the updates are measured.
+fn outcome_batches(ids: &[u64], per_batch: usize) -> Vec<Vec<Outcome>> {
+    let n = ids.len() as u64;
     let mut rng = SplitMix64::new(77);
-    // Built before timing, so only the updates are measured.
-    let batches: Vec<Vec<Outcome>> = (0..16)
+    (0..16)
         .map(|_| {
             (0..per_batch.div_ceil(5))
                 .map(|_| Outcome {
@@ -300,10 +327,5 @@ pub fn outcome_case(
                 })
                 .collect()
         })
-        .collect();
-    let mut next = 0;
-    time(min_reps, min_time, || {
-        next = (next + 1) % batches.len();
-        bank.apply_outcomes(&batches[next]).map(drop)
-    })
+        .collect()
 }

@@ -9,10 +9,11 @@ use anyhow::{Context, Result};
 use clap::Args;
 use memrl::batch::{BatchConfig, Batcher};
 use memrl::bench::{
-    measure_ceilings, outcome_case, random_bank, random_queries, recall, retrieval_case, time,
-    top_ids, Ceilings, RetrievalCase, Timing,
+    engine_outcome_case, measure_ceilings, outcome_case, random_bank, random_queries, recall,
+    retrieval_case, time, top_ids, Ceilings, RetrievalCase, Timing,
 };
-use memrl::{snapshot, Bank, Engine, KeyDType, LoadOptions, RetrievalConfig};
+use memrl::wal::SyncPolicy;
+use memrl::{snapshot, Bank, Engine, KeyDType, LoadOptions, OpenOptions, RetrievalConfig};
 use serde::Serialize;
 
 pub(crate) const BENCH_HELP: &str = "\
@@ -66,6 +67,7 @@ struct Report {
     recall: Vec<RecallFigure>,
     outcomes: Option<OutcomeFigure>,
     snapshot: Option<SnapshotFigure>,
+    durable_outcomes: Vec<DurableFigure>,
     batching: Option<BatchingFigure>,
 }
 
@@ -83,6 +85,15 @@ struct OutcomeFigure {
     bank: usize,
     updates_per_batch: usize,
     timing: Timing,
+    updates_per_s: f64,
+}
+
+#[derive(Serialize)]
+struct DurableFigure {
+    sync: String,
+    updates_per_batch: usize,
+    timing: Timing,
+    batches_per_s: f64,
     updates_per_s: f64,
 }
 
@@ -192,8 +203,8 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<()> {
         );
     }
 
-    let (outcomes, snapshot) = if args.retrieval_only {
-        (None, None)
+    let (outcomes, snapshot, durable_outcomes) = if args.retrieval_only {
+        (None, None, Vec::new())
     } else {
         let n = if args.quick { 10_000 } else { 100_000 };
         let mut bank = random_bank(n, KeyDType::F32, &device, 5)?;
@@ -209,10 +220,9 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<()> {
             ms(timing.median_s),
             outcomes.updates_per_s / 1e6
         );
-        (
-            Some(outcomes),
-            Some(snapshot_case(&bank, &device, min_reps, min_time)?),
-        )
+        let snapshot = snapshot_case(&bank, &device, min_reps, min_time)?;
+        let durable = durable_case(bank, min_reps, min_time)?;
+        (Some(outcomes), Some(snapshot), durable)
     };
 
     let batching = match (ns.iter().max(), dtypes.first()) {
@@ -230,6 +240,7 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<()> {
         recall: recalls,
         outcomes,
         snapshot,
+        durable_outcomes,
         batching,
     };
     if let Some(path) = &args.json {
@@ -274,6 +285,50 @@ fn snapshot_case(
         save,
         load,
     })
+}
+
+/// Outcome batches through a durable engine: each batch one log record, synced before the call
+/// returns (`every-batch`, the default) or left to the OS (`never`).
+fn durable_case(bank: Bank, min_reps: usize, min_time: Duration) -> Result<Vec<DurableFigure>> {
+    let dir = std::env::temp_dir().join(format!("memrl-bench-wal-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("bank.safetensors");
+    let measured = (|| -> Result<Vec<DurableFigure>> {
+        let mut figures = Vec::new();
+        let mut bank = Some(bank);
+        for (name, sync) in [
+            ("every-batch", SyncPolicy::EveryBatch),
+            ("never", SyncPolicy::Never),
+        ] {
+            let _ = std::fs::remove_file(&path);
+            let options = OpenOptions {
+                sync,
+                ..Default::default()
+            };
+            let Some(b) = bank.take() else { break };
+            let engine = Engine::create_with(&path, b, &options)?;
+            for per_batch in [5, 1000] {
+                let timing = engine_outcome_case(&engine, per_batch, min_reps, min_time)?;
+                println!(
+                    "durable outcome batches of {per_batch} updates, sync {name}: median {} ms, {:.0} batches/s, {:.3}M updates/s",
+                    ms(timing.median_s),
+                    1.0 / timing.median_s,
+                    per_batch as f64 / timing.median_s / 1e6
+                );
+                figures.push(DurableFigure {
+                    sync: name.into(),
+                    updates_per_batch: per_batch,
+                    timing,
+                    batches_per_s: 1.0 / timing.median_s,
+                    updates_per_s: per_batch as f64 / timing.median_s,
+                });
+            }
+            bank = Some(engine.into_bank());
+        }
+        Ok(figures)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    measured
 }
 
 /// `callers` threads each retrieving single queries: through one [`Batcher`], then each query
