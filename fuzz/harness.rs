@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each target uses one of the functions
 //! The bodies of the fuzz targets. `tests/fuzz_corpus.rs` includes this file too, so every
 //! committed corpus input also runs on stable in `cargo test` (there with checksums on).
 //!

@@ -211,6 +211,44 @@ fn add_one_memory_and_refuse_another_model() {
         "{out}"
     );
 
+    // Further adds are log records; once the log outgrows the snapshot, the command
+    // checkpoints: a new snapshot holding everything, and an empty log (its 24-byte header).
+    let log = t.path("bank.safetensors.wal");
+    let mut checkpointed = false;
+    for i in 0..20 {
+        let snapshot = std::fs::read(&bank).unwrap();
+        let intent = format!("task number {i}");
+        ok(&t.run(
+            &[
+                "add",
+                "--bank",
+                s(&bank),
+                "--intent",
+                &intent,
+                "--experience",
+                &"a long experience ".repeat(40),
+            ],
+            true,
+        ));
+        if std::fs::metadata(&log).unwrap().len() == 24 {
+            assert_ne!(std::fs::read(&bank).unwrap(), snapshot);
+            checkpointed = true;
+            break;
+        }
+        assert_eq!(
+            std::fs::read(&bank).unwrap(),
+            snapshot,
+            "add {i} rewrote the snapshot"
+        );
+    }
+    assert!(checkpointed, "the log never outgrew the snapshot");
+    let out = ok(&t.run(&["inspect", "--bank", s(&bank), "--json"], false));
+    let memories = serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["summary"]
+        ["memories"]
+        .as_u64()
+        .unwrap();
+    assert!(memories >= 3, "{memories}");
+
     // A bank of one model does not take keys from another.
     let other = t.path("other-model");
     tiny_model::write(&other, TinyPooling::Cls, Some(24), 7);
@@ -362,7 +400,7 @@ fn feedback_moves_q_atomically_and_inspect_reports_it() {
     let inspected = t.run(&["inspect", "--bank", s(&bank), "--json"], false);
     let warning = String::from_utf8_lossy(&inspected.stderr).to_string();
     assert!(
-        warning.contains("dropped the last 6 bytes of its log"),
+        warning.contains("ignored the last 6 bytes of its log"),
         "{warning}"
     );
     let out = ok(&inspected);

@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use memrl::embed::Embedder;
 use memrl::models::{resolve, Registry, ResolveOptions};
-use memrl::wal::{self, Recovery};
+use memrl::wal;
 use memrl::{Bank, Device, Engine, LoadOptions, OpenOptions};
 
 /// Which embedding model to run, and where.
@@ -82,7 +82,15 @@ pub(crate) fn load_bank(path: &Path, device: &Device) -> Result<Option<Bank>> {
     }
     let (bank, recovery) = wal::recover(path, device, &LoadOptions::default())
         .with_context(|| format!("loading bank {}", path.display()))?;
-    warn_tail(path, &recovery);
+    if let Some(tail) = &recovery.tail {
+        // A reader takes no lock: the tail may also be a write in progress.
+        eprintln!(
+            "warning: {}: ignored the last {} bytes of its log ({}): a write cut short by a crash, or one still in progress",
+            path.display(),
+            tail.bytes,
+            tail.reason
+        );
+    }
     Ok(Some(bank))
 }
 
@@ -90,11 +98,6 @@ pub(crate) fn load_bank(path: &Path, device: &Device) -> Result<Option<Bank>> {
 pub(crate) fn open_engine(path: &Path, device: &Device) -> Result<Engine> {
     let (engine, recovery) = Engine::open(path, device, &OpenOptions::default())
         .with_context(|| format!("opening bank {}", path.display()))?;
-    warn_tail(path, &recovery);
-    Ok(engine)
-}
-
-fn warn_tail(path: &Path, recovery: &Recovery) {
     if let Some(tail) = &recovery.tail {
         eprintln!(
             "warning: {}: dropped the last {} bytes of its log ({}); everything before them is kept",
@@ -103,6 +106,7 @@ fn warn_tail(path: &Path, recovery: &Recovery) {
             tail.reason
         );
     }
+    Ok(engine)
 }
 
 /// After a logged change: checkpoint (rewrite the snapshot, empty the log) once the log has
