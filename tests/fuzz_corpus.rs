@@ -104,6 +104,18 @@ fn mutate(engine: &Engine) {
     engine.add(memory([0.0, 0.0, 0.0, 1.0], "c")).unwrap();
 }
 
+/// A durable bank of the fuzz targets' shape (dimension 4, model `fuzz`) after [`mutate`].
+fn mutated_engine(path: &Path, dtype: KeyDType) -> Engine {
+    let config = BankConfig {
+        dtype,
+        dedup_sim: 0.9,
+        ..BankConfig::new(4, "fuzz")
+    };
+    let engine = Engine::create(path, config, &Device::Cpu, &OpenOptions::default()).unwrap();
+    mutate(&engine);
+    engine
+}
+
 #[test]
 #[ignore = "writes the seed corpora; run by hand when the formats change"]
 fn write_seed_corpora() {
@@ -114,17 +126,7 @@ fn write_seed_corpora() {
     let dir = tempfile::tempdir().unwrap();
     // Logs: every record kind, for the fuzz bank (dimension 4, model `fuzz`).
     let path = dir.path().join("bank.safetensors");
-    let engine = Engine::create(
-        &path,
-        BankConfig {
-            dedup_sim: 0.9,
-            ..BankConfig::new(4, "fuzz")
-        },
-        &Device::Cpu,
-        &OpenOptions::default(),
-    )
-    .unwrap();
-    mutate(&engine);
+    let engine = mutated_engine(&path, KeyDType::F32);
     let log = fs::read(memrl::wal::log_path(&path)).unwrap();
     fs::write(root.join("log/seed-all-records"), &log).unwrap();
     fs::write(
@@ -138,18 +140,7 @@ fn write_seed_corpora() {
     fs::copy(&path, root.join("snapshot/seed-shared-f32")).unwrap();
     for dtype in [KeyDType::F16, KeyDType::Bf16] {
         let path = dir.path().join(format!("{}.safetensors", dtype.as_str()));
-        let engine = Engine::create(
-            &path,
-            BankConfig {
-                dtype,
-                dedup_sim: 0.9,
-                ..BankConfig::new(4, "fuzz")
-            },
-            &Device::Cpu,
-            &OpenOptions::default(),
-        )
-        .unwrap();
-        mutate(&engine);
+        let engine = mutated_engine(&path, dtype);
         engine.checkpoint().unwrap();
         fs::copy(
             &path,
