@@ -393,6 +393,16 @@ fn open_files(
     device: &Device,
     options: &OpenOptions,
 ) -> Result<(Bank, LogWriter, Recovery)> {
+    if !path.exists() {
+        // Before the lock, which would create an empty log beside nothing.
+        return Err(Error::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no bank here (create it first)",
+            ),
+        ));
+    }
     let log_path = wal::log_path(path);
     // Lock first: the snapshot read after it cannot be replaced by another writer's checkpoint.
     let (mut log, bytes) = LogWriter::lock(&log_path, options.sync)?;

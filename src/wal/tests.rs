@@ -339,6 +339,15 @@ fn logs_that_do_not_fit_the_snapshot_are_refused() {
 }
 
 #[test]
+fn opening_a_missing_bank_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("none.safetensors");
+    let err = Engine::open(&path, &Device::Cpu, &OpenOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("no bank here"), "{err}");
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
 fn one_writer_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bank.safetensors");
