@@ -481,6 +481,9 @@ fn stress(ops: usize, checkpoints: bool) {
                     ledger.removed.push(id);
                 }
             }
+            // Let go of the engine before reporting, so that the main thread's
+            // `Arc::try_unwrap` cannot race with this thread's exit.
+            drop(engine);
             let _ = done_tx.send(ledger);
         });
     }
@@ -494,7 +497,9 @@ fn stress(ops: usize, checkpoints: bool) {
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    let engine = Arc::try_unwrap(engine).unwrap();
+    let Ok(engine) = Arc::try_unwrap(engine) else {
+        panic!("a stress thread still holds the engine after reporting");
+    };
     let live = engine.into_bank();
     live.debug_check().unwrap();
 
