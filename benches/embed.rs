@@ -17,7 +17,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 fn main() -> anyhow::Result<()> {
-    let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/corpus.jsonl");
+    let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/data/corpus.jsonl");
     let mut texts: Vec<String> = std::fs::read_to_string(corpus)?
         .lines()
         .map(|l| -> anyhow::Result<String> {

@@ -1,7 +1,7 @@
 //! Criterion benches of the engine on the CPU: retrieval (N in {10k, 100k, 1M} keys, B in
 //! {1, 32, 256} queries, f32 and f16 keys, d = 384, k1 100), outcome updates (batches of 1,000),
 //! snapshot save and load (100k memories), and embedding (batches of 1, 32 and 256 corpus texts,
-//! when all-MiniLM-L6-v2 is on disk). The workloads are `memrl::bench`'s, the same as
+//! when all-MiniLM-L6-v2 is on disk). The workloads are `memrl_bench::workloads`', the same as
 //! `memrl bench`, which also measures the machine's ceilings and runs on any device.
 //!
 //! `cargo bench --bench engine` (all), `cargo bench --bench engine -- retrieval/f16` (a subset).
@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use memrl::bench::{random_bank, random_queries, DIM};
-use memrl::{snapshot, Device, KeyDType, LoadOptions, Outcome, RetrievalConfig, Tensor};
+use memrl::{Bank, Device, KeyDType, Outcome, Queries, RetrievalConfig};
+use memrl_bench::workloads::{random_bank, random_queries};
 
 fn max_n() -> usize {
     std::env::var("MEMRL_BENCH_MAX_N")
@@ -36,10 +36,12 @@ fn retrieval(c: &mut Criterion) {
             let bank = random_bank(n, dtype, &Device::Cpu, 42).expect("bench bank");
             for b in [1usize, 32, 256] {
                 let flat: Vec<f32> = random_queries(b, 1).into_iter().flatten().collect();
-                let queries = Tensor::from_vec(flat, (b, DIM), &Device::Cpu).expect("queries");
                 group.throughput(Throughput::Elements(b as u64));
                 group.bench_with_input(BenchmarkId::new(format!("n{n}"), b), &b, |bench, _| {
-                    bench.iter(|| bank.retrieve(&queries, &cfg).expect("retrieve"))
+                    bench.iter(|| {
+                        bank.retrieve_with(Queries::Rows(&flat), &cfg)
+                            .expect("retrieve")
+                    })
                 });
             }
         }
@@ -48,8 +50,8 @@ fn retrieval(c: &mut Criterion) {
 }
 
 fn outcomes(c: &mut Criterion) {
-    let mut bank = random_bank(100_000, KeyDType::F32, &Device::Cpu, 5).expect("bench bank");
-    let mut rng = memrl::rng::SplitMix64::new(3);
+    let bank = random_bank(100_000, KeyDType::F32, &Device::Cpu, 5).expect("bench bank");
+    let mut rng = memrl::internal::SplitMix64::new(3);
     // 200 outcomes of 5 memories: 1,000 memory updates per batch.
     let batches: Vec<Vec<Outcome>> = (0..16)
         .map(|_| {
@@ -77,13 +79,16 @@ fn snapshots(c: &mut Criterion) {
     let bank = random_bank(100_000, KeyDType::F32, &Device::Cpu, 9).expect("bench bank");
     let dir = tempfile::tempdir().expect("scratch dir");
     let path = dir.path().join("bench.safetensors");
+    bank.save_as(&path).expect("save");
+    let durable = Bank::open(&path).expect("open");
     let mut group = c.benchmark_group("snapshot_100k");
     group.sample_size(10);
     group.bench_function("save", |bench| {
-        bench.iter(|| snapshot::save(&bank, &path).expect("save"))
+        bench.iter(|| durable.checkpoint().expect("checkpoint"))
     });
+    drop(durable);
     group.bench_function("load", |bench| {
-        bench.iter(|| snapshot::load(&path, &Device::Cpu, &LoadOptions::default()).expect("load"))
+        bench.iter(|| Bank::options().read_only(true).open(&path).expect("load"))
     });
     group.finish();
 }
@@ -104,10 +109,12 @@ fn embedding(c: &mut Criterion) {
         }
     };
     let embedder = memrl::embed::Embedder::load(&model, &Device::Cpu).expect("load model");
-    let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/corpus.jsonl");
-    let texts: Vec<String> = memrl::ingest::read_jsonl_field(corpus.as_ref(), "text")
-        .and_then(|records| records.take(256).collect())
-        .expect("the corpus in ../shared/data");
+    let texts: Vec<String> = memrl_bench::corpus()
+        .expect("the shipped corpus")
+        .into_iter()
+        .take(256)
+        .map(|r| r.text)
+        .collect();
     let mut group = c.benchmark_group("embedding");
     group.sample_size(10);
     for b in [1usize, 32, 256] {

@@ -8,13 +8,14 @@
 //! and p95 latency of a few repetitions, queries per second and the bank bytes read per second,
 //! as a line for people and a line of JSON. Run with `cargo bench --bench retrieval`.
 //!
-//! The bank is `memrl::bench::random_bank` (what `memrl bench` and the criterion benches use).
+//! The bank is `memrl_bench::workloads::random_bank` (what `memrl bench` and the criterion
+//! benches use).
 //! This program stays for the GPU scripts (`benches/peers/gpu.sh` reads its JSON lines).
 
 use std::time::{Duration, Instant};
 
-use memrl::bench::{random_bank, random_queries, DIM};
-use memrl::{Device, KeyDType, RetrievalConfig, Tensor};
+use memrl::{KeyDType, Queries, RetrievalConfig};
+use memrl_bench::workloads::{random_bank, random_queries, DIM};
 
 const REPS: usize = 7;
 
@@ -32,7 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: usize = env_or("MEMRL_BENCH_N", 100_000)?;
     let k1: usize = env_or("MEMRL_BENCH_K1", 10)?;
     let device_name: String = env_or("MEMRL_BENCH_DEVICE", "cpu".to_string())?;
-    let device = memrl::device::parse_device(&device_name)?;
+    let device = memrl::parse_device(&device_name)?;
     let dtype: KeyDType = std::env::var("MEMRL_BENCH_DTYPE")
         .unwrap_or_else(|_| "f32".into())
         .parse()?;
@@ -65,12 +66,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     for b in batches {
         let flat: Vec<f32> = random_queries(b, b as u64).into_iter().flatten().collect();
-        let queries = Tensor::from_vec(flat, (b, DIM), &Device::Cpu)?.to_device(&device)?;
-        bank.retrieve(&queries, &cfg)?; // warm-up
+        let queries = Queries::Rows(&flat);
+        bank.retrieve_with(queries.clone(), &cfg)?; // warm-up
         let mut times: Vec<Duration> = (0..REPS)
             .map(|_| {
                 let t = Instant::now();
-                bank.retrieve(&queries, &cfg).map(|_| t.elapsed())
+                bank.retrieve_with(queries.clone(), &cfg)
+                    .map(|_| t.elapsed())
             })
             .collect::<Result<_, _>>()?;
         times.sort();

@@ -1,49 +1,62 @@
-//! A batching front end for many agents: each caller asks for one query and blocks; a queue owned
-//! by one thread coalesces whatever is waiting into one batched retrieval (and one embedding call
-//! for text queries), and hands every caller its own hits.
+//! A batching queue for many callers: each submits one query, one memory to add or one text to
+//! embed; a queue owned by one thread coalesces whatever is waiting into one embedding call,
+//! one batched retrieval and one add (one log record), and hands every caller its own answer.
 //!
 //! Why: a retrieval's cost is dominated by reading the bank (Phase A scans every key), so 64
-//! queries in one call cost little more than one, while 64 separate calls read the bank 64 times.
-//! The design follows text-embeddings-inference's queue: there is no wait timer (a lone query is
-//! served at once), and the next batch forms while the current one runs, so the batch size adapts
-//! to the load by itself. Caps on queries and on text tokens per batch bound latency and memory.
+//! queries in one call cost little more than one, while 64 separate calls read the bank 64
+//! times; and 64 adds in one record cost one fsync. The design follows text-embeddings-
+//! inference's queue: no wait timer (a lone request is served at once), and the next batch forms
+//! while the current one runs, so the batch size adapts to the load by itself. Caps on requests
+//! and on text tokens per batch bound latency and memory; the queue itself is bounded, and a
+//! full queue answers [`Error::Overloaded`] at once instead of growing.
 //!
-//! Contract: every caller gets exactly one answer: its hits, the error of its own query (a wrong
-//! dimension, a non-finite value, an empty text: other queries of the batch are not affected), or
-//! an error saying the batch failed as a whole (a device error) or the queue has stopped. All
-//! queries go through one [`RetrievalConfig`], fixed at construction; with `epsilon > 0`, a
-//! query's exploration draw depends on its position in the batch.
+//! Contract: every submitted request gets exactly one answer: its result, the error of its own
+//! input (a wrong dimension, a non-finite value, an invalid memory: other requests of the batch
+//! are not affected), or [`Error::Batch`] when the batched call failed as a whole (a device
+//! error; its kind is the underlying error's), or [`Error::QueueStopped`]. A submit returns a
+//! [`Pending`] handle: block on it with [`Pending::wait`] (threads) or `.await` it (async code,
+//! no thread per request). Retrievals use the bank's stored retrieval config as it is when
+//! their batch runs (so a calibration written meanwhile applies), or a config given per request;
+//! with `epsilon > 0` a query's exploration draw depends on its position in the batch.
 //!
 //! ```
 //! use std::sync::Arc;
-//! use memrl::batch::{BatchConfig, Batcher};
-//! use memrl::{BankConfig, Device, Engine, NewMemory, RetrievalConfig};
-//! let engine = Arc::new(Engine::new(BankConfig::new(2, "toy"), &Device::Cpu)?);
-//! engine.add(NewMemory { embedding: vec![1.0, 0.0], experience: "x".into(), ..Default::default() })?;
-//! let batcher = Batcher::new(engine, None, RetrievalConfig::default(), BatchConfig::default())?;
-//! let hits = std::thread::scope(|s| {
-//!     let handles: Vec<_> = (0..4).map(|_| s.spawn(|| batcher.retrieve_vector(vec![1.0, 0.1]))).collect();
+//! use memrl::{Bank, BankConfig, BatchConfig, Batcher, NewMemory, Query};
+//! let bank = Arc::new(Bank::in_memory(BankConfig::new(2, "toy"))?);
+//! bank.add(NewMemory::new("", "x").embedding(vec![1.0, 0.0]))?;
+//! let batcher = Batcher::new(bank, BatchConfig::default())?;
+//! let answers = std::thread::scope(|s| {
+//!     let handles: Vec<_> = (0..4)
+//!         .map(|_| s.spawn(|| batcher.retrieve(Query::Vector(vec![1.0, 0.1]), None)))
+//!         .collect();
 //!     handles.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
 //! });
-//! assert!(hits.iter().all(|h| h.as_ref().unwrap()[0].experience == "x"));
+//! assert!(answers.iter().all(|r| r.as_ref().unwrap().hits[0].experience == "x"));
 //! # Ok::<(), memrl::Error>(())
 //! ```
 
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 
-use crate::embed::Embedder;
-use crate::{Engine, Error, Hit, Result, RetrievalConfig};
+use crate::bank::{Bank, Queries, Retrieval};
+use crate::config::RetrievalConfig;
+use crate::error::{Error, Result};
+use crate::store::NewMemory;
 
-/// Caps on one batch.
+/// Caps on one batch and on the queue.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchConfig {
-    /// Most queries in one batched call.
+    /// Most requests in one batch.
     pub max_batch: usize,
-    /// Most text tokens (as the embedder counts them) in one batch; vector queries count 0. A
-    /// single text over the cap still runs, alone.
+    /// Most text tokens (as the embedder counts them) in one batch; vectors count 0. A single
+    /// text over the cap still runs, alone.
     pub max_batch_tokens: usize,
+    /// Most requests waiting; a submit beyond it is [`Error::Overloaded`].
+    pub capacity: usize,
 }
 
 impl Default for BatchConfig {
@@ -51,236 +64,511 @@ impl Default for BatchConfig {
         Self {
             max_batch: 256,
             max_batch_tokens: 16_384,
+            capacity: 4096,
         }
     }
 }
 
-enum Query {
+/// One query for [`Batcher::submit_retrieve`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Query {
+    /// A query vector of the bank's dimension.
     Vector(Vec<f32>),
-    Text { text: String, tokens: usize },
+    /// A query text (the bank needs an embedder).
+    Text(String),
 }
 
-struct Request {
-    query: Query,
-    reply: SyncSender<Result<Vec<Hit>>>,
+/// The answer to one submitted request, to block on or to await.
+#[must_use = "a submitted request is answered through its Pending handle"]
+pub struct Pending<T> {
+    slot: Arc<Slot<T>>,
 }
 
-impl Request {
-    fn tokens(&self) -> usize {
-        match &self.query {
-            Query::Vector(_) => 0,
-            Query::Text { tokens, .. } => *tokens,
+struct Slot<T> {
+    state: Mutex<SlotState<T>>,
+    ready: Condvar,
+}
+
+struct SlotState<T> {
+    value: Option<Result<T>>,
+    waker: Option<Waker>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl<T> Pending<T> {
+    /// Blocks the calling thread until the answer is there.
+    pub fn wait(self) -> Result<T> {
+        let mut state = lock(&self.slot.state);
+        loop {
+            if let Some(value) = state.value.take() {
+                return value;
+            }
+            state = self
+                .slot
+                .ready
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
     }
 }
 
-/// The batching queue (see the module docs). Dropping it lets queued queries finish, then stops
+impl<T> Future for Pending<T> {
+    type Output = Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        let mut state = lock(&self.slot.state);
+        match state.value.take() {
+            Some(value) => Poll::Ready(value),
+            None => {
+                state.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// The answering side of a [`Pending`]; dropping it unanswered answers [`Error::QueueStopped`].
+struct Reply<T> {
+    slot: Option<Arc<Slot<T>>>,
+}
+
+fn reply_pair<T>() -> (Reply<T>, Pending<T>) {
+    let slot = Arc::new(Slot {
+        state: Mutex::new(SlotState {
+            value: None,
+            waker: None,
+        }),
+        ready: Condvar::new(),
+    });
+    (
+        Reply {
+            slot: Some(slot.clone()),
+        },
+        Pending { slot },
+    )
+}
+
+impl<T> Reply<T> {
+    fn send(mut self, value: Result<T>) {
+        if let Some(slot) = self.slot.take() {
+            let waker = {
+                let mut state = lock(&slot.state);
+                state.value = Some(value);
+                state.waker.take()
+            };
+            slot.ready.notify_all();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+}
+
+impl<T> Drop for Reply<T> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            Reply { slot: Some(slot) }.send(Err(Error::QueueStopped));
+        }
+    }
+}
+
+enum Request {
+    Retrieve {
+        query: Query,
+        config: Option<RetrievalConfig>,
+        reply: Reply<Retrieval>,
+    },
+    Add {
+        memory: NewMemory,
+        reply: Reply<u64>,
+    },
+    Embed {
+        text: String,
+        reply: Reply<Vec<f32>>,
+    },
+}
+
+struct Queued {
+    request: Request,
+    tokens: usize,
+}
+
+struct Queue {
+    waiting: VecDeque<Queued>,
+    stopping: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    arrived: Condvar,
+}
+
+/// The batching queue (see the module docs). Dropping it answers everything queued, then stops
 /// the worker thread.
 pub struct Batcher {
-    queue: Option<Sender<Request>>,
+    bank: Arc<Bank>,
+    shared: Arc<Shared>,
+    config: BatchConfig,
     worker: Option<JoinHandle<()>>,
-    embedder: Option<Arc<Embedder>>,
 }
 
 impl Batcher {
-    /// Starts the worker thread over `engine`. `embedder` is needed for text queries only; its
-    /// model must be the bank's.
-    pub fn new(
-        engine: Arc<Engine>,
-        embedder: Option<Arc<Embedder>>,
-        retrieval: RetrievalConfig,
-        config: BatchConfig,
-    ) -> Result<Batcher> {
-        retrieval.validate()?;
-        if config.max_batch == 0 {
-            return Err(Error::config("max_batch", 0, "must be at least 1"));
-        }
-        if let Some(embedder) = &embedder {
-            let bank = engine.with_bank(|b| b.config().clone());
-            if bank.model_id != embedder.name() || bank.dim != embedder.dim() {
-                return Err(Error::config(
-                    "embedder",
-                    format!("{} (dim {})", embedder.name(), embedder.dim()),
-                    "must be the bank's model",
-                ));
+    /// Starts the worker thread over `bank`.
+    pub fn new(bank: Arc<Bank>, config: BatchConfig) -> Result<Batcher> {
+        for (field, value) in [
+            ("max_batch", config.max_batch),
+            ("max_batch_tokens", config.max_batch_tokens),
+            ("capacity", config.capacity),
+        ] {
+            if value == 0 {
+                return Err(Error::config(field, 0, "must be at least 1"));
             }
         }
-        let (queue, requests) = mpsc::channel();
-        let worker_embedder = embedder.clone();
-        let worker = std::thread::Builder::new()
-            .name("memrl-batcher".into())
-            .spawn(move || {
-                serve(
-                    &engine,
-                    worker_embedder.as_deref(),
-                    &retrieval,
-                    &config,
-                    &requests,
-                )
-            })
-            .map_err(|e| Error::Batch(format!("cannot start the batching thread: {e}")))?;
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                waiting: VecDeque::new(),
+                stopping: false,
+            }),
+            arrived: Condvar::new(),
+        });
+        let worker = {
+            let (bank, shared, config) = (bank.clone(), shared.clone(), config.clone());
+            std::thread::Builder::new()
+                .name("memrl-batcher".into())
+                .spawn(move || serve(&bank, &shared, &config))
+                .map_err(|e| Error::Internal(format!("cannot start the batching thread: {e}")))?
+        };
         Ok(Batcher {
-            queue: Some(queue),
+            bank,
+            shared,
+            config,
             worker: Some(worker),
-            embedder,
         })
     }
 
-    /// Retrieves for one query embedding; blocks until its batch has run.
-    pub fn retrieve_vector(&self, query: Vec<f32>) -> Result<Vec<Hit>> {
-        self.submit(Query::Vector(query))
+    /// The bank the queue serves.
+    pub fn bank(&self) -> &Arc<Bank> {
+        &self.bank
     }
 
-    /// Embeds `text` and retrieves for it; blocks until its batch has run. Needs an embedder.
-    pub fn retrieve_text(&self, text: &str) -> Result<Vec<Hit>> {
-        let embedder = self.embedder.as_ref().ok_or(Error::config(
-            "embedder",
-            "none",
-            "text queries need a Batcher built with an embedder",
-        ))?;
-        // Counted here, on the caller's thread, so the queue thread only packs.
-        let tokens = embedder.token_count(text)?;
-        self.submit(Query::Text {
-            text: text.to_string(),
+    /// Requests waiting now.
+    pub fn depth(&self) -> usize {
+        lock(&self.shared.queue).waiting.len()
+    }
+
+    /// Queues one retrieval; `config: None` uses the bank's stored config when the batch runs.
+    pub fn submit_retrieve(
+        &self,
+        query: Query,
+        config: Option<RetrievalConfig>,
+    ) -> Result<Pending<Retrieval>> {
+        if let Some(config) = &config {
+            config.validate()?;
+        }
+        let tokens = match &query {
+            Query::Vector(_) => 0,
+            Query::Text(text) => self.token_count(text)?,
+        };
+        let (reply, pending) = reply_pair();
+        self.push(
+            Request::Retrieve {
+                query,
+                config,
+                reply,
+            },
             tokens,
+        )?;
+        Ok(pending)
+    }
+
+    /// Retrieves for one query; blocks until its batch has run.
+    pub fn retrieve(&self, query: Query, config: Option<RetrievalConfig>) -> Result<Retrieval> {
+        self.submit_retrieve(query, config)?.wait()
+    }
+
+    /// Queues one memory to add (its intent embedded in the batch's embedding call when it has
+    /// no embedding); concurrent adds are written as one log record.
+    pub fn submit_add(&self, memory: NewMemory) -> Result<Pending<u64>> {
+        let tokens = match memory.embedding {
+            Some(_) => 0,
+            None => self.token_count(&memory.intent)?,
+        };
+        let (reply, pending) = reply_pair();
+        self.push(Request::Add { memory, reply }, tokens)?;
+        Ok(pending)
+    }
+
+    /// Adds one memory; blocks until its batch has run.
+    pub fn add(&self, memory: NewMemory) -> Result<u64> {
+        self.submit_add(memory)?.wait()
+    }
+
+    /// Queues one text to embed with the bank's embedder (a unit vector comes back).
+    pub fn submit_embed(&self, text: String) -> Result<Pending<Vec<f32>>> {
+        let tokens = self.token_count(&text)?;
+        let (reply, pending) = reply_pair();
+        self.push(Request::Embed { text, reply }, tokens)?;
+        Ok(pending)
+    }
+
+    /// Tokens `text` takes (counted on the caller's thread, so the queue thread only packs).
+    fn token_count(&self, text: &str) -> Result<usize> {
+        #[cfg(feature = "embed")]
+        if let Some(embedder) = self.bank.embedder() {
+            return embedder.token_count(text);
+        }
+        let _ = text;
+        Err(Error::NoEmbedder {
+            operation: "a text request".into(),
         })
     }
 
-    fn submit(&self, query: Query) -> Result<Vec<Hit>> {
-        let stopped = || Error::Batch("the batching thread has stopped".into());
-        let (reply, answer) = mpsc::sync_channel(1);
-        let queue = self.queue.as_ref().ok_or_else(stopped)?;
-        queue
-            .send(Request { query, reply })
-            .map_err(|_| stopped())?;
-        answer.recv().map_err(|_| stopped())?
+    fn push(&self, request: Request, tokens: usize) -> Result<()> {
+        let mut queue = lock(&self.shared.queue);
+        if queue.stopping {
+            return Err(Error::QueueStopped);
+        }
+        if queue.waiting.len() >= self.config.capacity {
+            return Err(Error::Overloaded {
+                pending: queue.waiting.len(),
+                capacity: self.config.capacity,
+            });
+        }
+        queue.waiting.push_back(Queued { request, tokens });
+        drop(queue);
+        self.shared.arrived.notify_one();
+        Ok(())
     }
 }
 
 impl Drop for Batcher {
     fn drop(&mut self) {
-        // Closing the queue ends the worker's loop once it has answered everything queued.
-        self.queue.take();
+        lock(&self.shared.queue).stopping = true;
+        self.shared.arrived.notify_all();
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();
         }
     }
 }
 
-/// The worker: wait for one request, take whatever else is queued (up to the caps), run them as
-/// one batch, answer, repeat. A request that would break the token cap opens the next batch.
-fn serve(
-    engine: &Engine,
-    embedder: Option<&Embedder>,
-    retrieval: &RetrievalConfig,
-    config: &BatchConfig,
-    requests: &Receiver<Request>,
-) {
-    let mut carried: Option<Request> = None;
+/// The worker: wait for requests, take up to the caps, run them as one batch, repeat; once
+/// stopping, drain what is queued and return.
+fn serve(bank: &Bank, shared: &Shared, config: &BatchConfig) {
     loop {
-        let first = match carried.take() {
-            Some(request) => request,
-            None => match requests.recv() {
-                Ok(request) => request,
-                Err(_) => return,
-            },
-        };
-        let mut tokens = first.tokens();
-        let mut batch = vec![first];
-        while batch.len() < config.max_batch {
-            let Ok(next) = requests.try_recv() else {
-                break;
-            };
-            if tokens + next.tokens() > config.max_batch_tokens {
-                carried = Some(next);
-                break;
+        let batch = {
+            let mut queue = lock(&shared.queue);
+            while queue.waiting.is_empty() && !queue.stopping {
+                queue = shared
+                    .arrived
+                    .wait(queue)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
             }
-            tokens += next.tokens();
-            batch.push(next);
-        }
-        run_batch(engine, embedder, retrieval, batch);
+            if queue.waiting.is_empty() {
+                return;
+            }
+            let mut batch = Vec::new();
+            let mut tokens = 0;
+            while let Some(next) = queue.waiting.front() {
+                let over = !batch.is_empty()
+                    && (batch.len() >= config.max_batch
+                        || tokens + next.tokens > config.max_batch_tokens);
+                if over {
+                    break;
+                }
+                tokens += next.tokens;
+                batch.extend(queue.waiting.pop_front().map(|q| q.request));
+            }
+            batch
+        };
+        run_batch(bank, batch);
     }
 }
 
-fn run_batch(
-    engine: &Engine,
-    embedder: Option<&Embedder>,
-    retrieval: &RetrievalConfig,
-    batch: Vec<Request>,
-) {
-    let dim = engine.with_bank(|b| b.config().dim);
-    let mut vectors: Vec<Option<Vec<f32>>> = Vec::with_capacity(batch.len());
-    let mut replies = Vec::with_capacity(batch.len());
-    let mut texts = Vec::new();
-    for (i, request) in batch.into_iter().enumerate() {
-        match request.query {
-            Query::Vector(v) => vectors.push(Some(v)),
-            Query::Text { text, .. } => {
-                texts.push((i, text));
-                vectors.push(None);
+/// A text waiting for its vector, and where the vector goes.
+enum TextFor {
+    Retrieve(usize),
+    Add(usize),
+    Embed(usize),
+}
+
+/// A retrieval of the batch: its vector (once embedded), its config, its caller.
+type RetrievalJob = (Option<Vec<f32>>, Option<RetrievalConfig>, Reply<Retrieval>);
+/// An embedding of the batch: its vector (once embedded), its caller.
+type EmbedJob = (Option<Vec<f32>>, Reply<Vec<f32>>);
+/// Retrievals that share a config: one batched call.
+type RetrievalGroup = (Option<RetrievalConfig>, Vec<(Vec<f32>, Reply<Retrieval>)>);
+
+fn run_batch(bank: &Bank, batch: Vec<Request>) {
+    let mut retrievals: Vec<RetrievalJob> = Vec::new();
+    let mut adds: Vec<(NewMemory, Reply<u64>)> = Vec::new();
+    let mut embeds: Vec<EmbedJob> = Vec::new();
+    let mut texts: Vec<String> = Vec::new();
+    let mut text_for: Vec<TextFor> = Vec::new();
+    for request in batch {
+        match request {
+            Request::Retrieve {
+                query,
+                config,
+                reply,
+            } => {
+                let vector = match query {
+                    Query::Vector(v) => Some(v),
+                    Query::Text(text) => {
+                        texts.push(text);
+                        text_for.push(TextFor::Retrieve(retrievals.len()));
+                        None
+                    }
+                };
+                retrievals.push((vector, config, reply));
+            }
+            Request::Add { memory, reply } => {
+                if memory.embedding.is_none() {
+                    texts.push(memory.intent.clone());
+                    text_for.push(TextFor::Add(adds.len()));
+                }
+                adds.push((memory, reply));
+            }
+            Request::Embed { text, reply } => {
+                texts.push(text);
+                text_for.push(TextFor::Embed(embeds.len()));
+                embeds.push((None, reply));
             }
         }
-        replies.push(Some(request.reply));
     }
-    let answer = |replies: &mut Vec<Option<SyncSender<Result<Vec<Hit>>>>>, i: usize, r| {
-        if let Some(reply) = replies[i].take() {
-            // A caller that gave up has dropped its receiver; nothing to do then.
-            let _ = reply.send(r);
-        }
-    };
+
+    // One embedding call for every text of the batch.
+    let mut failed_text: Vec<bool> = vec![false; text_for.len()];
+    let mut text_error: Option<std::sync::Arc<Error>> = None;
     if !texts.is_empty() {
-        let embedded = match embedder {
-            Some(embedder) => {
-                let strings: Vec<&str> = texts.iter().map(|(_, t)| t.as_str()).collect();
-                embedder.embed(&strings).and_then(|e| e.to_rows())
-            }
-            None => Err(Error::Batch("text query without an embedder".into())),
-        };
-        match embedded {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        match bank.embed_rows(&refs, "a text request") {
             Ok(rows) => {
-                for ((i, _), row) in texts.iter().zip(rows) {
-                    vectors[*i] = Some(row);
+                let dim = rows.len() / texts.len();
+                for (k, target) in text_for.iter().enumerate() {
+                    let row = rows[k * dim..(k + 1) * dim].to_vec();
+                    match *target {
+                        TextFor::Retrieve(i) => retrievals[i].0 = Some(row),
+                        TextFor::Add(i) => adds[i].0.embedding = Some(row),
+                        TextFor::Embed(i) => embeds[i].0 = Some(row),
+                    }
                 }
             }
             Err(e) => {
-                let message = e.to_string();
-                for (i, _) in &texts {
-                    answer(&mut replies, *i, Err(Error::Batch(message.clone())));
+                text_error = Some(e.shared());
+                failed_text.iter_mut().for_each(|f| *f = true);
+            }
+        }
+    }
+    let text_failure = || {
+        Error::Batch(text_error.clone().unwrap_or_else(|| {
+            std::sync::Arc::new(Error::Internal(
+                "a text of the batch was not embedded".into(),
+            ))
+        }))
+    };
+
+    for (vector, reply) in embeds {
+        reply.send(vector.ok_or_else(text_failure));
+    }
+
+    // Adds: one record for all, or, when one input is at fault, each alone.
+    let mut ready_adds = Vec::with_capacity(adds.len());
+    for (memory, reply) in adds {
+        if memory.embedding.is_none() {
+            reply.send(Err(text_failure()));
+        } else {
+            ready_adds.push((memory, reply));
+        }
+    }
+    if !ready_adds.is_empty() {
+        let memories: Vec<NewMemory> = ready_adds.iter().map(|(m, _)| m.clone()).collect();
+        match bank.add_many(memories) {
+            Ok(ids) => {
+                for ((_, reply), id) in ready_adds.into_iter().zip(ids) {
+                    reply.send(Ok(id));
+                }
+            }
+            // A batch of one: the error is its own.
+            Err(e) if ready_adds.len() == 1 => {
+                if let Some((_, reply)) = ready_adds.into_iter().next() {
+                    reply.send(Err(e));
+                }
+            }
+            Err(e) if is_input_error(&e) => {
+                for (memory, reply) in ready_adds {
+                    reply.send(bank.add(memory));
+                }
+            }
+            Err(e) => {
+                let shared = e.shared();
+                for (_, reply) in ready_adds {
+                    reply.send(Err(Error::Batch(shared.clone())));
                 }
             }
         }
     }
-    // Each query's own problems are its own error; the rest go on together.
-    let mut valid = Vec::with_capacity(vectors.len());
-    let mut rows = Vec::with_capacity(vectors.len());
-    for (i, vector) in vectors.into_iter().enumerate() {
-        let Some(vector) = vector else { continue };
-        match check_query(&vector, dim) {
-            Ok(()) => {
-                valid.push(i);
-                rows.push(vector);
-            }
-            Err(e) => answer(&mut replies, i, Err(e)),
+
+    // Retrievals: one call per distinct config; a query's own problem is its own error.
+    let dim = bank.config().dim;
+    let mut groups: Vec<RetrievalGroup> = Vec::new();
+    for (vector, config, reply) in retrievals {
+        let Some(vector) = vector else {
+            reply.send(Err(text_failure()));
+            continue;
+        };
+        if let Err(e) = check_query(&vector, dim) {
+            reply.send(Err(e));
+            continue;
+        }
+        match groups.iter_mut().find(|(c, _)| *c == config) {
+            Some((_, members)) => members.push((vector, reply)),
+            None => groups.push((config, vec![(vector, reply)])),
         }
     }
-    if rows.is_empty() {
-        return;
-    }
-    match engine.retrieve_vectors(&rows, retrieval) {
-        Ok(hits) => {
-            for (i, hits) in valid.into_iter().zip(hits) {
-                answer(&mut replies, i, Ok(hits));
+    for (config, members) in groups {
+        let flat: Vec<f32> = members
+            .iter()
+            .flat_map(|(v, _)| v.iter().copied())
+            .collect();
+        let result = match &config {
+            Some(config) => bank.retrieve_with(Queries::Rows(&flat), config),
+            None => bank.retrieve(Queries::Rows(&flat)),
+        };
+        match result {
+            Ok(retrievals) => {
+                for ((_, reply), retrieval) in members.into_iter().zip(retrievals) {
+                    reply.send(Ok(retrieval));
+                }
             }
-        }
-        Err(e) => {
-            let message = e.to_string();
-            for i in valid {
-                answer(&mut replies, i, Err(Error::Batch(message.clone())));
+            Err(e) if members.len() == 1 => {
+                if let Some((_, reply)) = members.into_iter().next() {
+                    reply.send(Err(e));
+                }
+            }
+            Err(e) => {
+                let shared = e.shared();
+                for (_, reply) in members {
+                    reply.send(Err(Error::Batch(shared.clone())));
+                }
             }
         }
     }
 }
 
+/// Whether an error is about the caller's input (so the batch is worth retrying one by one).
+fn is_input_error(e: &Error) -> bool {
+    matches!(
+        e.kind(),
+        crate::ErrorKind::InvalidInput | crate::ErrorKind::Conflict | crate::ErrorKind::NotFound
+    )
+}
+
+/// The checks a query must pass alone, so one bad query never fails the others.
 fn check_query(vector: &[f32], dim: usize) -> Result<()> {
     if vector.len() != dim {
         return Err(Error::DimensionMismatch {
@@ -289,47 +577,34 @@ fn check_query(vector: &[f32], dim: usize) -> Result<()> {
             got: vector.len(),
         });
     }
-    let norm: f32 = vector.iter().map(|x| x * x).sum();
-    if !norm.is_finite() || norm == 0.0 {
-        return Err(Error::InvalidEmbedding {
-            what: "query",
-            index: 0,
-            problem: "is zero or not finite".into(),
-        });
-    }
-    Ok(())
+    // The same rule as the retrieval itself.
+    crate::store::normalise_rows("query", vector, dim).map(drop)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{BankConfig, Device, NewMemory};
+    use crate::{BankConfig, NewMemory};
 
-    fn engine(n: usize) -> Arc<Engine> {
-        let engine = Engine::new(BankConfig::new(8, "toy"), &Device::Cpu).unwrap();
+    fn bank(n: usize) -> Arc<Bank> {
+        let bank = Bank::in_memory(BankConfig::new(8, "toy")).unwrap();
         let mut rng = crate::rng::SplitMix64::new(3);
         let memories = (0..n)
-            .map(|i| NewMemory {
-                embedding: rng.unit_vector(8),
-                experience: format!("m{i}"),
-                ..Default::default()
-            })
+            .map(|i| NewMemory::new("", format!("m{i}")).embedding(rng.unit_vector(8)))
             .collect();
-        engine.add_many(memories).unwrap();
-        Arc::new(engine)
+        bank.add_many(memories).unwrap();
+        Arc::new(bank)
     }
 
     #[test]
     fn concurrent_callers_get_their_own_hits() {
-        let engine = engine(200);
+        let bank = bank(200);
         let cfg = RetrievalConfig {
             delta: -1.0,
             ..Default::default()
         };
         let batcher = Batcher::new(
-            engine.clone(),
-            None,
-            cfg.clone(),
+            bank.clone(),
             BatchConfig {
                 max_batch: 5,
                 ..Default::default()
@@ -338,35 +613,31 @@ mod tests {
         .unwrap();
         let mut rng = crate::rng::SplitMix64::new(9);
         let queries: Vec<Vec<f32>> = (0..64).map(|_| rng.unit_vector(8)).collect();
-        let got: Vec<Result<Vec<Hit>>> = std::thread::scope(|s| {
+        let got: Vec<Result<Retrieval>> = std::thread::scope(|s| {
             let handles: Vec<_> = queries
                 .iter()
-                .map(|q| s.spawn(|| batcher.retrieve_vector(q.clone())))
+                .map(|q| {
+                    let cfg = cfg.clone();
+                    let batcher = &batcher;
+                    s.spawn(move || batcher.retrieve(Query::Vector(q.clone()), Some(cfg)))
+                })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         for (q, got) in queries.iter().zip(got) {
-            let alone = engine
-                .retrieve_vectors(std::slice::from_ref(q), &cfg)
-                .unwrap();
-            assert_eq!(got.unwrap(), alone[0]);
+            let alone = bank.retrieve_with(&[q.clone()][..], &cfg).unwrap();
+            assert_eq!(got.unwrap().hits, alone[0].hits);
         }
     }
 
     #[test]
-    fn a_bad_query_fails_alone() {
-        let engine = engine(20);
-        let batcher = Batcher::new(
-            engine,
-            None,
-            RetrievalConfig::default(),
-            BatchConfig::default(),
-        )
-        .unwrap();
-        let results: Vec<Result<Vec<Hit>>> = std::thread::scope(|s| {
-            let bad = s.spawn(|| batcher.retrieve_vector(vec![1.0; 3]));
-            let nan = s.spawn(|| batcher.retrieve_vector(vec![f32::NAN; 8]));
-            let good = s.spawn(|| batcher.retrieve_vector(vec![1.0; 8]));
+    fn a_bad_request_fails_alone() {
+        let bank = bank(20);
+        let batcher = Batcher::new(bank.clone(), BatchConfig::default()).unwrap();
+        let results: Vec<Result<Retrieval>> = std::thread::scope(|s| {
+            let bad = s.spawn(|| batcher.retrieve(Query::Vector(vec![1.0; 3]), None));
+            let nan = s.spawn(|| batcher.retrieve(Query::Vector(vec![f32::NAN; 8]), None));
+            let good = s.spawn(|| batcher.retrieve(Query::Vector(vec![1.0; 8]), None));
             [bad, nan, good].map(|h| h.join().unwrap()).into()
         });
         assert!(matches!(
@@ -375,21 +646,95 @@ mod tests {
         ));
         assert!(matches!(results[1], Err(Error::InvalidEmbedding { .. })));
         assert!(results[2].is_ok());
-        // Text queries need an embedder.
-        assert!(batcher.retrieve_text("hello").is_err());
+        // Text needs an embedder; a duplicate id fails only its own add.
+        assert!(matches!(
+            batcher.retrieve(Query::Text("hello".into()), None),
+            Err(Error::NoEmbedder { .. })
+        ));
+        let adds: Vec<Result<u64>> = std::thread::scope(|s| {
+            let dup = s.spawn(|| batcher.add(NewMemory::default().id(0).embedding(vec![1.0; 8])));
+            let fine = s.spawn(|| batcher.add(NewMemory::default().embedding(vec![1.0; 8])));
+            [dup, fine].map(|h| h.join().unwrap()).into()
+        });
+        assert!(
+            matches!(adds[0], Err(Error::DuplicateId(0))),
+            "{:?}",
+            adds[0]
+        );
+        assert!(adds[1].is_ok());
+        assert_eq!(bank.len(), 21);
     }
 
     #[test]
-    fn bad_configs_are_refused() {
+    fn a_full_queue_is_overloaded_and_bad_configs_are_refused() {
         let zero = BatchConfig {
             max_batch: 0,
             ..Default::default()
         };
-        assert!(Batcher::new(engine(1), None, RetrievalConfig::default(), zero).is_err());
+        assert!(Batcher::new(bank(1), zero).is_err());
         let bad = RetrievalConfig {
             k1: 0,
             ..Default::default()
         };
-        assert!(Batcher::new(engine(1), None, bad, BatchConfig::default()).is_err());
+        let batcher = Batcher::new(bank(1), BatchConfig::default()).unwrap();
+        assert!(batcher
+            .submit_retrieve(Query::Vector(vec![1.0; 8]), Some(bad))
+            .is_err());
+        // A queue of one with no worker to drain it: the second request is refused, and the
+        // first is answered when the queue is dropped.
+        let idle = Batcher {
+            bank: bank(1),
+            shared: Arc::new(Shared {
+                queue: Mutex::new(Queue {
+                    waiting: VecDeque::new(),
+                    stopping: false,
+                }),
+                arrived: Condvar::new(),
+            }),
+            config: BatchConfig {
+                capacity: 1,
+                ..Default::default()
+            },
+            worker: None,
+        };
+        let first = idle
+            .submit_retrieve(Query::Vector(vec![1.0; 8]), None)
+            .unwrap();
+        assert!(matches!(
+            idle.submit_retrieve(Query::Vector(vec![1.0; 8]), None),
+            Err(Error::Overloaded {
+                pending: 1,
+                capacity: 1
+            })
+        ));
+        assert_eq!(idle.depth(), 1);
+        drop(idle);
+        assert!(matches!(first.wait(), Err(Error::QueueStopped)));
+    }
+
+    #[test]
+    fn pending_handles_can_be_awaited() {
+        let bank = bank(5);
+        let batcher = Batcher::new(bank, BatchConfig::default()).unwrap();
+        let pending = batcher
+            .submit_retrieve(Query::Vector(vec![1.0; 8]), None)
+            .unwrap();
+        // A minimal executor: poll with a waker that unparks this thread.
+        struct Unpark(std::thread::Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let mut pending = Box::pin(pending);
+        let answer = loop {
+            match pending.as_mut().poll(&mut cx) {
+                Poll::Ready(answer) => break answer,
+                Poll::Pending => std::thread::park(),
+            }
+        };
+        assert!(answer.is_ok());
     }
 }

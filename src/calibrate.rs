@@ -7,17 +7,16 @@
 //!
 //! ```
 //! let rows = [1.0f32, 0.0, 0.0, 1.0, 0.6, 0.8];
-//! let c = memrl::calibrate::calibrate(&rows, 2, 1_000_000, 0)?;
+//! let c = memrl::calibrate(&rows, 2, 1_000_000, 0)?;
 //! assert_eq!(c.pairs, 3);
 //! # Ok::<(), memrl::Error>(())
 //! ```
 
-use candle_core::DType;
 use serde::Serialize;
 
-use crate::bank::{normalise_rows, Bank};
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
+use crate::store::normalise_rows;
 
 /// Pairs used by default before sampling starts (a million dot products: well under a second).
 pub const DEFAULT_MAX_PAIRS: usize = 1_000_000;
@@ -44,14 +43,13 @@ pub fn calibrate(rows: &[f32], dim: usize, max_pairs: usize, seed: u64) -> Resul
     let unit = normalise_rows("intent embedding", rows, dim)?;
     let n = unit.len() / dim.max(1);
     if n < 2 {
-        return Err(Error::config(
+        return Err(Error::value(
             "intents",
-            n,
-            "calibration needs at least two intents",
+            format!("calibration needs at least two intents, got {n}"),
         ));
     }
     if max_pairs == 0 {
-        return Err(Error::config("max_pairs", 0, "must be at least 1"));
+        return Err(Error::value("max_pairs", "must be at least 1"));
     }
     let row = |i: usize| &unit[i * dim..(i + 1) * dim];
     let dot = |i: usize, j: usize| -> f32 { row(i).iter().zip(row(j)).map(|(a, b)| a * b).sum() };
@@ -88,18 +86,6 @@ pub fn calibrate(rows: &[f32], dim: usize, max_pairs: usize, seed: u64) -> Resul
         pairs: m,
         sampled,
     })
-}
-
-impl Bank {
-    /// [`calibrate`] over the bank's intent keys (one per distinct intent after sharing).
-    pub fn calibrate(&self, max_pairs: usize, seed: u64) -> Result<Calibration> {
-        let keys: Vec<f32> = self
-            .keys_view()?
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
-        calibrate(&keys, self.config().dim, max_pairs, seed)
-    }
 }
 
 #[cfg(test)]

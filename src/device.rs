@@ -10,9 +10,9 @@ use crate::error::{Error, Result};
 /// Parses `cpu`, `cuda`, `cuda:N` or `metal` and opens that device.
 ///
 /// ```
-/// let cpu = memrl::device::parse_device("cpu").unwrap();
+/// let cpu = memrl::parse_device("cpu").unwrap();
 /// assert!(cpu.is_cpu());
-/// assert!(memrl::device::parse_device("tpu").is_err());
+/// assert!(memrl::parse_device("tpu").is_err());
 /// ```
 pub fn parse_device(spec: &str) -> Result<Device> {
     let err = |problem: String| Error::Device {

@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use crate::bank::NewMemory;
 use crate::error::{Error, Result};
 use crate::learn::Outcome;
+use crate::store::NewMemory;
 
 /// One line of a memories file: `{intent, experience, q?, success?, id?, metadata?}`.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,8 +43,8 @@ pub struct MemoryRecord {
 }
 
 impl MemoryRecord {
-    /// The bank's input for this record, with the intent's embedding.
-    pub fn into_new_memory(self, embedding: Vec<f32>) -> NewMemory {
+    /// The bank's input for this record; `embedding: None` lets the bank embed the intent.
+    pub fn into_new_memory(self, embedding: Option<Vec<f32>>) -> NewMemory {
         NewMemory {
             id: self.id,
             intent: self.intent,

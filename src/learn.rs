@@ -1,9 +1,12 @@
 //! Runtime utility learning: `Q <- Q + alpha (r - Q)` for every memory injected in an episode.
 //!
 //! This module only plans: it validates a whole batch of outcomes and computes the new state of
-//! every touched memory without changing anything. The bank then commits the plan (device first,
-//! host after), which is what makes a batch all-or-nothing. A memory named several times in one
-//! batch is updated in arrival order (spec: "the updates apply in arrival order").
+//! every touched memory without changing anything. The bank logs the plan and then commits it,
+//! which is what makes a batch all-or-nothing and its replay exact. A memory named several times
+//! in one batch is updated in arrival order (spec: "the updates apply in arrival order").
+//!
+//! No finite input may make a stored value non-finite: an update whose result overflows f32
+//! (a Q of 3e38 rewarded -3e38) rejects the whole batch.
 
 use std::collections::HashMap;
 
@@ -11,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{LearningConfig, OutOfRange};
 use crate::error::{Error, Result};
+use crate::store::MemoryUpdate;
 
 /// The result of one episode: the memories that were injected and the reward it earned.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,20 +37,9 @@ pub struct OutcomeReport {
     pub memories: usize,
     /// Rewards that were clamped into the configured range.
     pub clamped: usize,
-}
-
-/// The final state of one touched memory.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct SlotUpdate {
-    pub(crate) slot: u32,
-    pub(crate) q: f32,
-    pub(crate) visits: u64,
-    pub(crate) last_reward: f32,
-}
-
-pub(crate) struct Plan {
-    pub(crate) updates: Vec<SlotUpdate>,
-    pub(crate) report: OutcomeReport,
+    /// Memories of a retrieval that were removed before its feedback arrived (feedback by
+    /// retrieval id only): skipped, the rest updated.
+    pub skipped: usize,
 }
 
 /// One step of the update rule.
@@ -55,20 +48,20 @@ pub fn update_q(q: f32, reward: f32, alpha: f32) -> f32 {
     q + alpha * (reward - q)
 }
 
-/// Validates `outcomes` and computes the final state of every memory they touch.
-/// `lookup(id)` gives a memory's slot, current Q and visits, or `None` if it does not exist.
+/// Validates `outcomes` and computes the final state of every memory they touch, in first-touch
+/// order. `lookup(id)` gives a memory's current Q and visits, or `None` if it does not exist.
 pub(crate) fn plan(
     outcomes: &[Outcome],
     config: &LearningConfig,
-    lookup: impl Fn(u64) -> Option<(u32, f32, u64)>,
-) -> Result<Plan> {
+    lookup: impl Fn(u64) -> Option<(f32, u64)>,
+) -> Result<(Vec<MemoryUpdate>, OutcomeReport)> {
     config.validate()?;
     let mut report = OutcomeReport {
         outcomes: outcomes.len(),
         ..Default::default()
     };
-    let mut state: HashMap<u32, SlotUpdate> = HashMap::new();
-    let mut order: Vec<u32> = Vec::new();
+    let mut state: HashMap<u64, MemoryUpdate> = HashMap::new();
+    let mut order: Vec<u64> = Vec::new();
     for (index, outcome) in outcomes.iter().enumerate() {
         let mut reward = outcome.reward;
         if !reward.is_finite() {
@@ -96,34 +89,45 @@ pub(crate) fn plan(
             }
         }
         for &id in &outcome.memory_ids {
-            let (slot, q, visits) =
-                lookup(id).ok_or(Error::UnknownMemory { outcome: index, id })?;
-            let entry = state.entry(slot).or_insert_with(|| {
-                order.push(slot);
-                SlotUpdate {
-                    slot,
-                    q,
-                    visits,
-                    last_reward: reward,
+            let entry = match state.entry(id) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let (q, visits) =
+                        lookup(id).ok_or(Error::UnknownMemory { outcome: index, id })?;
+                    order.push(id);
+                    e.insert(MemoryUpdate {
+                        id,
+                        q,
+                        visits,
+                        last_reward: reward,
+                    })
                 }
-            });
-            entry.q = update_q(entry.q, reward, config.alpha);
+            };
+            let q = update_q(entry.q, reward, config.alpha);
+            if !q.is_finite() {
+                return Err(Error::InvalidReward {
+                    outcome: index,
+                    reward,
+                    problem: "so far from the memory's Q that the update overflows (Q would not be finite)",
+                });
+            }
+            entry.q = q;
             entry.visits = entry.visits.saturating_add(1);
             entry.last_reward = reward;
             report.updates += 1;
         }
     }
     report.memories = order.len();
-    let updates = order.iter().map(|slot| state[slot]).collect();
-    Ok(Plan { updates, report })
+    let updates = order.iter().map(|id| state[id]).collect();
+    Ok((updates, report))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn one(q: f32) -> impl Fn(u64) -> Option<(u32, f32, u64)> {
-        move |id| (id < 3).then_some((id as u32, q, 0))
+    fn one(q: f32) -> impl Fn(u64) -> Option<(f32, u64)> {
+        move |id| (id < 3).then_some((q, 0))
     }
 
     #[test]
@@ -142,19 +146,20 @@ mod tests {
                 reward: -1.0,
             },
         ];
-        let p = plan(&outcomes, &cfg, one(0.0)).unwrap();
+        let (updates, report) = plan(&outcomes, &cfg, one(0.0)).unwrap();
         // memory 0: 0 -> 0.5 -> -0.25 ; memory 1: 0 -> 0.5
-        assert_eq!(p.updates[0].q, -0.25);
-        assert_eq!(p.updates[0].visits, 2);
-        assert_eq!(p.updates[0].last_reward, -1.0);
-        assert_eq!(p.updates[1].q, 0.5);
+        assert_eq!(updates[0].q, -0.25);
+        assert_eq!(updates[0].visits, 2);
+        assert_eq!(updates[0].last_reward, -1.0);
+        assert_eq!(updates[1].q, 0.5);
         assert_eq!(
-            p.report,
+            report,
             OutcomeReport {
                 outcomes: 2,
                 updates: 3,
                 memories: 2,
-                clamped: 0
+                clamped: 0,
+                skipped: 0
             }
         );
     }
@@ -204,8 +209,8 @@ mod tests {
             memory_ids: vec![0],
             reward: 5.0,
         }];
-        let p = plan(&o, &cfg, one(0.0)).unwrap();
-        assert_eq!((p.updates[0].q, p.report.clamped), (1.0, 1));
+        let (updates, report) = plan(&o, &cfg, one(0.0)).unwrap();
+        assert_eq!((updates[0].q, report.clamped), (1.0, 1));
         cfg.reward_range = Some(RewardRange {
             min: -1.0,
             max: 1.0,

@@ -7,7 +7,7 @@
 /// SplitMix64: a 64-bit state, one add and a mix per draw.
 ///
 /// ```
-/// let mut rng = memrl::rng::SplitMix64::new(7);
+/// let mut rng = memrl::internal::SplitMix64::new(7);
 /// let v = rng.unit_vector(8);
 /// assert!((v.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-5);
 /// ```
@@ -23,7 +23,7 @@ impl SplitMix64 {
     }
 
     /// A stream for one item of a batch: independent of the other items and of the batch size.
-    pub(crate) fn for_item(seed: u64, item: u64) -> Self {
+    pub fn for_item(seed: u64, item: u64) -> Self {
         let mut mixer = Self::new(seed ^ item.wrapping_mul(0xD1B5_4A32_D192_ED03));
         Self::new(mixer.next_u64())
     }
@@ -57,7 +57,7 @@ impl SplitMix64 {
     }
 
     /// Uniform in [0, n) without modulo bias (Lemire's multiply-shift with rejection).
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         debug_assert!(n > 0);
         let threshold = n.wrapping_neg() % n;
         loop {

@@ -1,12 +1,13 @@
 //! Bank snapshots: one `.safetensors` file holding a whole bank.
 //!
-//! Layout (format version 1). Tensors (`N` memories, `K` intent keys, `d` dimensions):
+//! Layout (format version 2). Tensors (`N` memories, `K` intent keys, `d` dimensions):
 //!
 //! | name | dtype | shape | meaning |
 //! |---|---|---|---|
-//! | `intents.keys` | F32 / F16 / BF16 | K x d | unit intent keys, in row order |
+//! | `intents.keys` | F32 / F16 / BF16 | K x d | unit intent keys, in key-id order |
+//! | `intents.id` | U64 | K | key ids, strictly increasing |
 //! | `memories.id` | U64 | N | ids, in slot order |
-//! | `memories.key` | U32 | N | key row of each memory |
+//! | `memories.key_id` | U64 | N | the key each memory is filed under |
 //! | `memories.q` | F32 | N | utility |
 //! | `memories.visits` | U64 | N | outcome count |
 //! | `memories.last_reward` | F32 | N | last reward (0 while visits = 0) |
@@ -15,12 +16,17 @@
 //! | `memories.{intent,experience,metadata}.bytes` | U8 | total | UTF-8 texts, concatenated |
 //! | `memories.{intent,experience,metadata}.offsets` | U64 | N + 1 | text i is `bytes[o[i]..o[i+1]]`; empty metadata = none |
 //!
-//! Header metadata: `format` (`memrl.bank`), `format_version`, `model_id`, `dim`, `dtype`,
-//! `dedup_sim`, `next_id`, `log_seq` (the last write-ahead log record the bank reflects; absent in
-//! older files, read as 0), `retrieval_config` and `learning_config` (JSON), and `checksum`: the
-//! CRC32C of every other metadata entry and every tensor's name, dtype, shape and bytes. Any
-//! single-bit change anywhere in the file is therefore either a parse error or a checksum
-//! mismatch, never a silently different bank.
+//! Header metadata: `format` (`memrl.bank`), `format_version`, `bank_id` (16 hex digits: the
+//! identity the bank's log header carries too), `model_id`, `dim`, `dtype`, `dedup_sim`,
+//! `next_id`, `next_key_id`, `log_seq` (the last write-ahead log record the bank reflects),
+//! `retrieval_config` and `learning_config` (JSON), and `checksum`: the CRC32C of every other
+//! metadata entry and every tensor's name, dtype, shape and bytes. Any single-bit change anywhere
+//! in the file is therefore either a parse error or a checksum mismatch, never a silently
+//! different bank.
+//!
+//! Version 1 files (no key ids: `memories.key` held U32 rows, no `bank_id`, `next_key_id`) are
+//! read too: key ids are the rows, the bank id is 0 (unbound), and the first writer that opens
+//! such a bank rewrites it as version 2.
 //!
 //! Saving is atomic: write a temporary file beside the target, fsync it, rename it over the
 //! target, fsync the directory. A crash leaves either the old file or the new one.
@@ -36,18 +42,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use candle_core::{DType, Device, Tensor};
 use safetensors::tensor::{Dtype, SafeTensors, View};
 
-use crate::bank::{Bank, BankParts, Memory};
 use crate::config::{BankConfig, KeyDType, LearningConfig, RetrievalConfig};
 use crate::error::{Error, Result};
+use crate::index::KeyId;
+use crate::store::{Memory, Store, StoreParts};
 
-/// The format this version writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format this version writes.
+pub(crate) const FORMAT_VERSION: u32 = 2;
 const FORMAT_NAME: &str = "memrl.bank";
 const CHECKSUM_KEY: &str = "checksum";
 
 /// What the caller expects of a snapshot; a mismatch is [`Error::SnapshotMismatch`].
 #[derive(Debug, Clone, Default)]
-pub struct LoadOptions {
+pub(crate) struct LoadOptions {
     /// Refuse a bank whose keys came from another embedding model.
     pub expect_model: Option<String>,
     /// Refuse a bank of another dimension.
@@ -189,10 +196,16 @@ impl Encoded {
     }
 }
 
-/// Writes `bank` to `path` atomically (see the module docs).
-pub fn save(bank: &Bank, path: &Path) -> Result<()> {
-    let encoded = encode(bank)?;
-    tracing::debug!(path = %path.display(), memories = bank.len(), "saving bank");
+/// Writes `store` to `path` atomically (see the module docs); returns the file's size.
+pub(crate) fn save(store: &Store, path: &Path) -> Result<u64> {
+    save_with_id(store, path, store.bank_id())
+}
+
+/// [`save`] under another identity: a copy of a bank is a new bank, whose log can never be
+/// mistaken for the original's.
+pub(crate) fn save_with_id(store: &Store, path: &Path, bank_id: u64) -> Result<u64> {
+    let encoded = encode(store, bank_id)?;
+    tracing::debug!(path = %path.display(), memories = store.len(), "saving bank");
     write_atomically(path, |tmp| {
         safetensors::serialize_to_file(
             encoded.tensors.iter().map(|(n, b)| (n.as_str(), b)),
@@ -200,21 +213,31 @@ pub fn save(bank: &Bank, path: &Path) -> Result<()> {
             tmp,
         )
         .map_err(|e| Error::io(tmp, std::io::Error::other(e.to_string())))
-    })
+    })?;
+    Ok(fs::metadata(path).map(|m| m.len()).unwrap_or(0))
 }
 
-fn encode(bank: &Bank) -> Result<Encoded> {
-    let config = bank.config();
-    let memories: Vec<&Memory> = bank.iter().collect();
+fn encode(store: &Store, bank_id: u64) -> Result<Encoded> {
+    let config = store.config();
+    let rows: Vec<(&Memory, KeyId)> = store.table().rows().collect();
+    let memories: Vec<&Memory> = rows.iter().map(|(m, _)| *m).collect();
     let mut tensors: BTreeMap<String, Bytes> = BTreeMap::new();
-    let (key_dtype, key_data) = keys_bytes(&bank.keys_view()?)?;
+    let (key_dtype, key_data) = keys_bytes(&store.index().keys()?)?;
     tensors.insert(
         "intents.keys".into(),
         Bytes {
             dtype: key_dtype,
-            shape: vec![bank.num_intents(), config.dim],
+            shape: vec![store.num_intents(), config.dim],
             data: key_data,
         },
+    );
+    tensors.insert(
+        "intents.id".into(),
+        vector(
+            Dtype::U64,
+            le_bytes(store.index().ids().iter().map(|k| k.0), u64::to_le_bytes),
+            8,
+        ),
     );
     let u64s = |f: fn(&Memory) -> u64| {
         vector(
@@ -228,11 +251,11 @@ fn encode(bank: &Bank) -> Result<Encoded> {
     tensors.insert("memories.created_ms".into(), u64s(|m| m.created_ms));
     tensors.insert("memories.updated_ms".into(), u64s(|m| m.updated_ms));
     tensors.insert(
-        "memories.key".into(),
+        "memories.key_id".into(),
         vector(
-            Dtype::U32,
-            le_bytes(bank.key_rows().iter().copied(), u32::to_le_bytes),
-            4,
+            Dtype::U64,
+            le_bytes(rows.iter().map(|(_, k)| k.0), u64::to_le_bytes),
+            8,
         ),
     );
     tensors.insert(
@@ -290,21 +313,27 @@ fn encode(bank: &Bank) -> Result<Encoded> {
     let mut metadata: HashMap<String, String> = HashMap::new();
     metadata.insert("format".into(), FORMAT_NAME.into());
     metadata.insert("format_version".into(), FORMAT_VERSION.to_string());
+    metadata.insert("bank_id".into(), format!("{bank_id:016x}"));
     metadata.insert("model_id".into(), config.model_id.clone());
     metadata.insert("dim".into(), config.dim.to_string());
     metadata.insert("dtype".into(), config.dtype.as_str().into());
     metadata.insert("dedup_sim".into(), config.dedup_sim.to_string());
-    metadata.insert("next_id".into(), bank.next_id().to_string());
-    metadata.insert("log_seq".into(), bank.log_seq().to_string());
-    metadata.insert("retrieval_config".into(), to_json(bank.retrieval_config())?);
-    metadata.insert("learning_config".into(), to_json(bank.learning_config())?);
+    metadata.insert("next_id".into(), store.next_id().to_string());
+    metadata.insert("next_key_id".into(), store.next_key_id().to_string());
+    metadata.insert("log_seq".into(), store.log_seq().to_string());
+    metadata.insert(
+        "retrieval_config".into(),
+        to_json(store.retrieval_config())?,
+    );
+    metadata.insert("learning_config".into(), to_json(store.learning_config())?);
     let mut encoded = Encoded { tensors, metadata };
     encoded.sign();
     Ok(encoded)
 }
 
 fn to_json(value: &impl serde::Serialize) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| Error::config("config", e, "cannot be serialised"))
+    serde_json::to_string(value)
+        .map_err(|e| Error::Internal(format!("a config cannot be serialised: {e}")))
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -342,21 +371,73 @@ pub(crate) fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<
     result
 }
 
-/// Reads and fully validates a snapshot, then builds the bank on `device`.
-pub fn load(path: &Path, device: &Device, options: &LoadOptions) -> Result<Bank> {
+/// The bank config a snapshot's header records (dimension, dtype, sharing, model), read
+/// without loading the rest of the file, and without checking it: loading does that.
+pub(crate) fn peek_config(path: &Path) -> Result<BankConfig> {
+    use std::io::Read;
+    let corrupt = |problem: String| Error::CorruptSnapshot {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .map_err(|_| corrupt("shorter than a safetensors header".into()))?;
+    let len = u64::from_le_bytes(len);
+    // safetensors caps its header at 100 MB.
+    if len > 100_000_000 {
+        return Err(corrupt(format!("a header of {len} bytes")));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header)
+        .map_err(|_| corrupt("the header is cut short".into()))?;
+    let header: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| corrupt(format!("the header is not JSON: {e}")))?;
+    let field = |name: &str| -> Result<&str> {
+        header
+            .get("__metadata__")
+            .and_then(|m| m.get(name))
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| corrupt(format!("metadata field `{name}` is missing")))
+    };
+    if field("format")? != FORMAT_NAME {
+        return Err(corrupt("not a memrl bank".into()));
+    }
+    let config = BankConfig {
+        dim: field("dim")?
+            .parse()
+            .map_err(|_| corrupt("metadata `dim` is not a number".into()))?,
+        dtype: field("dtype")?
+            .parse()
+            .map_err(|_| corrupt("metadata `dtype` is unknown".into()))?,
+        dedup_sim: field("dedup_sim")?
+            .parse()
+            .map_err(|_| corrupt("metadata `dedup_sim` is not a number".into()))?,
+        model_id: field("model_id")?.to_string(),
+    };
+    Ok(config)
+}
+
+/// Reads and fully validates a snapshot, then builds the bank's state on `device`.
+pub(crate) fn load(path: &Path, device: &Device, options: &LoadOptions) -> Result<Store> {
     let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
-    let parts = parse(path, &bytes, options)?;
-    Bank::from_parts(parts, device)
+    load_bytes(path, &bytes, device, options)
 }
 
-/// [`load`] from bytes already in memory; errors name the source as `<memory>`.
-pub fn load_bytes(bytes: &[u8], device: &Device, options: &LoadOptions) -> Result<Bank> {
-    let parts = parse(Path::new("<memory>"), bytes, options)?;
-    Bank::from_parts(parts, device)
+/// [`load`] from bytes already in memory; `path` names them in errors.
+pub(crate) fn load_bytes(
+    path: &Path,
+    bytes: &[u8],
+    device: &Device,
+    options: &LoadOptions,
+) -> Result<Store> {
+    let parts = parse(path, bytes, options)?;
+    Store::from_parts(parts, device)
 }
 
-/// Validates snapshot bytes into bank parts (no device work but the key tensor on the CPU).
-pub(crate) fn parse(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<BankParts> {
+/// Validates snapshot bytes into the store's parts (no device work but the key tensor on the
+/// CPU).
+pub(crate) fn parse(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<StoreParts> {
     let corrupt = |problem: String| Error::CorruptSnapshot {
         path: path.to_path_buf(),
         problem,
@@ -382,25 +463,29 @@ pub(crate) fn parse(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<
         )));
     }
     let version = field("format_version")?;
-    if version != FORMAT_VERSION.to_string() {
-        return Err(Error::SnapshotMismatch {
-            path: path.to_path_buf(),
-            field: "format_version",
-            found: version.to_string(),
-            expected: FORMAT_VERSION.to_string(),
-        });
-    }
+    let tensor_names: &[&str] = match version {
+        "1" => &TENSORS_V1,
+        "2" => &TENSORS,
+        _ => {
+            return Err(Error::UnsupportedVersion {
+                path: path.to_path_buf(),
+                found: version.to_string(),
+                supported: "1 and 2".into(),
+            })
+        }
+    };
+    let v1 = version == "1";
 
     // Integrity before meaning.
     let names = st.names();
-    let expected_names: HashSet<&str> = TENSORS.iter().copied().collect();
+    let expected_names: HashSet<&str> = tensor_names.iter().copied().collect();
     for name in &names {
         if !expected_names.contains(name) {
             return Err(corrupt(format!("unexpected tensor `{name}`")));
         }
     }
-    let mut described = Vec::with_capacity(TENSORS.len());
-    for name in TENSORS {
+    let mut described = Vec::with_capacity(tensor_names.len());
+    for &name in tensor_names {
         let t = st
             .tensor(name)
             .map_err(|_| corrupt(format!("tensor `{name}` is missing")))?;
@@ -432,6 +517,12 @@ pub(crate) fn parse(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<
     let next_id: u64 = field("next_id")?
         .parse()
         .map_err(|_| corrupt("metadata `next_id` is not a number".into()))?;
+    let bank_id = if v1 {
+        0
+    } else {
+        u64::from_str_radix(field("bank_id")?, 16)
+            .map_err(|_| corrupt("metadata `bank_id` is not a hexadecimal number".into()))?
+    };
     // Optional: snapshots written before the write-ahead log existed have no `log_seq`.
     let log_seq: u64 = match metadata.get("log_seq") {
         None => 0,
@@ -518,18 +609,50 @@ pub(crate) fn parse(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<
     let k = kshape[0];
     let keys = decode_keys(kdata, dtype, k, dim)?;
     for (row, key) in keys.chunks(dim.max(1)).enumerate() {
-        let norm: f32 = key.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if !norm.is_finite() || (norm - 1.0).abs() > 1e-2 {
-            return Err(corrupt(format!(
-                "intent key {row} is not a unit vector (norm {norm})"
-            )));
+        if !crate::store::is_unit(key) {
+            return Err(corrupt(format!("intent key {row} is not a unit vector")));
         }
     }
+    let (key_ids, next_key_id): (Vec<KeyId>, u64) = if v1 {
+        ((0..k as u64).map(KeyId).collect(), k as u64)
+    } else {
+        let ids: Vec<KeyId> = u64s(column("intents.id", Dtype::U64, 8, Some(k))?)
+            .into_iter()
+            .map(KeyId)
+            .collect();
+        if let Some(w) = ids.windows(2).find(|w| w[0] >= w[1]) {
+            return Err(corrupt(format!(
+                "key ids are not increasing ({} then {})",
+                w[0].0, w[1].0
+            )));
+        }
+        let next_key_id: u64 = field("next_key_id")?
+            .parse()
+            .map_err(|_| corrupt("metadata `next_key_id` is not a number".into()))?;
+        if ids.last().is_some_and(|last| last.0 >= next_key_id) {
+            return Err(corrupt(format!(
+                "key id {} is not below next_key_id {next_key_id}",
+                ids.last().map_or(0, |k| k.0)
+            )));
+        }
+        (ids, next_key_id)
+    };
+    let row_of: HashMap<KeyId, usize> = key_ids.iter().enumerate().map(|(r, &k)| (k, r)).collect();
 
     // Memories.
     let ids = u64s(column("memories.id", Dtype::U64, 8, None)?);
     let n = ids.len();
-    let key_of = u32s(column("memories.key", Dtype::U32, 4, Some(n))?);
+    let key_of: Vec<KeyId> = if v1 {
+        u32s(column("memories.key", Dtype::U32, 4, Some(n))?)
+            .into_iter()
+            .map(|row| KeyId(row as u64))
+            .collect()
+    } else {
+        u64s(column("memories.key_id", Dtype::U64, 8, Some(n))?)
+            .into_iter()
+            .map(KeyId)
+            .collect()
+    };
     let q = f32s(column("memories.q", Dtype::F32, 4, Some(n))?);
     let visits = u64s(column("memories.visits", Dtype::U64, 8, Some(n))?);
     let last_reward = f32s(column("memories.last_reward", Dtype::F32, 4, Some(n))?);
@@ -575,16 +698,13 @@ pub(crate) fn parse(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<
         if !seen.insert(id) {
             return Err(corrupt(format!("memory id {id} appears twice")));
         }
-        if id >= next_id && id != u64::MAX {
+        let Some(&row) = row_of.get(&key_of[i]) else {
             return Err(corrupt(format!(
-                "memory id {id} is not below next_id {next_id}"
+                "memory {id} is filed under {}, which the snapshot does not hold",
+                key_of[i]
             )));
-        }
-        let key = key_of[i] as usize;
-        if key >= k {
-            return Err(corrupt(format!("memory {id} points at key {key} of {k}")));
-        }
-        key_used[key] = true;
+        };
+        key_used[row] = true;
         if !q[i].is_finite() || !last_reward[i].is_finite() {
             return Err(corrupt(format!("memory {id} has a non-finite Q or reward")));
         }
@@ -602,37 +722,62 @@ pub(crate) fn parse(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<
                     .map_err(|e| corrupt(format!("metadata of memory {id} is not JSON: {e}")))?,
             )
         };
-        memories.push(Memory {
-            id,
-            intent: intents[i].clone(),
-            experience: experiences[i].clone(),
-            q: q[i],
-            visits: visits[i],
-            last_reward: (visits[i] > 0).then_some(last_reward[i]),
-            success: success[i] == 1,
-            created_ms: created[i],
-            updated_ms: updated[i],
-            metadata,
-        });
+        memories.push((
+            Memory {
+                id,
+                intent: intents[i].clone(),
+                experience: experiences[i].clone(),
+                q: q[i],
+                visits: visits[i],
+                last_reward: (visits[i] > 0).then_some(last_reward[i]),
+                success: success[i] == 1,
+                created_ms: created[i],
+                updated_ms: updated[i],
+                metadata,
+            },
+            key_of[i],
+        ));
     }
     if let Some(orphan) = key_used.iter().position(|used| !used) {
-        return Err(corrupt(format!("intent key {orphan} has no memory")));
+        return Err(corrupt(format!("{} has no memory", key_ids[orphan])));
     }
     let keys = Tensor::from_vec(keys, (k, dim), &Device::Cpu)?.to_dtype(dtype.candle())?;
-    Ok(BankParts {
+    Ok(StoreParts {
         config,
         retrieval,
         learning,
+        bank_id,
+        key_ids,
         keys,
         memories,
-        key_of,
         next_id,
+        next_key_id,
         log_seq,
     })
 }
 
-/// Every tensor a version-1 snapshot has, no more, no less.
-const TENSORS: [&str; 15] = [
+/// Every tensor a version-2 snapshot has, no more, no less.
+const TENSORS: [&str; 16] = [
+    "intents.keys",
+    "intents.id",
+    "memories.id",
+    "memories.key_id",
+    "memories.q",
+    "memories.visits",
+    "memories.last_reward",
+    "memories.success",
+    "memories.created_ms",
+    "memories.updated_ms",
+    "memories.intent.bytes",
+    "memories.intent.offsets",
+    "memories.experience.bytes",
+    "memories.experience.offsets",
+    "memories.metadata.bytes",
+    "memories.metadata.offsets",
+];
+
+/// Every tensor a version-1 snapshot has.
+const TENSORS_V1: [&str; 15] = [
     "intents.keys",
     "memories.id",
     "memories.key",
@@ -687,25 +832,24 @@ fn f32s(b: &[u8]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bank::NewMemory;
+    use crate::store::NewMemory;
 
-    fn bank() -> Bank {
-        let mut bank = Bank::new(BankConfig::new(2, "m"), &Device::Cpu).unwrap();
-        for (e, text) in [([1.0, 0.0], "abc"), ([0.0, 1.0], "de")] {
-            bank.add(NewMemory {
-                embedding: e.to_vec(),
-                experience: text.into(),
-                ..Default::default()
-            })
-            .unwrap();
-        }
-        bank
+    fn store() -> Store {
+        let mut store = Store::new(BankConfig::new(2, "m"), 7, &Device::Cpu).unwrap();
+        let memories = [([1.0, 0.0], "abc"), ([0.0, 1.0], "de")]
+            .into_iter()
+            .map(|(e, text)| NewMemory::new("", text).embedding(e.to_vec()))
+            .collect();
+        let plan = store.plan_add(memories, 0).unwrap();
+        store.apply_add(&plan).unwrap();
+        store
     }
 
     /// Applies `edit` to a bank's encoding, re-signs it (a crafted file, not a random
     /// corruption) and returns what loading it says.
-    fn load_crafted(edit: impl FnOnce(&mut Encoded)) -> Result<Bank> {
-        let mut encoded = encode(&bank()).unwrap();
+    fn load_crafted(edit: impl FnOnce(&mut Encoded)) -> Result<Store> {
+        let s = store();
+        let mut encoded = encode(&s, s.bank_id()).unwrap();
         edit(&mut encoded);
         encoded.sign();
         let bytes = safetensors::serialize(
@@ -713,10 +857,15 @@ mod tests {
             Some(encoded.metadata),
         )
         .unwrap();
-        load_bytes(&bytes, &Device::Cpu, &LoadOptions::default())
+        load_bytes(
+            Path::new("<memory>"),
+            &bytes,
+            &Device::Cpu,
+            &LoadOptions::default(),
+        )
     }
 
-    fn problem(result: Result<Bank>) -> String {
+    fn problem(result: Result<Store>) -> String {
         match result {
             Err(Error::CorruptSnapshot { problem, .. }) => problem,
             other => panic!("expected a corrupt-snapshot error, got {other:?}"),
@@ -747,27 +896,22 @@ mod tests {
         assert!(p.contains("appears twice"), "{p}");
         // A key reference out of range, and an orphan key.
         let p = problem(load_crafted(|e| {
-            e.tensors.insert(
-                "memories.key".into(),
-                vector(
-                    Dtype::U32,
-                    le_bytes([0u32, 7].into_iter(), u32::to_le_bytes),
-                    4,
-                ),
-            );
+            e.tensors.insert("memories.key_id".into(), offsets(&[0, 7]));
         }));
-        assert!(p.contains("points at key 7"), "{p}");
+        assert!(p.contains("filed under key 7"), "{p}");
         let p = problem(load_crafted(|e| {
-            e.tensors.insert(
-                "memories.key".into(),
-                vector(
-                    Dtype::U32,
-                    le_bytes([0u32, 0].into_iter(), u32::to_le_bytes),
-                    4,
-                ),
-            );
+            e.tensors.insert("memories.key_id".into(), offsets(&[0, 0]));
         }));
         assert!(p.contains("no memory"), "{p}");
+        // Key ids out of order, or not below next_key_id.
+        let p = problem(load_crafted(|e| {
+            e.tensors.insert("intents.id".into(), offsets(&[1, 0]));
+        }));
+        assert!(p.contains("not increasing"), "{p}");
+        let p = problem(load_crafted(|e| {
+            e.metadata.insert("next_key_id".into(), "1".into());
+        }));
+        assert!(p.contains("next_key_id"), "{p}");
         // Invalid UTF-8, a non-unit key, a dimension no allocation should follow.
         let p = problem(load_crafted(|e| {
             e.tensors.insert(
@@ -796,5 +940,31 @@ mod tests {
                 .insert("extra".into(), vector(Dtype::U8, vec![1], 1));
         }));
         assert!(p.contains("unexpected tensor"), "{p}");
+    }
+
+    #[test]
+    fn a_round_trip_keeps_key_ids_counters_and_identity() {
+        let mut s = store();
+        s.remove(0).unwrap();
+        let encoded = encode(&s, s.bank_id()).unwrap();
+        let bytes = safetensors::serialize(
+            encoded.tensors.iter().map(|(n, b)| (n.as_str(), b)),
+            Some(encoded.metadata),
+        )
+        .unwrap();
+        let back = load_bytes(
+            Path::new("<m>"),
+            &bytes,
+            &Device::Cpu,
+            &LoadOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(back.index().ids(), &[KeyId(1)]);
+        assert_eq!(
+            (back.next_id(), back.next_key_id(), back.bank_id()),
+            (2, 2, 7)
+        );
+        assert_eq!(back.get(1), s.get(1));
+        back.debug_check().unwrap();
     }
 }

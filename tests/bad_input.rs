@@ -3,13 +3,22 @@
 mod common;
 
 use common::state;
-use memrl::{Bank, BankConfig, Error, NewMemory, RetrievalConfig};
+use memrl::{Bank, BankConfig, Error, Limits, NewMemory, Queries, RetrievalConfig};
 
 fn bank() -> Bank {
-    let mut b = Bank::new(BankConfig::new(3, "bad"), &common::device()).unwrap();
+    bank_with(Limits::default())
+}
+
+fn bank_with(limits: Limits) -> Bank {
+    let b = Bank::options()
+        .bank_config(BankConfig::new(3, "bad"))
+        .limits(limits)
+        .device(common::device())
+        .in_memory()
+        .unwrap();
     b.add(NewMemory {
         id: Some(7),
-        embedding: vec![1.0, 0.0, 0.0],
+        embedding: Some(vec![1.0, 0.0, 0.0]),
         ..Default::default()
     })
     .unwrap();
@@ -18,11 +27,9 @@ fn bank() -> Bank {
 
 #[test]
 fn wrong_dimension_is_refused() {
-    let mut b = bank();
+    let b = bank();
     let before = state(&b);
-    let e = b
-        .retrieve_vectors(&[vec![1.0, 0.0]], &RetrievalConfig::default())
-        .unwrap_err();
+    let e = b.retrieve(&[vec![1.0, 0.0]][..]).unwrap_err();
     assert!(
         matches!(
             e,
@@ -34,14 +41,14 @@ fn wrong_dimension_is_refused() {
         ),
         "{e}"
     );
-    let q = candle_core::Tensor::zeros((2, 5), candle_core::DType::F32, &common::device()).unwrap();
-    let e = b.retrieve(&q, &RetrievalConfig::default()).unwrap_err();
+    let rows = [0.5f32; 10];
+    let e = b.retrieve(Queries::Rows(&rows)).unwrap_err();
     assert!(
         matches!(
             e,
             Error::DimensionMismatch {
                 expected: 3,
-                got: 5,
+                got: 10,
                 ..
             }
         ),
@@ -49,7 +56,7 @@ fn wrong_dimension_is_refused() {
     );
     let e = b
         .add(NewMemory {
-            embedding: vec![1.0; 4],
+            embedding: Some(vec![1.0; 4]),
             ..Default::default()
         })
         .unwrap_err();
@@ -69,7 +76,7 @@ fn wrong_dimension_is_refused() {
 
 #[test]
 fn non_finite_and_zero_embeddings_are_refused_and_the_batch_is_not_half_added() {
-    let mut b = bank();
+    let b = bank();
     let before = state(&b);
     for bad in [
         vec![f32::NAN, 0.0, 0.0],
@@ -78,19 +85,17 @@ fn non_finite_and_zero_embeddings_are_refused_and_the_batch_is_not_half_added() 
     ] {
         let batch = vec![
             NewMemory {
-                embedding: vec![0.0, 1.0, 0.0],
+                embedding: Some(vec![0.0, 1.0, 0.0]),
                 ..Default::default()
             },
             NewMemory {
-                embedding: bad.clone(),
+                embedding: Some(bad.clone()),
                 ..Default::default()
             },
         ];
         let e = b.add_many(batch).unwrap_err();
         assert!(matches!(e, Error::InvalidEmbedding { index: 1, .. }), "{e}");
-        let e = b
-            .retrieve_vectors(&[vec![1.0, 0.0, 0.0], bad], &RetrievalConfig::default())
-            .unwrap_err();
+        let e = b.retrieve(&[vec![1.0, 0.0, 0.0], bad][..]).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -109,12 +114,12 @@ fn non_finite_and_zero_embeddings_are_refused_and_the_batch_is_not_half_added() 
 
 #[test]
 fn duplicate_ids_are_refused() {
-    let mut b = bank();
+    let b = bank();
     let before = state(&b);
     let e = b
         .add(NewMemory {
             id: Some(7),
-            embedding: vec![0.0, 1.0, 0.0],
+            embedding: Some(vec![0.0, 1.0, 0.0]),
             ..Default::default()
         })
         .unwrap_err();
@@ -123,12 +128,12 @@ fn duplicate_ids_are_refused() {
         .add_many(vec![
             NewMemory {
                 id: Some(8),
-                embedding: vec![0.0, 1.0, 0.0],
+                embedding: Some(vec![0.0, 1.0, 0.0]),
                 ..Default::default()
             },
             NewMemory {
                 id: Some(8),
-                embedding: vec![0.0, 0.0, 1.0],
+                embedding: Some(vec![0.0, 0.0, 1.0]),
                 ..Default::default()
             },
         ])
@@ -140,11 +145,11 @@ fn duplicate_ids_are_refused() {
         .add_many(vec![
             NewMemory {
                 id: Some(9),
-                embedding: vec![0.0, 1.0, 0.0],
+                embedding: Some(vec![0.0, 1.0, 0.0]),
                 ..Default::default()
             },
             NewMemory {
-                embedding: vec![0.0, 0.0, 1.0],
+                embedding: Some(vec![0.0, 0.0, 1.0]),
                 ..Default::default()
             },
         ])
@@ -187,7 +192,7 @@ fn invalid_retrieval_configs_name_their_field() {
             "lambda",
         ),
     ] {
-        let e = b.retrieve_vectors(&q, &cfg).unwrap_err();
+        let e = b.retrieve_with(&q[..], &cfg).unwrap_err();
         assert!(
             matches!(e, Error::InvalidConfig { field: f, .. } if f == field),
             "{e}"
@@ -198,25 +203,23 @@ fn invalid_retrieval_configs_name_their_field() {
 
 #[test]
 fn removing_an_unknown_id_is_an_error() {
-    let mut b = bank();
+    let b = bank();
     assert!(matches!(b.remove(8), Err(Error::NotFound(8))));
     assert_eq!(b.len(), 1);
 }
 
 #[test]
 fn limits_refuse_oversized_calls_and_change_nothing() {
-    use memrl::{Limits, Outcome};
-    let mut b = bank();
-    b.set_limits(Limits {
+    use memrl::Outcome;
+    let b = bank_with(Limits {
         max_text_bytes: 8,
         max_batch: 2,
         max_memories: 3,
-    })
-    .unwrap();
+    });
     let before = state(&b);
     let m = |intent: &str, v: [f32; 3]| NewMemory {
         intent: intent.into(),
-        embedding: v.to_vec(),
+        embedding: Some(v.to_vec()),
         ..Default::default()
     };
     let e = b.add(m("nine bytes", [0.0, 1.0, 0.0])).unwrap_err();
@@ -279,10 +282,11 @@ fn limits_refuse_oversized_calls_and_change_nothing() {
             .contains("outcomes in one batch: 3 exceeds the limit of 2"),
         "{e}"
     );
-    let e = b
-        .retrieve_vectors(&vec![vec![1.0, 0.0, 0.0]; 3], &RetrievalConfig::default())
-        .unwrap_err();
+    let e = b.retrieve(&vec![vec![1.0, 0.0, 0.0]; 3]).unwrap_err();
     assert!(e.to_string().contains("queries in one retrieval"), "{e}");
+    // Counted as queries however they come: rows too.
+    let e = b.retrieve(Queries::Rows(&[1.0; 9])).unwrap_err();
+    assert!(e.to_string().contains("queries in one retrieval: 3"), "{e}");
     assert_eq!(state(&b), before);
     // The bank's size: one memory is there, two more fit, a third does not.
     b.add_many(vec![m("a", [0.0, 1.0, 0.0]), m("b", [0.0, 0.0, 1.0])])
@@ -293,10 +297,12 @@ fn limits_refuse_oversized_calls_and_change_nothing() {
             .contains("memories in the bank: 4 exceeds the limit of 3"),
         "{e}"
     );
-    assert!(b
-        .set_limits(Limits {
+    assert!(Bank::options()
+        .bank_config(BankConfig::new(3, "bad"))
+        .limits(Limits {
             max_memories: 0,
             ..Limits::default()
         })
+        .in_memory()
         .is_err());
 }

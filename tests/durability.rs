@@ -21,11 +21,10 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use memrl::rng::SplitMix64;
-use memrl::wal::{self, SyncPolicy};
+use memrl::internal::SplitMix64;
 use memrl::{
-    Bank, BankConfig, Device, Engine, LoadOptions, Memory, NewMemory, OpenOptions, Outcome,
-    RetrievalConfig,
+    Bank, BankConfig, CheckpointPolicy, Memory, NewMemory, OpenOptions, Outcome, RetrievalConfig,
+    SyncPolicy,
 };
 
 const DIM: usize = 16;
@@ -37,6 +36,22 @@ fn config() -> BankConfig {
         dedup_sim: 0.9,
         ..BankConfig::new(DIM, "durability-test")
     }
+}
+
+/// The options of every writer here: checkpoints only where the tests ask for them.
+fn writer() -> OpenOptions {
+    Bank::options()
+        .bank_config(config())
+        .checkpoint(CheckpointPolicy::Manual)
+}
+
+/// The bank's files as a reader sees them.
+fn read(path: &Path) -> memrl::Result<Bank> {
+    Bank::options().read_only(true).open(path)
+}
+
+fn log_path(path: &Path) -> std::path::PathBuf {
+    path.with_extension("safetensors.wal")
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -119,7 +134,7 @@ impl Ops {
                     NewMemory {
                         id: Some(id),
                         intent: self.text("intent"),
-                        embedding: self.embedding(),
+                        embedding: Some(self.embedding()),
                         experience: self.text("experience"),
                         success: self.below(2) == 0,
                         q: (self.below(4) == 0).then(|| self.rng.gaussian()),
@@ -157,16 +172,7 @@ impl Ops {
     }
 }
 
-fn apply_engine(engine: &Engine, op: Op) {
-    match op {
-        Op::Add(m) => drop(engine.add_many(m).unwrap()),
-        Op::Outcomes(o) => drop(engine.apply_outcomes(&o).unwrap()),
-        Op::Remove(id) => drop(engine.remove(id).unwrap()),
-        Op::Retrieval(c) => engine.set_retrieval_config(c).unwrap(),
-    }
-}
-
-fn apply_bank(bank: &mut Bank, op: Op) {
+fn apply(bank: &Bank, op: Op) {
     match op {
         Op::Add(m) => drop(bank.add_many(m).unwrap()),
         Op::Outcomes(o) => drop(bank.apply_outcomes(&o).unwrap()),
@@ -181,17 +187,17 @@ type State = (Vec<(Memory, Vec<u32>)>, u64, RetrievalConfig);
 
 fn state_without_time(bank: &Bank) -> State {
     let mut memories: Vec<(Memory, Vec<u32>)> = bank
-        .iter()
-        .map(|m| {
+        .memories()
+        .into_iter()
+        .map(|mut m| {
             let key = bank.intent_key(m.id).unwrap();
-            let mut m = m.clone();
             m.created_ms = 0;
             m.updated_ms = 0;
             (m, key.iter().map(|v| v.to_bits()).collect())
         })
         .collect();
     memories.sort_by_key(|(m, _)| m.id);
-    (memories, bank.next_id(), bank.retrieval_config().clone())
+    (memories, bank.next_id(), bank.retrieval_config())
 }
 
 /// The child of `a_bank_survives_200_kills` (ignored: the parent runs it by name).
@@ -204,9 +210,10 @@ fn crash_child() {
     // libtest has printed `test crash_child ... ` without a newline: start our lines afresh.
     println!();
     let path = Path::new(&dir).join("bank.safetensors");
-    let options = OpenOptions::default();
-    let engine = if path.exists() {
-        let (engine, recovery) = Engine::open(&path, &Device::Cpu, &options).unwrap();
+    let existed = path.exists();
+    let engine = writer().open(&path).unwrap();
+    if existed {
+        let recovery = engine.recovery().clone();
         println!(
             "opened replayed={} skipped={} tail={} stale={}",
             recovery.replayed,
@@ -214,10 +221,7 @@ fn crash_child() {
             recovery.tail.map_or(0, |t| t.bytes),
             recovery.stale_temp_files
         );
-        engine
-    } else {
-        Engine::create(&path, config(), &Device::Cpu, &options).unwrap()
-    };
+    }
     let done = engine.log_seq();
     let mut ops = Ops::new(SEED);
     for _ in 0..done {
@@ -225,7 +229,7 @@ fn crash_child() {
     }
     println!("start {done}");
     for seq in done + 1..done + 100_000 {
-        apply_engine(&engine, ops.next_op());
+        apply(&engine, ops.next_op());
         println!("ack {seq}");
         if seq % CHECKPOINT_EVERY == 0 {
             println!("save-begin {seq}");
@@ -241,7 +245,7 @@ fn a_bank_survives_200_kills() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bank.safetensors");
     let exe = std::env::current_exe().unwrap();
-    let mut reference = Bank::new(config(), &Device::Cpu).unwrap();
+    let reference = writer().in_memory().unwrap();
     let mut reference_ops = Ops::new(SEED);
     let mut reference_seq = 0u64;
     let mut rng = SplitMix64::new(7);
@@ -337,8 +341,8 @@ fn a_bank_survives_200_kills() {
             assert_eq!(acked, None, "round {round}: acknowledged but no bank");
             continue;
         }
-        let (bank, _) = wal::recover(&path, &Device::Cpu, &LoadOptions::default())
-            .unwrap_or_else(|e| panic!("round {round}: the bank does not open: {e}"));
+        let bank =
+            read(&path).unwrap_or_else(|e| panic!("round {round}: the bank does not open: {e}"));
         bank.debug_check().unwrap();
         let start = lines
             .iter()
@@ -355,7 +359,7 @@ fn a_bank_survives_200_kills() {
         // Half the time, tear the in-flight record as a power loss during its write would: cut
         // its last 1-8 bytes. Recovery must drop it and keep everything acknowledged.
         let (bank, seq) = if seq == acked + 1 && round % 2 == 0 {
-            let log = wal::log_path(&path);
+            let log = log_path(&path);
             let len = std::fs::metadata(&log).unwrap().len();
             let cut = 1 + rng.next_u64() % 8;
             std::fs::OpenOptions::new()
@@ -365,10 +369,9 @@ fn a_bank_survives_200_kills() {
                 .set_len(len - cut)
                 .unwrap();
             torn_by_hand += 1;
-            let (bank, recovery) =
-                wal::recover(&path, &Device::Cpu, &LoadOptions::default()).unwrap();
+            let bank = read(&path).unwrap();
             assert!(
-                recovery.tail.is_some(),
+                bank.recovery().tail.is_some(),
                 "round {round}: the torn record went unnoticed"
             );
             assert_eq!(bank.log_seq(), acked, "round {round}");
@@ -377,7 +380,7 @@ fn a_bank_survives_200_kills() {
             (bank, seq)
         };
         while reference_seq < seq {
-            apply_bank(&mut reference, reference_ops.next_op());
+            apply(&reference, reference_ops.next_op());
             reference_seq += 1;
         }
         assert_eq!(
@@ -387,13 +390,10 @@ fn a_bank_survives_200_kills() {
         );
     }
     // A last writer opens the files as the next child would.
-    let (engine, recovery) = Engine::open(&path, &Device::Cpu, &OpenOptions::default()).unwrap();
-    torn_tails += recovery.tail.is_some() as usize;
+    let engine = writer().create(false).open(&path).unwrap();
+    torn_tails += engine.recovery().tail.is_some() as usize;
     assert_eq!(engine.log_seq(), reference_seq);
-    assert_eq!(
-        engine.with_bank(state_without_time),
-        state_without_time(&reference)
-    );
+    assert_eq!(state_without_time(&engine), state_without_time(&reference));
     println!(
         "{kills} kills in {:.1} s: {} operations at the end, {in_flight} in flight at a kill ({torn_by_hand} of them torn by hand), {killed_in_save} kills inside a checkpoint, {torn_tails} torn tails dropped by the next writer, {stale} temporary files removed, {replayed} records replayed",
         started.elapsed().as_secs_f64(),
@@ -421,11 +421,7 @@ fn stress(ops: usize, checkpoints: bool) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bank.safetensors");
     // No fsync: this tests ordering and concurrency, not the disk (the crash test syncs).
-    let options = OpenOptions {
-        sync: SyncPolicy::Never,
-        ..Default::default()
-    };
-    let engine = Arc::new(Engine::create(&path, config(), &Device::Cpu, &options).unwrap());
+    let engine = Arc::new(writer().sync(SyncPolicy::Never).open(&path).unwrap());
     let (done_tx, done_rx) = mpsc::channel();
     let started = Instant::now();
     for t in 0..THREADS {
@@ -446,7 +442,7 @@ fn stress(ops: usize, checkpoints: bool) {
                 } else if r < 0.4 {
                     let b = 1 + (rng.next_u64() % 4) as usize;
                     let queries: Vec<Vec<f32>> = (0..b).map(|_| rng.unit_vector(DIM)).collect();
-                    let hits = engine.retrieve_vectors(&queries, &retrieval).unwrap();
+                    let hits = engine.retrieve_with(&queries, &retrieval).unwrap();
                     assert_eq!(hits.len(), b);
                     ledger.retrievals += 1;
                 } else if r < 0.7 || own.len() < 2 {
@@ -454,7 +450,7 @@ fn stress(ops: usize, checkpoints: bool) {
                     let memories = (0..n)
                         .map(|_| NewMemory {
                             intent: format!("thread {t} op {i}"),
-                            embedding: rng.unit_vector(DIM),
+                            embedding: Some(rng.unit_vector(DIM)),
                             experience: "x".repeat((rng.next_u64() % 64) as usize),
                             ..Default::default()
                         })
@@ -500,7 +496,7 @@ fn stress(ops: usize, checkpoints: bool) {
     let Ok(engine) = Arc::try_unwrap(engine) else {
         panic!("a stress thread still holds the engine after reporting");
     };
-    let live = engine.into_bank();
+    let live = engine;
     live.debug_check().unwrap();
 
     // 1. The threads' own accounts: exactly their adds minus their removals, each memory
@@ -520,22 +516,19 @@ fn stress(ops: usize, checkpoints: bool) {
             expected.insert(*id, *visits);
         }
     }
-    let got: HashMap<u64, u64> = live.iter().map(|m| (m.id, m.visits)).collect();
+    let got: HashMap<u64, u64> = live.memories().iter().map(|m| (m.id, m.visits)).collect();
     assert_eq!(got, expected);
 
     // 2. A serial replay of the files (snapshot + log, in the log's order) is the same bank,
     //    timestamps included.
-    let log_bytes = std::fs::metadata(wal::log_path(&path)).unwrap().len();
+    let log_bytes = std::fs::metadata(log_path(&path)).unwrap().len();
     let replay_started = Instant::now();
-    let (replayed, recovery) = wal::recover(&path, &Device::Cpu, &LoadOptions::default()).unwrap();
+    let replayed = read(&path).unwrap();
+    let recovery = replayed.recovery().clone();
     let replay_seconds = replay_started.elapsed().as_secs_f64();
     assert_eq!(recovery.tail, None);
     assert_eq!(replayed.log_seq(), live.log_seq());
-    let exact = |b: &Bank| -> Vec<Memory> {
-        let mut m: Vec<Memory> = b.iter().cloned().collect();
-        m.sort_by_key(|m| m.id);
-        m
-    };
+    let exact = |b: &Bank| -> Vec<Memory> { b.memories() };
     assert_eq!(exact(&replayed), exact(&live));
     assert_eq!(state_without_time(&replayed), state_without_time(&live));
     println!(

@@ -311,31 +311,41 @@ fn a_folder_outside_the_registry_resolves_unverified() {
 }
 
 #[test]
-fn embeddings_go_straight_into_a_bank() {
+fn a_bank_with_an_embedder_works_at_the_text_level() {
     let (_dir, embedder) = tiny(TinyPooling::Mean, Some(24));
-    let mut bank = memrl::Bank::new(
-        memrl::BankConfig::new(embedder.dim(), embedder.name()),
-        &common::device(),
-    )
-    .unwrap();
+    let bank = memrl::Bank::options()
+        .embedder(embedder)
+        .device(common::device())
+        .in_memory()
+        .unwrap();
     let intents = ["parse the date", "fix the bug in the test", "hello world"];
-    let rows = embedder.embed(&intents).unwrap().to_rows().unwrap();
-    for (intent, embedding) in intents.iter().zip(rows) {
-        bank.add(memrl::NewMemory {
-            intent: intent.to_string(),
-            embedding,
-            experience: format!("how to {intent}"),
-            ..Default::default()
-        })
+    let memories = intents
+        .iter()
+        .map(|intent| memrl::NewMemory::new(*intent, format!("how to {intent}")))
+        .collect();
+    let ids = bank.add_many(memories).unwrap();
+    let r = bank.retrieve("fix the bug in the test").unwrap().remove(0);
+    assert_eq!(r.hits[0].experience, "how to fix the bug in the test");
+    // Text and vector queries agree: the bank's embedder made the keys.
+    let vector = bank
+        .embed_rows(&["fix the bug in the test"], "a test query")
         .unwrap();
-    }
-    let query = embedder
-        .embed(&["fix the bug in the test"])
-        .unwrap()
-        .to_rows()
+    let by_vector = bank.retrieve(memrl::Queries::Rows(&vector)).unwrap();
+    assert_eq!(by_vector[0].hits, r.hits);
+    bank.feedback(r.id, 1.0).unwrap();
+    assert!(bank.get(ids[1]).unwrap().q > 0.0);
+    // A bank of another model refuses this embedder.
+    let (_dir2, other) = tiny(TinyPooling::Cls, Some(24));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bank.safetensors");
+    memrl::Bank::options()
+        .dim(other.dim())
+        .model_id("another-model")
+        .open(&path)
         .unwrap();
-    let hits = bank
-        .retrieve_vectors(&query, &memrl::RetrievalConfig::default())
-        .unwrap();
-    assert_eq!(hits[0][0].experience, "how to fix the bug in the test");
+    let e = memrl::Bank::options()
+        .embedder(other)
+        .open(&path)
+        .unwrap_err();
+    assert!(matches!(e, memrl::Error::ModelMismatch { .. }), "{e}");
 }

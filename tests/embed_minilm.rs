@@ -14,10 +14,9 @@ use memrl::models::{resolve, ResolveOptions};
 
 const MODEL: &str = "all-MiniLM-L6-v2";
 
-fn shared(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared")
-        .join(path)
+/// A file the repository ships (`tests/fixtures/...`, `data/...`).
+fn shipped(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
 fn embedder() -> Embedder {
@@ -43,13 +42,8 @@ struct Reference {
 }
 
 fn references() -> Vec<Reference> {
-    let path = shared("fixtures/minilm_reference.jsonl");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (the tests need ../shared beside the repo)",
-            path.display()
-        )
-    });
+    let path = shipped("tests/fixtures/minilm_reference.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines()
         .map(|line| {
             let v: serde_json::Value = serde_json::from_str(line).expect("fixture line is JSON");
@@ -67,7 +61,7 @@ fn references() -> Vec<Reference> {
 }
 
 fn corpus(n: usize) -> Vec<String> {
-    let path = shared("data/corpus.jsonl");
+    let path = shipped("data/corpus.jsonl");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines()
         .take(n)

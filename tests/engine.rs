@@ -1,25 +1,25 @@
-//! The Engine's concurrency contract: parallel retrievals while writes are applied whole.
+//! The bank's concurrency contract: parallel retrievals while writes are applied whole.
 
 use std::sync::Arc;
 use std::thread;
 
 mod common;
 
-use memrl::rng::SplitMix64;
-use memrl::{BankConfig, Engine, NewMemory, Outcome, RetrievalConfig};
+use memrl::internal::SplitMix64;
+use memrl::{BankConfig, NewMemory, Outcome, RetrievalConfig};
 
 #[test]
-fn readers_and_writers_share_one_engine_without_lost_updates() {
+fn readers_and_writers_share_one_bank_without_lost_updates() {
     let dim = 16;
     let mut config = BankConfig::new(dim, "threads");
     config.dedup_sim = 1.0;
-    let engine = Arc::new(Engine::new(config, &common::device()).unwrap());
+    let engine = Arc::new(common::bank(config));
     let mut rng = SplitMix64::new(3);
     let ids = engine
         .add_many(
             (0..500)
                 .map(|_| NewMemory {
-                    embedding: rng.unit_vector(dim),
+                    embedding: Some(rng.unit_vector(dim)),
                     ..Default::default()
                 })
                 .collect(),
@@ -39,7 +39,7 @@ fn readers_and_writers_share_one_engine_without_lost_updates() {
                 let mut rng = SplitMix64::new(100 + t);
                 for _ in 0..100 {
                     let queries: Vec<Vec<f32>> = (0..8).map(|_| rng.unit_vector(dim)).collect();
-                    let hits = engine.retrieve_vectors(&queries, &cfg).unwrap();
+                    let hits = common::hits(&engine, &queries, &cfg);
                     assert_eq!(hits.len(), 8);
                     assert!(hits.iter().all(|h| h.len() == 5));
                 }
@@ -59,7 +59,7 @@ fn readers_and_writers_share_one_engine_without_lost_updates() {
                     .unwrap();
                 engine
                     .add(NewMemory {
-                        embedding: rng.unit_vector(dim),
+                        embedding: Some(rng.unit_vector(dim)),
                         ..Default::default()
                     })
                     .unwrap();
@@ -80,5 +80,5 @@ fn readers_and_writers_share_one_engine_without_lost_updates() {
     }
     assert_eq!(m.q, expected);
     assert_eq!(engine.len(), 800);
-    engine.with_bank(|bank| bank.debug_check()).unwrap();
+    engine.debug_check().unwrap();
 }

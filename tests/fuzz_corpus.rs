@@ -8,7 +8,7 @@ mod harness;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use memrl::{BankConfig, Device, Engine, KeyDType, NewMemory, OpenOptions, Outcome};
+use memrl::{Bank, BankConfig, KeyDType, NewMemory, Outcome};
 
 fn corpus(target: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -39,36 +39,42 @@ fn every_corpus_input_runs_clean() {
 
 #[test]
 fn the_seed_inputs_are_accepted() {
-    // The seeds are valid files: the targets reach past parsing with them.
+    // The seeds are valid files: the targets reach past parsing with them. Each log seed
+    // replays onto the empty snapshot of its own version.
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
-    let bank = memrl::snapshot::load_bytes(
-        &fs::read(root.join("snapshot/seed-shared-f16")).unwrap(),
-        &Device::Cpu,
-        &Default::default(),
-    )
-    .unwrap();
-    assert!(bank.len() > bank.num_intents());
-    let mut bank = harness::log_bank();
-    let recovery = memrl::wal::replay_bytes(
-        &mut bank,
-        &fs::read(root.join("log/seed-all-records")).unwrap(),
-        Path::new("seed"),
-    )
-    .unwrap();
-    assert_eq!((recovery.replayed, recovery.tail), (6, None));
+    for version in ["v1", "v2"] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bank.safetensors");
+        fs::copy(
+            root.join(format!("snapshot/seed-{version}-shared-f16")),
+            &path,
+        )
+        .unwrap();
+        let bank = Bank::options().read_only(true).open(&path).unwrap();
+        assert!(bank.len() > bank.num_intents(), "{version}");
+        fs::copy(root.join(format!("snapshot/seed-{version}-empty")), &path).unwrap();
+        fs::copy(
+            root.join(format!("log/seed-{version}-all-records")),
+            dir.path().join("bank.safetensors.wal"),
+        )
+        .unwrap();
+        let bank = Bank::options().read_only(true).open(&path).unwrap();
+        let recovery = bank.recovery();
+        assert_eq!((recovery.replayed, &recovery.tail), (6, &None), "{version}");
+    }
 }
 
 fn memory(v: [f32; 4], text: &str) -> NewMemory {
     NewMemory {
         intent: text.into(),
-        embedding: v.to_vec(),
+        embedding: Some(v.to_vec()),
         experience: format!("{text}: what worked"),
         metadata: Some(serde_json::json!({ "tag": text, "score": 0.5 })),
         ..Default::default()
     }
 }
 
-fn mutate(engine: &Engine) {
+fn mutate(engine: &Bank) {
     engine
         .add_many(vec![
             memory([1.0, 0.0, 0.0, 0.0], "a"),
@@ -104,16 +110,35 @@ fn mutate(engine: &Engine) {
     engine.add(memory([0.0, 0.0, 0.0, 1.0], "c")).unwrap();
 }
 
-/// A durable bank of the fuzz targets' shape (dimension 4, model `fuzz`) after [`mutate`].
-fn mutated_engine(path: &Path, dtype: KeyDType) -> Engine {
+/// A durable bank of the fuzz targets' shape (dimension 4, model `fuzz`, the fuzz bank's
+/// identity) after [`mutate`].
+fn mutated_engine(path: &Path, dtype: KeyDType) -> Bank {
     let config = BankConfig {
         dtype,
         dedup_sim: 0.9,
         ..BankConfig::new(4, "fuzz")
     };
-    let engine = Engine::create(path, config, &Device::Cpu, &OpenOptions::default()).unwrap();
+    let engine = empty_fuzz_bank(path, config);
     mutate(&engine);
     engine
+}
+
+/// An empty durable bank whose snapshot and log carry the fuzz bank's identity, so its log
+/// replays onto the fuzz targets' bank.
+fn empty_fuzz_bank(path: &Path, config: BankConfig) -> Bank {
+    let bank = Bank::options()
+        .bank_config(config)
+        .create_new(true)
+        .checkpoint(memrl::CheckpointPolicy::Manual)
+        .open(path)
+        .unwrap();
+    drop(bank);
+    memrl::internal::set_bank_id(path, memrl::internal::FUZZ_BANK_ID).unwrap();
+    Bank::options()
+        .create(false)
+        .checkpoint(memrl::CheckpointPolicy::Manual)
+        .open(path)
+        .unwrap()
 }
 
 #[test]
@@ -127,36 +152,32 @@ fn write_seed_corpora() {
     // Logs: every record kind, for the fuzz bank (dimension 4, model `fuzz`).
     let path = dir.path().join("bank.safetensors");
     let engine = mutated_engine(&path, KeyDType::F32);
-    let log = fs::read(memrl::wal::log_path(&path)).unwrap();
-    fs::write(root.join("log/seed-all-records"), &log).unwrap();
-    fs::write(
-        root.join("log/seed-header-only"),
-        &log[..memrl::wal::HEADER_LEN],
-    )
-    .unwrap();
-    fs::write(root.join("log/seed-torn"), &log[..log.len() - 5]).unwrap();
+    let log = fs::read(dir.path().join("bank.safetensors.wal")).unwrap();
+    fs::write(root.join("log/seed-v2-all-records"), &log).unwrap();
+    fs::write(root.join("log/seed-v2-header-only"), &log[..32]).unwrap();
+    fs::write(root.join("log/seed-v2-torn"), &log[..log.len() - 5]).unwrap();
     // Snapshots: empty, and with shared keys in each dtype.
     engine.checkpoint().unwrap();
-    fs::copy(&path, root.join("snapshot/seed-shared-f32")).unwrap();
+    fs::copy(&path, root.join("snapshot/seed-v2-shared-f32")).unwrap();
     for dtype in [KeyDType::F16, KeyDType::Bf16] {
         let path = dir.path().join(format!("{}.safetensors", dtype.as_str()));
         let engine = mutated_engine(&path, dtype);
         engine.checkpoint().unwrap();
         fs::copy(
             &path,
-            root.join(format!("snapshot/seed-shared-{}", dtype.as_str())),
+            root.join(format!("snapshot/seed-v2-shared-{}", dtype.as_str())),
         )
         .unwrap();
     }
     let empty = dir.path().join("empty.safetensors");
-    Engine::create(
+    drop(empty_fuzz_bank(
         &empty,
-        BankConfig::new(4, "fuzz"),
-        &Device::Cpu,
-        &OpenOptions::default(),
-    )
-    .unwrap();
-    fs::copy(&empty, root.join("snapshot/seed-empty")).unwrap();
+        BankConfig {
+            dedup_sim: 0.9,
+            ..BankConfig::new(4, "fuzz")
+        },
+    ));
+    fs::copy(&empty, root.join("snapshot/seed-v2-empty")).unwrap();
     // JSON Lines: each record type, and the usual mistakes.
     let lines = [
         ("memories", "{\"intent\": \"book a flight\", \"experience\": \"use the airport code\", \"q\": 0.5, \"success\": true, \"id\": 7, \"metadata\": {\"k\": [1, 2]}}\n{\"intent\": \"x\", \"experience\": \"y\"}\n"),

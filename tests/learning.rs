@@ -9,12 +9,12 @@ use proptest::prelude::*;
 fn bank_with(n: usize, q: f32) -> (Bank, Vec<u64>) {
     let mut config = BankConfig::new(2, "learn");
     config.dedup_sim = 1.0;
-    let mut bank = Bank::new(config, &common::device()).unwrap();
+    let bank = common::bank(config);
     let ids = bank
         .add_many(
             (0..n)
                 .map(|i| NewMemory {
-                    embedding: vec![1.0, i as f32],
+                    embedding: Some(vec![1.0, i as f32]),
                     q: Some(q),
                     ..Default::default()
                 })
@@ -32,7 +32,7 @@ proptest! {
         q0 in -1.0f32..1.0,
         t in 0u32..60,
     ) {
-        let (mut bank, ids) = bank_with(1, q0);
+        let (bank, ids) = bank_with(1, q0);
         bank.set_learning_config(LearningConfig { alpha, ..Default::default() }).unwrap();
         for _ in 0..t {
             bank.apply_outcomes(&[Outcome { memory_ids: ids.clone(), reward }]).unwrap();
@@ -50,7 +50,7 @@ proptest! {
 fn bernoulli_rewards_drive_q_to_the_mean() {
     // Success with p = 0.7 (reward +1) else -1: mean reward 0.4. With a constant alpha Q is an
     // exponential average, so its time average converges to the mean.
-    let (mut bank, ids) = bank_with(1, 0.0);
+    let (bank, ids) = bank_with(1, 0.0);
     bank.set_learning_config(LearningConfig {
         alpha: 0.05,
         ..Default::default()
@@ -78,7 +78,7 @@ fn bernoulli_rewards_drive_q_to_the_mean() {
 fn every_injected_memory_gets_the_reward_and_new_memories_start_at_q_init() {
     let mut config = BankConfig::new(2, "learn");
     config.dedup_sim = 1.0;
-    let mut bank = Bank::new(config, &common::device()).unwrap();
+    let bank = common::bank(config);
     bank.set_learning_config(LearningConfig {
         alpha: 0.5,
         q_init: 0.25,
@@ -87,13 +87,13 @@ fn every_injected_memory_gets_the_reward_and_new_memories_start_at_q_init() {
     .unwrap();
     let a = bank
         .add(NewMemory {
-            embedding: vec![1.0, 0.0],
+            embedding: Some(vec![1.0, 0.0]),
             ..Default::default()
         })
         .unwrap();
     let b = bank
         .add(NewMemory {
-            embedding: vec![0.0, 1.0],
+            embedding: Some(vec![0.0, 1.0]),
             success: false,
             ..Default::default()
         })
@@ -127,7 +127,7 @@ fn every_injected_memory_gets_the_reward_and_new_memories_start_at_q_init() {
 
 #[test]
 fn a_bad_batch_changes_nothing() {
-    let (mut bank, ids) = bank_with(3, 0.0);
+    let (bank, ids) = bank_with(3, 0.0);
     bank.apply_outcomes(&[Outcome {
         memory_ids: vec![ids[0]],
         reward: 1.0,
@@ -187,13 +187,10 @@ fn a_bad_batch_changes_nothing() {
     }
     for alpha in [0.0, -0.1, 1.5, f32::NAN] {
         let err = bank
-            .apply_outcomes_with(
-                std::slice::from_ref(&good),
-                &LearningConfig {
-                    alpha,
-                    ..Default::default()
-                },
-            )
+            .set_learning_config(LearningConfig {
+                alpha,
+                ..Default::default()
+            })
             .unwrap_err();
         assert!(
             matches!(err, Error::InvalidConfig { field: "alpha", .. }),

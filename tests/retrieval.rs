@@ -82,7 +82,7 @@ fn build(case: &Case) -> (Bank, RefBank) {
     let mut config = BankConfig::new(16, "dyadic");
     config.dtype = case.dtype;
     config.dedup_sim = case.dedup_sim;
-    let mut bank = Bank::new(config, &common::device()).unwrap();
+    let bank = common::bank(config);
     let mut reference = RefBank::new(case.dedup_sim);
     let mut batch = Vec::new();
     for (i, &(pattern, q)) in case.memories.iter().enumerate() {
@@ -92,7 +92,7 @@ fn build(case: &Case) -> (Bank, RefBank) {
         batch.push(NewMemory {
             id: Some(id),
             intent: format!("intent {pattern}"),
-            embedding,
+            embedding: Some(embedding),
             experience: format!("exp {id}"),
             q: Some(q),
             ..Default::default()
@@ -114,7 +114,7 @@ proptest! {
         let (bank, reference) = build(&case);
         prop_assert_eq!(bank.num_intents(), reference.keys.len());
         let queries: Vec<Vec<f32>> = case.queries.iter().map(|&p| dyadic_unit(p)).collect();
-        let ours = bank.retrieve_vectors(&queries, &case.cfg).unwrap();
+        let ours = common::hits(&bank, &queries, &case.cfg);
         prop_assert_eq!(ours.len(), queries.len());
         for (i, q) in queries.iter().enumerate() {
             let (all, want) = reference.retrieve_one(q, i, &case.cfg);
@@ -130,7 +130,7 @@ proptest! {
         // The same queries inside a batch large enough for the CPU's tiled path (beyond the
         // fused loop's few queries) give the same hits: dyadic vectors make every sum exact.
         let many: Vec<Vec<f32>> = queries.iter().cycle().take(queries.len() * 8 + 9).cloned().collect();
-        let tiled = bank.retrieve_vectors(&many, &case.cfg).unwrap();
+        let tiled = common::hits(&bank, &many, &case.cfg);
         prop_assert_eq!(&tiled[..queries.len()], &ours[..]);
     }
 }
@@ -141,18 +141,18 @@ fn exact_ties_follow_similarity_then_id() {
     // so the order must be by id ascending; one more key with a lower similarity comes after.
     let mut config = BankConfig::new(2, "ties");
     config.dedup_sim = 1.0;
-    let mut bank = Bank::new(config, &common::device()).unwrap();
+    let bank = common::bank(config);
     for id in [50u64, 10, 40, 20, 30] {
         bank.add(NewMemory {
             id: Some(id),
-            embedding: vec![1.0, 0.0],
+            embedding: Some(vec![1.0, 0.0]),
             ..Default::default()
         })
         .unwrap();
     }
     bank.add(NewMemory {
         id: Some(1),
-        embedding: vec![0.8, 0.6],
+        embedding: Some(vec![0.8, 0.6]),
         ..Default::default()
     })
     .unwrap();
@@ -162,7 +162,7 @@ fn exact_ties_follow_similarity_then_id() {
         delta: 0.0,
         ..Default::default()
     };
-    let hits = bank.retrieve_vectors(&[vec![1.0, 0.0]], &cfg).unwrap();
+    let hits = common::hits(&bank, &[vec![1.0, 0.0]], &cfg);
     let ids: Vec<u64> = hits[0].iter().map(|h| h.id).collect();
     assert_eq!(ids, vec![10, 20, 30, 40, 50, 1]);
     // k1 cuts equal-similarity keys by row (creation order): the first two created win.
@@ -172,7 +172,7 @@ fn exact_ties_follow_similarity_then_id() {
         delta: 0.0,
         ..Default::default()
     };
-    let ids: Vec<u64> = bank.retrieve_vectors(&[vec![1.0, 0.0]], &cfg).unwrap()[0]
+    let ids: Vec<u64> = common::hits(&bank, &[vec![1.0, 0.0]], &cfg)[0]
         .iter()
         .map(|h| h.id)
         .collect();
@@ -181,22 +181,19 @@ fn exact_ties_follow_similarity_then_id() {
 
 #[test]
 fn edge_cases_of_the_pool() {
-    let mut bank = Bank::new(BankConfig::new(2, "edge"), &common::device()).unwrap();
+    let bank = common::bank(BankConfig::new(2, "edge"));
     let cfg = RetrievalConfig::default();
     // Empty bank: no hits, not an error.
-    assert_eq!(
-        bank.retrieve_vectors(&[vec![1.0, 0.0]], &cfg).unwrap(),
-        vec![vec![]]
-    );
+    assert_eq!(common::hits(&bank, &[vec![1.0, 0.0]], &cfg), vec![vec![]]);
     let a = bank
         .add(NewMemory {
-            embedding: vec![1.0, 0.0],
+            embedding: Some(vec![1.0, 0.0]),
             q: Some(0.7),
             ..Default::default()
         })
         .unwrap();
     // Pool of one: std taken as 1, z-scores 0, score 0.
-    let hits = bank.retrieve_vectors(&[vec![1.0, 0.1]], &cfg).unwrap();
+    let hits = common::hits(&bank, &[vec![1.0, 0.1]], &cfg);
     assert_eq!(hits[0].len(), 1);
     assert_eq!(
         (
@@ -208,15 +205,15 @@ fn edge_cases_of_the_pool() {
         (a, 0.0, 0.0, 0.0)
     );
     // Nothing above delta.
-    assert!(bank.retrieve_vectors(&[vec![0.0, 1.0]], &cfg).unwrap()[0].is_empty());
+    assert!(common::hits(&bank, &[vec![0.0, 1.0]], &cfg)[0].is_empty());
     // q_min filters everything.
     let strict = RetrievalConfig {
         q_min: Some(0.9),
         ..cfg.clone()
     };
-    assert!(bank.retrieve_vectors(&[vec![1.0, 0.0]], &strict).unwrap()[0].is_empty());
+    assert!(common::hits(&bank, &[vec![1.0, 0.0]], &strict)[0].is_empty());
     // An empty batch of queries.
-    assert!(bank.retrieve_vectors(&[], &cfg).unwrap().is_empty());
+    assert!(common::hits(&bank, &[], &cfg).is_empty());
 }
 
 #[test]
@@ -225,17 +222,17 @@ fn utility_reorders_lookalikes() {
     // weighs more (lambda 0.75): the point of the whole engine. In a pool of two both z-scores
     // are +-1, so at lambda 0.5 the scores tie exactly and the tie rule (higher similarity) picks
     // the look-alike.
-    let mut bank = Bank::new(BankConfig::new(2, "toy"), &common::device()).unwrap();
+    let bank = common::bank(BankConfig::new(2, "toy"));
     let lookalike = bank
         .add(NewMemory {
-            embedding: vec![1.0, 0.05],
+            embedding: Some(vec![1.0, 0.05]),
             q: Some(-0.9),
             ..Default::default()
         })
         .unwrap();
     let helpful = bank
         .add(NewMemory {
-            embedding: vec![1.0, 0.6],
+            embedding: Some(vec![1.0, 0.6]),
             q: Some(0.9),
             ..Default::default()
         })
@@ -247,7 +244,7 @@ fn utility_reorders_lookalikes() {
             lambda,
             ..Default::default()
         };
-        bank.retrieve_vectors(&query, &cfg).unwrap()[0][0].id
+        common::hits(&bank, &query, &cfg)[0][0].id
     };
     assert_eq!(top(0.0), lookalike);
     assert_eq!(top(0.5), lookalike);
@@ -266,7 +263,7 @@ fn random_vectors_large_bank_agree_with_the_reference_across_tiles() {
     let mut rng = Rng(99);
     let mut config = BankConfig::new(dim, "random");
     config.dedup_sim = 1.0;
-    let mut bank = Bank::new(config, &common::device()).unwrap();
+    let bank = common::bank(config);
     let mut reference = RefBank::new(1.0);
     let mut batch = Vec::new();
     for id in 0..n as u64 {
@@ -275,7 +272,7 @@ fn random_vectors_large_bank_agree_with_the_reference_across_tiles() {
         reference.add(id, &e, q, "");
         batch.push(NewMemory {
             id: Some(id),
-            embedding: e,
+            embedding: Some(e),
             q: Some(q),
             ..Default::default()
         });
@@ -288,13 +285,13 @@ fn random_vectors_large_bank_agree_with_the_reference_across_tiles() {
         delta: 0.3,
         ..Default::default()
     };
-    let ours = bank.retrieve_vectors(&queries, &cfg).unwrap();
+    let ours = common::hits(&bank, &queries, &cfg);
     for i in (0..b).step_by(37) {
         let (all, want) = reference.retrieve_one(&queries[i], i, &cfg);
         assert_hits_match(&ours[i], &all, &want, 2e-4, false, &format!("query {i}"));
     }
     // A few queries take the fused CPU scan instead (chunks of keys in parallel, merged).
-    let few = bank.retrieve_vectors(&queries[..3], &cfg).unwrap();
+    let few = common::hits(&bank, &queries[..3], &cfg);
     for (i, hits) in few.iter().enumerate() {
         let (all, want) = reference.retrieve_one(&queries[i], i, &cfg);
         assert_hits_match(hits, &all, &want, 2e-4, false, &format!("fused query {i}"));
@@ -303,25 +300,25 @@ fn random_vectors_large_bank_agree_with_the_reference_across_tiles() {
 
 #[test]
 fn shared_intents_pool_every_member() {
-    let mut bank = Bank::new(BankConfig::new(3, "share"), &common::device()).unwrap();
+    let bank = common::bank(BankConfig::new(3, "share"));
     let ids = bank
         .add_many(vec![
             NewMemory {
-                embedding: vec![1.0, 0.0, 0.0],
+                embedding: Some(vec![1.0, 0.0, 0.0]),
                 ..Default::default()
             },
             NewMemory {
-                embedding: vec![0.99, 0.05, 0.0],
+                embedding: Some(vec![0.99, 0.05, 0.0]),
                 ..Default::default()
             },
             NewMemory {
-                embedding: vec![0.0, 1.0, 0.0],
+                embedding: Some(vec![0.0, 1.0, 0.0]),
                 ..Default::default()
             },
         ])
         .unwrap();
     bank.add(NewMemory {
-        embedding: vec![1.0, 0.01, 0.0],
+        embedding: Some(vec![1.0, 0.01, 0.0]),
         ..Default::default()
     })
     .unwrap();
@@ -334,7 +331,7 @@ fn shared_intents_pool_every_member() {
         ..Default::default()
     };
     assert_eq!(
-        bank.retrieve_vectors(&[vec![1.0, 0.0, 0.0]], &cfg).unwrap()[0].len(),
+        common::hits(&bank, &[vec![1.0, 0.0, 0.0]], &cfg)[0].len(),
         3
     );
     // Removing memories keeps the invariants; the key goes with its last memory.
@@ -344,7 +341,7 @@ fn shared_intents_pool_every_member() {
     bank.debug_check().unwrap();
     assert_eq!(bank.num_intents(), 1);
     assert_eq!(
-        bank.retrieve_vectors(&[vec![1.0, 0.0, 0.0]], &cfg).unwrap()[0].len(),
+        common::hits(&bank, &[vec![1.0, 0.0, 0.0]], &cfg)[0].len(),
         2
     );
 }
@@ -354,12 +351,12 @@ fn removal_in_any_order_keeps_invariants() {
     let mut rng = Rng(5);
     let mut config = BankConfig::new(16, "remove");
     config.dedup_sim = 0.9;
-    let mut bank = Bank::new(config, &common::device()).unwrap();
+    let bank = common::bank(config);
     let ids = bank
         .add_many(
             (0..200)
                 .map(|i| NewMemory {
-                    embedding: dyadic_unit(i % 37),
+                    embedding: Some(dyadic_unit(i % 37)),
                     ..Default::default()
                 })
                 .collect(),

@@ -1,826 +1,1046 @@
-//! The memory bank: intent keys on the device and the memories filed under them.
+//! [`Bank`], the front door: one bank of memories, durable by default, shared by any number of
+//! threads, at the text level (with an embedder) and at the vector level.
 //!
-//! A bank is two tables (spec, "The memory"):
-//! - intent keys: unit-vector rows of a device matrix ([`intents`]), the retrieval keys;
-//! - memories: id, intent text, experience text, Q and bookkeeping, each filed under one key.
+//! Concurrency contract: `Bank` is `Send + Sync` and every method takes `&self`. Retrievals,
+//! reads, saves and checkpoints share a read lock and run in parallel; adds, removals, outcome
+//! batches and config changes take the write lock, so each is applied whole, in some serial
+//! order, and a retrieval sees the bank either before or after it, never half-way. Embedding
+//! (the slow part of a text-level call) runs before any lock is taken. A poisoned lock is
+//! recovered: every mutation validates first and changes memory only once it cannot fail.
 //!
-//! With intent sharing on (`dedup_sim < 1`), a new memory whose intent has cosine >= `dedup_sim`
-//! with an existing key is filed under that key (the most similar one; ties go to the lower row)
-//! instead of creating a new key. Both memories keep their own texts and Q.
-//!
-//! Invariants (checked by `debug_check` in tests):
-//! - memories live in dense slots `0..len`; `slot_of[id] == slot` and `memories[slot].id == id`;
-//! - `key_of[slot]` is a live key row and `members[key_of[slot]]` contains `slot`;
-//! - every live key has at least one member (a key whose last memory is removed is removed);
-//! - the device Q mirror equals the host Q of every slot.
-//!
-//! Every mutating call validates its whole input before changing anything, and writes the device
-//! before the host, so an error leaves the bank exactly as it was.
+//! Durability: a bank opened from a path owns its write-ahead log (`<path>.wal`). Each mutation
+//! is validated and planned, its plan appended to the log (synced per [`crate::SyncPolicy`]), then
+//! applied, all under the write lock, so the log's order is the order of application and a
+//! replay of snapshot + log rebuilds exactly the bank in memory. Once a write is in the log it
+//! is reported as done: a checkpoint that the [`CheckpointPolicy`] runs after it may fail (a full
+//! disk), and then the write still succeeds, the failure is logged as a warning and kept in
+//! [`Bank::last_checkpoint_error`], and the next write tries again.
 
-mod intents;
-mod stats;
+mod files;
+mod options;
+mod pending;
 
-pub use stats::BankSummary;
-mod utility;
+pub use options::{CheckpointPolicy, OpenOptions, Retention};
+pub use pending::RetrievalId;
 
-use std::collections::{HashMap, HashSet};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(feature = "embed")]
+use std::sync::Arc;
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use candle_core::{Device, Tensor};
-use serde::{Deserialize, Serialize};
+use candle_core::Device;
 
+use crate::calibrate::{self, Calibration};
 use crate::config::{BankConfig, LearningConfig, Limits, RetrievalConfig};
+#[cfg(feature = "embed")]
+use crate::embed::Embedder;
 use crate::error::{Error, Result};
-use crate::learn::{self, Outcome, OutcomeReport};
-use crate::retrieve::{self, Hit};
+use crate::learn::{Outcome, OutcomeReport};
+use crate::retrieve::Hit;
+use crate::snapshot;
+use crate::store::{now_ms, Memory, NewMemory, Stats, Store};
+use crate::wal::{LogWriter, RecordRef, Recovery};
 
-use intents::IntentMatrix;
-use utility::UtilityVector;
+use pending::Pending;
 
-/// One episodic memory: (intent, experience, Q) plus bookkeeping.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Memory {
-    /// Stable identifier, unique within the bank.
-    pub id: u64,
-    /// The task description the memory was written for.
-    pub intent: String,
-    /// What the agent should be told (a distilled script, or a reflection on a failure).
-    pub experience: String,
-    /// Learned utility: the expected reward of injecting this memory.
-    pub q: f32,
-    /// How many outcomes have updated this memory.
-    pub visits: u64,
-    /// The reward of the last outcome, `None` before the first.
-    pub last_reward: Option<f32>,
-    /// Whether the episode that wrote this memory succeeded.
-    pub success: bool,
-    /// Creation time, milliseconds since the Unix epoch.
-    pub created_ms: u64,
-    /// Time of the last change (creation or outcome), milliseconds since the Unix epoch.
-    pub updated_ms: u64,
-    /// Free-form user metadata.
-    pub metadata: Option<serde_json::Value>,
+/// The hits of one query and the id to report its outcome with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retrieval {
+    /// Pass to [`Bank::feedback`] once the episode's reward is known.
+    pub id: RetrievalId,
+    /// Up to k2 memories, best first; empty when nothing passes the similarity gate (the agent
+    /// then runs without memory).
+    pub hits: Vec<Hit>,
 }
 
-/// A memory to add. `id: None` takes the bank's next free id; `q: None` starts at `q_init`.
-#[derive(Debug, Clone, Default)]
-pub struct NewMemory {
-    /// Explicit id, or `None` for the next free one.
-    pub id: Option<u64>,
-    /// Intent text.
-    pub intent: String,
-    /// Embedding of the intent (any non-zero finite vector of the bank's dimension; it is
-    /// normalised on insert).
-    pub embedding: Vec<f32>,
-    /// Experience text.
-    pub experience: String,
-    /// Whether the episode succeeded.
-    pub success: bool,
-    /// Initial Q, or `None` for the learning config's `q_init`.
-    pub q: Option<f32>,
-    /// Optional user metadata.
-    pub metadata: Option<serde_json::Value>,
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Validates a batch of vectors (`rows` x `dim`, row-major) and returns them unit-normalised.
-pub(crate) fn normalise_rows(what: &'static str, values: &[f32], dim: usize) -> Result<Vec<f32>> {
-    let mut out = Vec::with_capacity(values.len());
-    for (index, row) in values.chunks(dim).enumerate() {
-        if let Some(pos) = row.iter().position(|v| !v.is_finite()) {
-            return Err(Error::InvalidEmbedding {
-                what,
-                index,
-                problem: format!("component {pos} is {}", row[pos]),
-            });
-        }
-        let norm = row
-            .iter()
-            .map(|&v| (v as f64) * (v as f64))
-            .sum::<f64>()
-            .sqrt();
-        if norm < 1e-12 {
-            return Err(Error::InvalidEmbedding {
-                what,
-                index,
-                problem: "the vector is zero and has no direction".to_string(),
-            });
-        }
-        out.extend(row.iter().map(|&v| (v as f64 / norm) as f32));
-    }
-    Ok(out)
-}
-
-/// A bank of memories on one device. Not synchronised: wrap it in an [`crate::Engine`] to share it
-/// between threads.
+/// Queries for [`Bank::retrieve`]: texts (embedded with the bank's embedder), vectors, or a flat
+/// slice of rows.
 ///
 /// ```
-/// use memrl::{Bank, BankConfig, NewMemory, RetrievalConfig};
-/// let mut bank = Bank::new(BankConfig::new(2, "toy"), &memrl::Device::Cpu)?;
-/// let id = bank.add(NewMemory {
-///     intent: "sort a list".into(),
-///     embedding: vec![1.0, 0.0],
-///     experience: "use sort_unstable".into(),
-///     ..Default::default()
-/// })?;
-/// let hits = bank.retrieve_vectors(&[vec![0.9, 0.1]], &RetrievalConfig::default())?;
-/// assert_eq!(hits[0][0].id, id);
-/// # Ok::<(), memrl::Error>(())
+/// use memrl::Queries;
+/// let one: Queries = "book a flight".into();
+/// let texts = ["a", "b"];
+/// let many: Queries = texts[..].into();
+/// let rows = [1.0f32, 0.0, 0.0, 1.0];
+/// let flat = Queries::Rows(&rows); // two queries of dimension 2
+/// # let _ = (one, many, flat);
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone)]
+pub enum Queries<'a> {
+    /// Query texts.
+    Texts(Vec<&'a str>),
+    /// One vector per query.
+    Vectors(&'a [Vec<f32>]),
+    /// Rows of the bank's dimension, one after the other.
+    Rows(&'a [f32]),
+}
+
+impl<'a> From<&'a str> for Queries<'a> {
+    fn from(text: &'a str) -> Self {
+        Queries::Texts(vec![text])
+    }
+}
+
+impl<'a> From<&'a String> for Queries<'a> {
+    fn from(text: &'a String) -> Self {
+        Queries::Texts(vec![text.as_str()])
+    }
+}
+
+impl<'a> From<&'a [&'a str]> for Queries<'a> {
+    fn from(texts: &'a [&'a str]) -> Self {
+        Queries::Texts(texts.to_vec())
+    }
+}
+
+impl<'a> From<&'a [String]> for Queries<'a> {
+    fn from(texts: &'a [String]) -> Self {
+        Queries::Texts(texts.iter().map(String::as_str).collect())
+    }
+}
+
+impl<'a> From<&'a Vec<String>> for Queries<'a> {
+    fn from(texts: &'a Vec<String>) -> Self {
+        texts.as_slice().into()
+    }
+}
+
+impl<'a> From<&'a [Vec<f32>]> for Queries<'a> {
+    fn from(vectors: &'a [Vec<f32>]) -> Self {
+        Queries::Vectors(vectors)
+    }
+}
+
+impl<'a> From<&'a Vec<Vec<f32>>> for Queries<'a> {
+    fn from(vectors: &'a Vec<Vec<f32>>) -> Self {
+        Queries::Vectors(vectors)
+    }
+}
+
+/// One bank of memories: the front door of memrl (see the module docs).
+///
+/// The whole loop, at the vector level (the text level is the same with an embedder: see the
+/// crate docs):
+///
+/// ```
+/// use memrl::{Bank, NewMemory};
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("bank.safetensors");
+/// let bank = Bank::options().dim(2).model_id("toy").open(&path)?;
+/// let id = bank.add(NewMemory::new("parse a date", "use chrono").embedding(vec![1.0, 0.0]))?;
+/// let r = bank.retrieve(&[vec![0.9, 0.1]][..])?.remove(0);
+/// assert_eq!(r.hits[0].id, id);
+/// bank.feedback(r.id, 1.0)?;
+/// drop(bank);
+/// let bank = Bank::open(&path)?; // the add and the feedback are in the log
+/// assert!((bank.get(id).unwrap().q - 0.3).abs() < 1e-6);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Bank {
-    config: BankConfig,
-    retrieval: RetrievalConfig,
-    learning: LearningConfig,
-    keys: IntentMatrix,
-    /// Slots of the memories filed under each key row.
-    members: Vec<Vec<u32>>,
-    memories: Vec<Memory>,
-    key_of: Vec<u32>,
-    slot_of: HashMap<u64, u32>,
-    utility: UtilityVector,
-    next_id: u64,
-    /// Sequence number of the last write-ahead log record applied (0: none).
-    log_seq: u64,
-    limits: Limits,
+    store: RwLock<Store>,
+    files: Option<Files>,
+    #[cfg(feature = "embed")]
+    embedder: Option<Arc<Embedder>>,
+    pending: Mutex<Pending>,
+    recovery: Recovery,
+}
+
+/// The files of a bank opened from a path.
+struct Files {
+    snapshot: PathBuf,
+    /// `None` when the bank is open read-only.
+    log: Option<Mutex<LogWriter>>,
+    checkpoint: CheckpointPolicy,
+    /// Bytes of the snapshot as last written (for the checkpoint policy).
+    snapshot_bytes: AtomicU64,
+    checkpoint_error: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for Bank {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let store = self.read();
+        f.debug_struct("Bank")
+            .field("path", &self.path())
+            .field("read_only", &self.is_read_only())
+            .field("memories", &store.len())
+            .field("intents", &store.num_intents())
+            .field("config", store.config())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Bank {
-    /// An empty bank on `device`, with the default retrieval and learning configs.
-    pub fn new(config: BankConfig, device: &Device) -> Result<Self> {
-        config.validate()?;
-        Ok(Self {
-            keys: IntentMatrix::new(config.dim, config.dtype.candle(), device)?,
-            config,
-            retrieval: RetrievalConfig::default(),
-            learning: LearningConfig::default(),
-            members: Vec::new(),
-            memories: Vec::new(),
-            key_of: Vec::new(),
-            slot_of: HashMap::new(),
-            utility: UtilityVector::new(device)?,
-            next_id: 0,
-            log_seq: 0,
-            limits: Limits::default(),
+    /// Options for opening or creating a bank (see [`OpenOptions`]).
+    pub fn options() -> OpenOptions {
+        OpenOptions::new()
+    }
+
+    /// Opens the existing durable bank at `path` for writing: `Bank::options().create(false)
+    /// .open(path)`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Bank> {
+        OpenOptions::new().create(false).open(path)
+    }
+
+    /// Creates a durable bank at `path` with `config` (an error if one is already there).
+    pub fn create(path: impl AsRef<Path>, config: BankConfig) -> Result<Bank> {
+        OpenOptions::new()
+            .bank_config(config)
+            .create_new(true)
+            .open(path)
+    }
+
+    /// A bank in memory only, with `config`.
+    pub fn in_memory(config: BankConfig) -> Result<Bank> {
+        OpenOptions::new().bank_config(config).in_memory()
+    }
+
+    /// The config (dimension, key dtype, sharing, model) recorded in the snapshot at `path`,
+    /// read from its header alone: cheap, and enough to pick the embedder a bank needs before
+    /// opening it. Opening checks the whole file.
+    pub fn peek_config(path: impl AsRef<Path>) -> Result<BankConfig> {
+        let path = files::canonical(path.as_ref())?;
+        if !files::exists(&path) {
+            return Err(Error::NoBank { path });
+        }
+        snapshot::peek_config(&path)
+    }
+
+    pub(crate) fn in_memory_with(options: &OpenOptions) -> Result<Bank> {
+        #[cfg(feature = "embed")]
+        let embedder = load_embedder(options)?;
+        let config = new_bank_config(
+            options,
+            #[cfg(feature = "embed")]
+            embedder.as_deref(),
+        )?;
+        let mut store = Store::new(config, pending::random_u64().max(1), &options.device)?;
+        store.set_limits(options.limits)?;
+        Ok(Bank {
+            store: RwLock::new(store),
+            files: None,
+            #[cfg(feature = "embed")]
+            embedder,
+            pending: Mutex::new(Pending::new(options.retention)),
+            recovery: Recovery::default(),
         })
     }
 
-    /// The bank's shape: dimension, dtype, sharing threshold, model.
-    pub fn config(&self) -> &BankConfig {
-        &self.config
+    pub(crate) fn open_with(path: &Path, options: &OpenOptions) -> Result<Bank> {
+        options.limits.validate()?;
+        let path = files::canonical(path)?;
+        #[cfg(feature = "embed")]
+        let embedder = load_embedder(options)?;
+        let (store, log, recovery) = if options.read_only {
+            let (store, recovery) = files::read(&path, &options.device, options.limits)?;
+            (store, None, recovery)
+        } else {
+            let mut opened = None;
+            if !files::exists(&path) {
+                if !options.create {
+                    return Err(Error::NoBank { path });
+                }
+                let config = new_bank_config(
+                    options,
+                    #[cfg(feature = "embed")]
+                    embedder.as_deref(),
+                )?;
+                opened =
+                    files::create(&path, config, &options.device, options.sync, options.limits)?
+                        .map(|(store, log)| (store, Some(log), Recovery::default()));
+            } else if options.create_new {
+                return Err(Error::BankExists { path });
+            }
+            match opened {
+                Some(opened) => opened,
+                None => {
+                    let (store, log, recovery) =
+                        files::open(&path, &options.device, options.sync, options.limits)?;
+                    (store, Some(log), recovery)
+                }
+            }
+        };
+        check_existing(
+            &path,
+            store.config(),
+            options,
+            #[cfg(feature = "embed")]
+            embedder.as_deref(),
+        )?;
+        let snapshot_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        Ok(Bank {
+            store: RwLock::new(store),
+            files: Some(Files {
+                snapshot: path,
+                log: log.map(Mutex::new),
+                checkpoint: options.checkpoint,
+                snapshot_bytes: AtomicU64::new(snapshot_bytes),
+                checkpoint_error: Mutex::new(None),
+            }),
+            #[cfg(feature = "embed")]
+            embedder,
+            pending: Mutex::new(Pending::new(options.retention)),
+            recovery,
+        })
     }
 
-    /// The retrieval config stored with the bank (saved in snapshots).
-    pub fn retrieval_config(&self) -> &RetrievalConfig {
-        &self.retrieval
+    // ---- what the bank is ----
+
+    /// The snapshot's path (canonical), or `None` for a bank in memory.
+    pub fn path(&self) -> Option<&Path> {
+        self.files.as_ref().map(|f| f.snapshot.as_path())
     }
 
-    /// Replaces the stored retrieval config after validating it.
-    pub fn set_retrieval_config(&mut self, config: RetrievalConfig) -> Result<()> {
-        config.validate()?;
-        self.retrieval = config;
-        Ok(())
+    /// Whether mutations are logged to disk (opened from a path, not read-only).
+    pub fn is_durable(&self) -> bool {
+        self.files.as_ref().is_some_and(|f| f.log.is_some())
     }
 
-    /// The learning config stored with the bank (saved in snapshots).
-    pub fn learning_config(&self) -> &LearningConfig {
-        &self.learning
+    /// Whether the bank was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.files.as_ref().is_some_and(|f| f.log.is_none())
     }
 
-    /// Replaces the stored learning config after validating it.
-    pub fn set_learning_config(&mut self, config: LearningConfig) -> Result<()> {
-        config.validate()?;
-        self.learning = config;
-        Ok(())
+    /// What opening the bank found: records replayed, a torn tail dropped, an upgrade.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
     }
 
-    /// The operational limits (not saved with the bank).
-    pub fn limits(&self) -> &Limits {
-        &self.limits
+    /// The bank's shape: dimension, key dtype, sharing threshold, model.
+    pub fn config(&self) -> BankConfig {
+        self.read().config().clone()
     }
 
-    /// Replaces the limits after validating them. A bank already larger than the new
-    /// `max_memories` keeps its memories and refuses further adds.
-    pub fn set_limits(&mut self, limits: Limits) -> Result<()> {
-        limits.validate()?;
-        self.limits = limits;
-        Ok(())
+    /// The device the keys live on.
+    pub fn device(&self) -> Device {
+        self.read().device().clone()
     }
 
-    /// Sequence number of the last write-ahead log record this bank reflects (saved in
-    /// snapshots; 0 for a bank that never had a log). See [`crate::wal`].
-    pub fn log_seq(&self) -> u64 {
-        self.log_seq
-    }
-
-    pub(crate) fn set_log_seq(&mut self, seq: u64) {
-        self.log_seq = seq;
-    }
-
-    /// The device the keys and Q live on.
-    pub fn device(&self) -> &Device {
-        self.keys.device()
+    /// The bank's embedder, if it has one.
+    #[cfg(feature = "embed")]
+    pub fn embedder(&self) -> Option<&Arc<Embedder>> {
+        self.embedder.as_ref()
     }
 
     /// Number of memories.
     pub fn len(&self) -> usize {
-        self.memories.len()
+        self.read().len()
     }
 
     /// Whether the bank holds no memory.
     pub fn is_empty(&self) -> bool {
-        self.memories.is_empty()
+        self.read().len() == 0
     }
 
-    /// Number of intent keys (<= number of memories; fewer when intents are shared).
+    /// Number of intent keys (at most the number of memories; fewer when intents are shared).
     pub fn num_intents(&self) -> usize {
-        self.keys.len()
+        self.read().num_intents()
     }
 
-    /// The id the next memory without an explicit id will get.
-    pub fn next_id(&self) -> u64 {
-        self.next_id
-    }
-
-    /// The memory with this id.
-    pub fn get(&self, id: u64) -> Option<&Memory> {
-        self.slot_of
-            .get(&id)
-            .map(|&slot| &self.memories[slot as usize])
+    /// A copy of one memory.
+    pub fn get(&self, id: u64) -> Option<Memory> {
+        self.read().get(id).cloned()
     }
 
     /// Whether a memory with this id exists.
     pub fn contains(&self, id: u64) -> bool {
-        self.slot_of.contains_key(&id)
+        self.read().contains(id)
     }
 
-    /// All memories, in slot order (insertion order until something is removed).
-    pub fn iter(&self) -> impl Iterator<Item = &Memory> + '_ {
-        self.memories.iter()
+    /// A copy of every memory, in id order.
+    pub fn memories(&self) -> Vec<Memory> {
+        let mut all: Vec<Memory> = self.read().iter().cloned().collect();
+        all.sort_unstable_by_key(|m| m.id);
+        all
     }
 
-    /// The unit intent key a memory is filed under (as f32, whatever the storage dtype).
+    /// The unit intent key memory `id` is filed under (as f32, whatever the storage dtype).
     pub fn intent_key(&self, id: u64) -> Result<Vec<f32>> {
-        let slot = *self.slot_of.get(&id).ok_or(Error::NotFound(id))?;
-        self.keys.row(self.key_of[slot as usize] as usize)
+        self.read().intent_key(id)
     }
 
-    /// Ids of the memories that share the key of memory `id` (itself included), in slot order.
+    /// The ids of the memories filed under the same key as memory `id` (itself included),
+    /// ascending.
     pub fn intent_members(&self, id: u64) -> Result<Vec<u64>> {
-        let slot = *self.slot_of.get(&id).ok_or(Error::NotFound(id))?;
-        let key = self.key_of[slot as usize] as usize;
-        Ok(self.members[key]
-            .iter()
-            .map(|&s| self.memories[s as usize].id)
+        self.read().intent_members(id)
+    }
+
+    /// Counts and Q telemetry: quantiles, signs, a `bins`-bin histogram, and the `extremes`
+    /// memories of highest and lowest Q.
+    pub fn stats(&self, bins: usize, extremes: usize) -> Stats {
+        self.read().stats(bins, extremes)
+    }
+
+    /// The paper's calibration over the bank's intent keys: delta (the top-20% pairwise
+    /// similarity) and the fixed-zsim statistics. Above `max_pairs` pairs, that many are sampled
+    /// with `seed`.
+    pub fn calibrate(&self, max_pairs: usize, seed: u64) -> Result<Calibration> {
+        let (rows, dim) = {
+            let store = self.read();
+            (store.index().rows_f32()?, store.config().dim)
+        };
+        calibrate::calibrate(&rows, dim, max_pairs, seed)
+    }
+
+    /// The stored retrieval config (what [`Bank::retrieve`] uses).
+    pub fn retrieval_config(&self) -> RetrievalConfig {
+        self.read().retrieval_config().clone()
+    }
+
+    /// The stored learning config (what outcomes are applied with).
+    pub fn learning_config(&self) -> LearningConfig {
+        self.read().learning_config().clone()
+    }
+
+    /// The operational limits.
+    pub fn limits(&self) -> Limits {
+        *self.read().limits()
+    }
+
+    /// Bytes in the write-ahead log (header included), or `None` when the bank has no log.
+    pub fn log_bytes(&self) -> Option<u64> {
+        self.log().map(|log| log.len())
+    }
+
+    /// Where the search for the next automatic memory id starts (an id above every id the
+    /// bank has handed out, unless ids were exhausted up to `u64::MAX`).
+    pub fn next_id(&self) -> u64 {
+        self.read().next_id()
+    }
+
+    /// The sequence number of the last logged mutation the bank reflects.
+    pub fn log_seq(&self) -> u64 {
+        self.read().log_seq()
+    }
+
+    /// Why the last automatic checkpoint failed, if it did (cleared by the next one that
+    /// succeeds). The writes before it are safe in the log.
+    pub fn last_checkpoint_error(&self) -> Option<String> {
+        self.files
+            .as_ref()
+            .and_then(|f| lock(&f.checkpoint_error).clone())
+    }
+
+    // ---- retrieval ----
+
+    /// Two-phase retrieval with the stored config: for each query, up to k2 hits and a
+    /// retrieval id for [`Bank::feedback`].
+    pub fn retrieve<'q>(&self, queries: impl Into<Queries<'q>>) -> Result<Vec<Retrieval>> {
+        self.retrieve_inner(queries.into(), None)
+    }
+
+    /// [`Bank::retrieve`] with an explicit retrieval config.
+    pub fn retrieve_with<'q>(
+        &self,
+        queries: impl Into<Queries<'q>>,
+        config: &RetrievalConfig,
+    ) -> Result<Vec<Retrieval>> {
+        self.retrieve_inner(queries.into(), Some(config))
+    }
+
+    fn retrieve_inner(
+        &self,
+        queries: Queries<'_>,
+        config: Option<&RetrievalConfig>,
+    ) -> Result<Vec<Retrieval>> {
+        let dim = self.read().config().dim;
+        let embedded;
+        let rows: &[f32] = match queries {
+            Queries::Texts(texts) => {
+                embedded = self.embed_rows(&texts, "a text query")?;
+                &embedded
+            }
+            Queries::Vectors(vectors) => {
+                let mut flat = Vec::with_capacity(vectors.len() * dim);
+                for v in vectors {
+                    if v.len() != dim {
+                        return Err(Error::DimensionMismatch {
+                            what: "query",
+                            expected: dim,
+                            got: v.len(),
+                        });
+                    }
+                    flat.extend_from_slice(v);
+                }
+                embedded = flat;
+                &embedded
+            }
+            Queries::Rows(rows) => {
+                if rows.len() % dim != 0 {
+                    return Err(Error::DimensionMismatch {
+                        what: "query rows (length not a multiple of the dimension)",
+                        expected: dim,
+                        got: rows.len(),
+                    });
+                }
+                rows
+            }
+        };
+        let hits = {
+            let store = self.read();
+            check_usable(&store)?;
+            match config {
+                Some(config) => store.retrieve(rows, config)?,
+                None => store.retrieve(rows, store.retrieval_config())?,
+            }
+        };
+        let mut pending = lock(&self.pending);
+        Ok(hits
+            .into_iter()
+            .map(|hits| Retrieval {
+                id: pending.issue(hits.iter().map(|h| h.id).collect()),
+                hits,
+            })
             .collect())
     }
 
-    /// Adds one memory and returns its id.
-    pub fn add(&mut self, memory: NewMemory) -> Result<u64> {
-        let ids = self.add_many(vec![memory])?;
-        Ok(ids[0])
+    // ---- writes ----
+
+    /// Adds one memory and returns its id (see [`Bank::add_many`]).
+    pub fn add(&self, memory: NewMemory) -> Result<u64> {
+        Ok(self.add_many(vec![memory])?[0])
     }
 
-    /// Adds a batch of memories, all or nothing, and returns their ids in order.
-    ///
-    /// Memories of one batch can share intents with each other as well as with the bank; each is
-    /// filed in order, as if added one at a time.
-    pub fn add_many(&mut self, batch: Vec<NewMemory>) -> Result<Vec<u64>> {
-        let resolved = self.resolve_add(batch, now_ms())?;
-        self.apply_add(&resolved)
-    }
-
-    /// Validates a batch and makes every decision an add takes (ids, which key each memory is
-    /// filed under, the unit keys, the creation time) without changing anything. Applying the
-    /// result with [`Bank::apply_add`] is what [`Bank::add_many`] does; the write-ahead log
-    /// stores it in between, so a replay files every memory exactly as the original call did.
-    pub fn resolve_add(&self, batch: Vec<NewMemory>, created_ms: u64) -> Result<ResolvedAdd> {
-        let dim = self.config.dim;
-        self.check_add_size(batch.len())?;
-        let mut flat = Vec::with_capacity(batch.len() * dim);
-        for (index, m) in batch.iter().enumerate() {
-            if m.embedding.len() != dim {
-                return Err(Error::DimensionMismatch {
-                    what: "intent embedding",
-                    expected: dim,
-                    got: m.embedding.len(),
-                });
-            }
-            if let Some(q) = m.q {
-                if !q.is_finite() {
-                    return Err(Error::config("q", q, "initial Q must be a finite number"));
-                }
-            }
-            let metadata_bytes = m.metadata.as_ref().map_or(0, |v| v.to_string().len());
-            self.check_texts(index, &m.intent, &m.experience, metadata_bytes)?;
-            flat.extend_from_slice(&m.embedding);
-        }
-        let unit = normalise_rows("intent embedding", &flat, dim)?;
-        let mut next_id = self.next_id;
-        let mut ids = Vec::with_capacity(batch.len());
-        let mut batch_ids = HashSet::with_capacity(batch.len());
-        for m in &batch {
-            let id = match m.id {
-                Some(id) => id,
-                None => {
-                    // Skip ids taken explicitly by this batch.
-                    while batch_ids.contains(&next_id) || self.slot_of.contains_key(&next_id) {
-                        next_id = next_id.checked_add(1).ok_or(Error::config(
-                            "id",
-                            "u64::MAX",
-                            "no free memory id is left",
-                        ))?;
-                    }
-                    next_id
-                }
-            };
-            if self.slot_of.contains_key(&id) || !batch_ids.insert(id) {
-                return Err(Error::DuplicateId(id));
-            }
-            ids.push(id);
-        }
-
-        // An existing key is named by its first member; a key created earlier in the batch by
-        // the memory that creates it. Both stay valid until the add is applied.
-        let assignment = self.assign_keys(&unit)?;
-        let q_init = self.learning.q_init;
-        let memories = batch
-            .into_iter()
-            .enumerate()
-            .map(|(i, m)| ResolvedMemory {
-                id: ids[i],
-                key: match assignment[i] {
-                    KeyAssignment::Existing(row) => {
-                        KeyChoice::SharedWith(self.memories[self.members[row][0] as usize].id)
-                    }
-                    KeyAssignment::SameAs(j) => KeyChoice::SharedWith(ids[j]),
-                    KeyAssignment::New => KeyChoice::New(unit[i * dim..(i + 1) * dim].to_vec()),
-                },
-                intent: m.intent,
-                experience: m.experience,
-                success: m.success,
-                q: m.q.unwrap_or(q_init),
-                metadata: m.metadata,
-            })
-            .collect();
-        Ok(ResolvedAdd {
-            created_ms,
-            memories,
-        })
-    }
-
-    /// Applies a resolved add, all or nothing, and returns the new ids in order. It checks
-    /// everything again (ids free and distinct, keys that exist, finite unit vectors of the
-    /// bank's dimension, the limits), because a resolved add may come from a log file.
-    pub fn apply_add(&mut self, add: &ResolvedAdd) -> Result<Vec<u64>> {
-        let dim = self.config.dim;
-        let batch = &add.memories;
-        self.check_add_size(batch.len())?;
-        // 1. Validate, touching nothing.
-        let mut batch_index: HashMap<u64, usize> = HashMap::with_capacity(batch.len());
-        let mut new_rows = Vec::new();
-        for (i, m) in batch.iter().enumerate() {
-            if self.slot_of.contains_key(&m.id) || batch_index.insert(m.id, i).is_some() {
-                return Err(Error::DuplicateId(m.id));
-            }
-            if !m.q.is_finite() {
-                return Err(Error::config("q", m.q, "initial Q must be a finite number"));
-            }
-            let metadata_bytes = m.metadata.as_ref().map_or(0, |v| v.to_string().len());
-            self.check_texts(i, &m.intent, &m.experience, metadata_bytes)?;
-            match &m.key {
-                KeyChoice::New(unit) => {
-                    if unit.len() != dim {
-                        return Err(Error::DimensionMismatch {
-                            what: "intent key",
-                            expected: dim,
-                            got: unit.len(),
-                        });
-                    }
-                    let norm2: f64 = unit.iter().map(|&v| v as f64 * v as f64).sum();
-                    if !norm2.is_finite() || (norm2 - 1.0).abs() > 1e-3 {
-                        return Err(Error::InvalidEmbedding {
-                            what: "intent key",
-                            index: i,
-                            problem: format!("not a unit vector (squared norm {norm2})"),
-                        });
-                    }
-                    new_rows.extend_from_slice(unit);
-                }
-                KeyChoice::SharedWith(other) => {
-                    let earlier = batch_index.get(other).is_some_and(|&j| j < i);
-                    if !earlier && !self.slot_of.contains_key(other) {
-                        return Err(Error::NotFound(*other));
-                    }
-                }
-            }
-        }
-        let new_next_id = batch
-            .iter()
-            .fold(self.next_id, |acc, m| acc.max(m.id.saturating_add(1)));
-
-        // 2. Device writes first (they can fail), then the host tables (they cannot).
-        let new_keys = new_rows.len() / dim;
-        let qs: Vec<f32> = batch.iter().map(|m| m.q).collect();
-        self.keys.reserve(new_keys)?;
-        self.utility.reserve(batch.len())?;
-        if new_keys > 0 {
-            let rows = Tensor::from_vec(new_rows, (new_keys, dim), &Device::Cpu)?;
-            self.keys.push_rows(&rows)?;
-        }
-        self.utility.push(&qs)?;
-
-        let mut key_of_new: Vec<u32> = Vec::with_capacity(batch.len());
-        let mut next_key = self.members.len() as u32;
-        for (i, m) in batch.iter().enumerate() {
-            let key = match &m.key {
-                KeyChoice::New(_) => {
-                    self.members.push(Vec::new());
-                    next_key += 1;
-                    next_key - 1
-                }
-                KeyChoice::SharedWith(other) => match batch_index.get(other) {
-                    Some(&j) if j < i => key_of_new[j],
-                    _ => self.key_of[self.slot_of[other] as usize],
-                },
-            };
-            key_of_new.push(key);
-            let slot = self.memories.len() as u32;
-            self.members[key as usize].push(slot);
-            self.key_of.push(key);
-            self.slot_of.insert(m.id, slot);
-            self.memories.push(Memory {
-                id: m.id,
-                intent: m.intent.clone(),
-                experience: m.experience.clone(),
-                q: m.q,
-                visits: 0,
-                last_reward: None,
-                success: m.success,
-                created_ms: add.created_ms,
-                updated_ms: add.created_ms,
-                metadata: m.metadata.clone(),
-            });
-        }
-        self.next_id = new_next_id;
-        Ok(batch.iter().map(|m| m.id).collect())
-    }
-
-    fn check_add_size(&self, adding: usize) -> Result<()> {
-        Limits::check("memories in one add", self.limits.max_batch, adding)?;
-        Limits::check(
-            "memories in the bank",
-            self.limits.max_memories,
-            self.memories.len().saturating_add(adding),
-        )
-    }
-
-    fn check_texts(
-        &self,
-        index: usize,
-        intent: &str,
-        experience: &str,
-        metadata: usize,
-    ) -> Result<()> {
-        let limit = self.limits.max_text_bytes;
-        for (what, len) in [
-            ("intent bytes", intent.len()),
-            ("experience bytes", experience.len()),
-            ("metadata bytes (as JSON)", metadata),
-        ] {
-            if len > limit {
-                return Err(Error::TextTooLong {
-                    what,
-                    index,
-                    limit,
-                    got: len,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// For each unit row of a batch: file it under an existing key, under a key that an earlier
-    /// row of the batch creates, or under a new key. Read-only.
-    fn assign_keys(&self, unit: &[f32]) -> Result<Vec<KeyAssignment>> {
-        let dim = self.config.dim;
-        let n = unit.len() / dim;
-        if !self.config.shares_intents() {
-            return Ok(vec![KeyAssignment::New; n]);
-        }
-        let threshold = self.config.dedup_sim;
-        // Best existing key of every row, with one tiled scan of the bank.
-        let mut best_existing: Vec<Option<(f32, usize)>> = vec![None; n];
-        if self.keys.len() > 0 && n > 0 {
-            let queries = Tensor::from_slice(unit, (n, dim), self.device())?;
-            let top = retrieve::top_keys(&queries, &self.keys.view()?, 1)?;
-            for ((best, sims), rows) in best_existing.iter_mut().zip(&top.sims).zip(&top.rows) {
-                if let (Some(&s), Some(&r)) = (sims.first(), rows.first()) {
-                    if s >= threshold {
-                        *best = Some((s, r as usize));
-                    }
-                }
-            }
-        }
-        // Keys created within the batch: a plain scan (batches are small next to the bank).
-        let mut assignment = Vec::with_capacity(n);
-        let mut created: Vec<usize> = Vec::new();
-        for i in 0..n {
-            let row_i = &unit[i * dim..(i + 1) * dim];
-            let mut best = best_existing[i].map(|(s, r)| (s, KeyAssignment::Existing(r)));
-            for &j in &created {
-                let row_j = &unit[j * dim..(j + 1) * dim];
-                let s: f32 = row_i.iter().zip(row_j).map(|(a, b)| a * b).sum();
-                // Existing keys have lower rows than batch keys, so only a strictly higher
-                // similarity displaces the current best (ties go to the lower row).
-                if s >= threshold && best.as_ref().is_none_or(|(bs, _)| s > *bs) {
-                    best = Some((s, KeyAssignment::SameAs(j)));
-                }
-            }
-            match best {
-                Some((_, a)) => assignment.push(a),
-                None => {
-                    created.push(i);
-                    assignment.push(KeyAssignment::New);
-                }
-            }
-        }
-        Ok(assignment)
-    }
-
-    /// Removes a memory; its key goes too when no other memory shares it. Returns the memory.
-    pub fn remove(&mut self, id: u64) -> Result<Memory> {
-        let slot = *self.slot_of.get(&id).ok_or(Error::NotFound(id))? as usize;
-        let key = self.key_of[slot] as usize;
-        let last = self.memories.len() - 1;
-
-        // Device writes first.
-        let key_goes = self.members[key].len() == 1;
-        self.utility.swap_remove(slot, self.memories[last].q)?;
-        let moved_key = if key_goes {
-            self.keys.swap_remove(key)?
-        } else {
-            None
+    /// Adds a batch of memories, all or nothing, and returns their ids in order. Intents without
+    /// an embedding are embedded with the bank's embedder (in one batch, before any lock).
+    /// Memories of one batch can share intents with each other as well as with the bank; each
+    /// is filed in order, as if added one at a time. One record in the log.
+    pub fn add_many(&self, memories: Vec<NewMemory>) -> Result<Vec<u64>> {
+        self.check_writable("add memories")?;
+        let (memories, _) = self.embed_missing(memories)?;
+        let ids = {
+            let mut store = self.write();
+            check_usable(&store)?;
+            let plan = store.plan_add(memories, now_ms())?;
+            self.logged(&mut store, RecordRef::Add(&plan), |store| {
+                store.apply_add(&plan)
+            })?
         };
+        self.settle();
+        Ok(ids)
+    }
 
-        // Host tables.
-        self.members[key].retain(|&s| s as usize != slot);
-        let removed = self.memories.swap_remove(slot);
-        self.key_of.swap_remove(slot);
-        self.slot_of.remove(&id);
-        if slot != last {
-            // The memory that was in the last slot now lives in `slot`.
-            let moved_id = self.memories[slot].id;
-            self.slot_of.insert(moved_id, slot as u32);
-            let moved_key_of = self.key_of[slot] as usize;
-            for s in &mut self.members[moved_key_of] {
-                if *s as usize == last {
-                    *s = slot as u32;
-                }
+    /// Removes a memory (its key goes too when no other memory shares it) and returns it.
+    pub fn remove(&self, id: u64) -> Result<Memory> {
+        self.check_writable("remove a memory")?;
+        let removed = {
+            let mut store = self.write();
+            check_usable(&store)?;
+            if !store.contains(id) {
+                return Err(Error::NotFound(id));
             }
-        }
-        if key_goes {
-            self.members.swap_remove(key);
-            if let Some(old_row) = moved_key {
-                debug_assert_eq!(old_row, self.members.len());
-                for &s in &self.members[key] {
-                    self.key_of[s as usize] = key as u32;
-                }
-            }
-        }
+            self.logged(&mut store, RecordRef::Remove(id), |store| store.remove(id))?
+        };
+        self.settle();
         Ok(removed)
     }
 
-    /// Two-phase retrieval for a batch of query embeddings (`B x dim`, any device; normalised
-    /// here). Returns, for each query, up to `k2` hits best first; an empty list when nothing
-    /// passes the similarity gate.
-    pub fn retrieve(&self, queries: &Tensor, config: &RetrievalConfig) -> Result<Vec<Vec<Hit>>> {
-        Limits::check(
-            "queries in one retrieval",
-            self.limits.max_batch,
-            queries.dims().first().copied().unwrap_or(0),
-        )?;
-        retrieve::retrieve(self, queries, config)
+    /// Applies a batch of outcomes with the stored learning config: for every memory injected
+    /// in an episode, `Q <- Q + alpha (r - Q)`, visits + 1, last reward recorded. All or
+    /// nothing: an unknown id or a bad reward rejects the whole batch. One record in the log.
+    pub fn apply_outcomes(&self, outcomes: &[Outcome]) -> Result<OutcomeReport> {
+        self.check_writable("apply outcomes")?;
+        let report = {
+            let mut store = self.write();
+            check_usable(&store)?;
+            let config = store.learning_config().clone();
+            let (plan, report) = store.plan_outcomes(outcomes, &config, now_ms())?;
+            self.logged(&mut store, RecordRef::Outcomes(&plan), |store| {
+                store.apply_outcomes(&plan)
+            })?;
+            report
+        };
+        self.settle();
+        Ok(report)
     }
 
-    /// [`Bank::retrieve`] for queries given as plain vectors.
-    pub fn retrieve_vectors(
-        &self,
-        queries: &[Vec<f32>],
-        config: &RetrievalConfig,
-    ) -> Result<Vec<Vec<Hit>>> {
-        let dim = self.config.dim;
-        let mut flat = Vec::with_capacity(queries.len() * dim);
-        for q in queries {
-            if q.len() != dim {
-                return Err(Error::DimensionMismatch {
-                    what: "query",
-                    expected: dim,
-                    got: q.len(),
-                });
+    /// Reports the reward of the episode that used retrieval `retrieval`: every memory it
+    /// injected is updated (memories removed since are skipped and counted). A retrieval's
+    /// feedback is applied once: reporting it again is [`Error::UnknownRetrieval`].
+    pub fn feedback(&self, retrieval: RetrievalId, reward: f32) -> Result<OutcomeReport> {
+        self.feedback_many(&[(retrieval, reward)])
+    }
+
+    /// [`Bank::feedback`] for several retrievals as one atomic batch.
+    pub fn feedback_many(&self, rewards: &[(RetrievalId, f32)]) -> Result<OutcomeReport> {
+        self.check_writable("apply feedback")?;
+        let ids: Vec<RetrievalId> = rewards.iter().map(|(id, _)| *id).collect();
+        let taken = lock(&self.pending).take(&ids)?;
+        let result = (|| {
+            let mut store = self.write();
+            check_usable(&store)?;
+            let mut skipped = 0;
+            let outcomes: Vec<Outcome> = taken
+                .iter()
+                .zip(rewards)
+                .map(|((_, memory_ids), &(_, reward))| {
+                    let present: Vec<u64> = memory_ids
+                        .iter()
+                        .copied()
+                        .filter(|&id| store.contains(id))
+                        .collect();
+                    skipped += memory_ids.len() - present.len();
+                    Outcome {
+                        memory_ids: present,
+                        reward,
+                    }
+                })
+                .collect();
+            let config = store.learning_config().clone();
+            let (plan, mut report) = store.plan_outcomes(&outcomes, &config, now_ms())?;
+            report.skipped = skipped;
+            self.logged(&mut store, RecordRef::Outcomes(&plan), |store| {
+                store.apply_outcomes(&plan)
+            })?;
+            Ok(report)
+        })();
+        match result {
+            Ok(report) => {
+                self.settle();
+                Ok(report)
             }
-            flat.extend_from_slice(q);
+            Err(e) => {
+                lock(&self.pending).restore(taken);
+                Err(e)
+            }
         }
-        let t = Tensor::from_vec(flat, (queries.len(), dim), &Device::Cpu)?;
-        self.retrieve(&t, config)
     }
 
-    /// Applies a batch of outcomes with the bank's learning config: for every memory injected in
-    /// an episode, `Q <- Q + alpha (r - Q)`, visits + 1, last reward recorded. All or nothing:
-    /// an unknown id or a bad reward rejects the whole batch.
-    pub fn apply_outcomes(&mut self, outcomes: &[Outcome]) -> Result<OutcomeReport> {
-        let config = self.learning.clone();
-        self.apply_outcomes_with(outcomes, &config)
+    /// Replaces the stored retrieval config (one record in the log).
+    pub fn set_retrieval_config(&self, config: RetrievalConfig) -> Result<()> {
+        self.check_writable("change the retrieval config")?;
+        config.validate()?;
+        {
+            let mut store = self.write();
+            check_usable(&store)?;
+            self.logged(&mut store, RecordRef::RetrievalConfig(&config), |store| {
+                store.set_retrieval_config(config.clone())
+            })?;
+        }
+        self.settle();
+        Ok(())
     }
 
-    /// [`Bank::apply_outcomes`] with an explicit learning config.
-    pub fn apply_outcomes_with(
-        &mut self,
-        outcomes: &[Outcome],
-        config: &LearningConfig,
-    ) -> Result<OutcomeReport> {
-        self.apply_outcomes_at(outcomes, config, now_ms())
+    /// Replaces the stored learning config (one record in the log).
+    pub fn set_learning_config(&self, config: LearningConfig) -> Result<()> {
+        self.check_writable("change the learning config")?;
+        config.validate()?;
+        {
+            let mut store = self.write();
+            check_usable(&store)?;
+            self.logged(&mut store, RecordRef::LearningConfig(&config), |store| {
+                store.set_learning_config(config.clone())
+            })?;
+        }
+        self.settle();
+        Ok(())
     }
 
-    /// Checks a batch of outcomes as [`Bank::apply_outcomes_with`] would, changing nothing.
-    pub fn check_outcomes(&self, outcomes: &[Outcome], config: &LearningConfig) -> Result<()> {
-        self.plan_outcomes(outcomes, config).map(drop)
+    /// A bulk load: `load` adds memories through [`BulkLoad::add_many`] without logging each
+    /// batch, and the result is written as one new snapshot (the log emptied), all or nothing:
+    /// if `load` or the snapshot fails, the bank is as it was, in memory and on disk. The write
+    /// lock is held throughout, so retrievals wait for the load.
+    pub fn bulk<T>(&self, load: impl FnOnce(&mut BulkLoad<'_>) -> Result<T>) -> Result<T> {
+        self.check_writable("bulk-load memories")?;
+        let mut store = self.write();
+        check_usable(&store)?;
+        let counters = store.counters();
+        let mut bulk = BulkLoad {
+            bank: self,
+            store: &mut store,
+            added: Vec::new(),
+            truncated: 0,
+        };
+        let loaded = load(&mut bulk);
+        let added = std::mem::take(&mut bulk.added);
+        let result = loaded.and_then(|value| {
+            if let Some(files) = &self.files {
+                let bytes = snapshot::save(&store, &files.snapshot)?;
+                files.snapshot_bytes.store(bytes, Ordering::Relaxed);
+                if let Some(mut log) = self.log() {
+                    log.reset()?;
+                }
+            }
+            Ok(value)
+        });
+        if result.is_err() {
+            self.restore_after_failed_bulk(&mut store, &added, counters);
+        }
+        result
     }
 
-    fn plan_outcomes(&self, outcomes: &[Outcome], config: &LearningConfig) -> Result<learn::Plan> {
-        Limits::check(
-            "outcomes in one batch",
-            self.limits.max_batch,
-            outcomes.len(),
-        )?;
-        learn::plan(outcomes, config, |id| {
-            self.slot_of.get(&id).map(|&slot| {
-                let m = &self.memories[slot as usize];
-                (slot, m.q, m.visits)
-            })
+    /// Writes the bank's snapshot and empties its log: replay then starts from here. Retrievals
+    /// go on meanwhile; writers wait.
+    pub fn checkpoint(&self) -> Result<()> {
+        let files = self.files.as_ref().ok_or(Error::NotDurable {
+            operation: "a checkpoint",
+        })?;
+        let Some(log) = &files.log else {
+            return Err(Error::ReadOnly {
+                path: files.snapshot.clone(),
+                operation: "checkpoint it",
+            });
+        };
+        let store = self.read();
+        check_usable(&store)?;
+        let bytes = snapshot::save(&store, &files.snapshot)?;
+        files.snapshot_bytes.store(bytes, Ordering::Relaxed);
+        // The snapshot (with its log_seq) is the commit point; emptying the log is cleanup.
+        lock(log).reset()?;
+        *lock(&files.checkpoint_error) = None;
+        Ok(())
+    }
+
+    /// Writes a copy of the bank as a new durable bank at `path` (its snapshot and an empty
+    /// log), or [`Error::BankExists`] if a bank is already there: nothing is ever overwritten.
+    /// The copy gets an identity of its own, so the original's log can never be replayed onto
+    /// it. This is how a bank built in memory (a bulk import, a simulation) goes to disk once,
+    /// whole. The bank's own files are unchanged.
+    pub fn save_as(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = files::canonical(path.as_ref())?;
+        let store = self.read();
+        files::create_copy(&path, &store)
+    }
+
+    /// Embeds texts with the bank's embedder: one unit row per text, row-major. `operation`
+    /// names what the embedding is for, in the error when the bank has no embedder.
+    pub fn embed_rows(&self, texts: &[&str], operation: &str) -> Result<Vec<f32>> {
+        Ok(self.embed_texts(texts, operation)?.0)
+    }
+
+    /// [`Bank::embed_rows`], and how many texts were cut at the model's token limit.
+    fn embed_texts(&self, texts: &[&str], operation: &str) -> Result<(Vec<f32>, usize)> {
+        #[cfg(feature = "embed")]
+        if let Some(embedder) = &self.embedder {
+            let embeddings = embedder.embed(texts)?;
+            return Ok((embeddings.to_flat()?, embeddings.truncated.len()));
+        }
+        let _ = texts;
+        Err(Error::NoEmbedder {
+            operation: operation.to_string(),
         })
     }
 
-    /// [`Bank::apply_outcomes_with`] stamped with a given time (`updated_ms`), as a log replay
-    /// needs.
-    pub fn apply_outcomes_at(
-        &mut self,
-        outcomes: &[Outcome],
-        config: &LearningConfig,
-        now: u64,
-    ) -> Result<OutcomeReport> {
-        let plan = self.plan_outcomes(outcomes, config)?;
-        let slots: Vec<u32> = plan.updates.iter().map(|u| u.slot).collect();
-        let values: Vec<f32> = plan.updates.iter().map(|u| u.q).collect();
-        self.utility.set(&slots, &values)?;
-        for u in &plan.updates {
-            let m = &mut self.memories[u.slot as usize];
-            m.q = u.q;
-            m.visits = u.visits;
-            m.last_reward = Some(u.last_reward);
-            m.updated_ms = now;
-        }
-        Ok(plan.report)
-    }
-
-    // ---- crate-internal read access for retrieval and snapshots ----
-
-    pub(crate) fn keys_view(&self) -> Result<Tensor> {
-        self.keys.view()
-    }
-
-    pub(crate) fn utility_view(&self) -> Result<Tensor> {
-        self.utility.view()
-    }
-
-    pub(crate) fn members_of_key(&self, row: usize) -> &[u32] {
-        &self.members[row]
-    }
-
-    pub(crate) fn memory_at(&self, slot: u32) -> &Memory {
-        &self.memories[slot as usize]
-    }
-
-    pub(crate) fn key_rows(&self) -> &[u32] {
-        &self.key_of
-    }
-
-    /// Rebuilds a bank from validated snapshot parts. `keys` are row-major unit vectors in the
-    /// storage dtype; `key_of[i]` is the key of `memories[i]`.
-    pub(crate) fn from_parts(parts: BankParts, device: &Device) -> Result<Self> {
-        let mut bank = Bank::new(parts.config, device)?;
-        bank.retrieval = parts.retrieval;
-        bank.learning = parts.learning;
-        bank.keys.push_rows(&parts.keys.to_device(device)?)?;
-        let qs: Vec<f32> = parts.memories.iter().map(|m| m.q).collect();
-        bank.utility.push(&qs)?;
-        bank.members = vec![Vec::new(); bank.keys.len()];
-        for (slot, (m, &key)) in parts.memories.iter().zip(&parts.key_of).enumerate() {
-            bank.members[key as usize].push(slot as u32);
-            bank.slot_of.insert(m.id, slot as u32);
-        }
-        bank.key_of = parts.key_of;
-        bank.memories = parts.memories;
-        bank.next_id = parts.next_id;
-        bank.log_seq = parts.log_seq;
-        Ok(bank)
-    }
-
-    /// Checks every invariant listed in the module docs (tests and debug tooling).
+    /// Checks every invariant of the bank's tables (tests and debug tooling).
     #[doc(hidden)]
     pub fn debug_check(&self) -> Result<()> {
-        let fail = |msg: String| Err(Error::config("bank", msg, "invariant violated"));
-        let n = self.memories.len();
-        if self.key_of.len() != n
-            || self.slot_of.len() != n
-            || self.members.len() != self.keys.len()
-        {
-            return fail("table lengths disagree".into());
+        self.read().debug_check()
+    }
+
+    // ---- internals ----
+
+    fn read(&self) -> RwLockReadGuard<'_, Store> {
+        self.store
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Store> {
+        self.store
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn log(&self) -> Option<MutexGuard<'_, LogWriter>> {
+        self.files
+            .as_ref()
+            .and_then(|f| f.log.as_ref())
+            .map(|log| lock(log))
+    }
+
+    fn check_writable(&self, operation: &'static str) -> Result<()> {
+        match &self.files {
+            Some(files) if files.log.is_none() => Err(Error::ReadOnly {
+                path: files.snapshot.clone(),
+                operation,
+            }),
+            _ => Ok(()),
         }
-        for (slot, m) in self.memories.iter().enumerate() {
-            if self.slot_of.get(&m.id) != Some(&(slot as u32)) {
-                return fail(format!("slot_of[{}] != {slot}", m.id));
+    }
+
+    /// Fills in the embedding of every memory that has none, in one call of the embedder;
+    /// also returns how many intents were cut at the model's token limit.
+    fn embed_missing(&self, mut memories: Vec<NewMemory>) -> Result<(Vec<NewMemory>, usize)> {
+        let missing: Vec<usize> = (0..memories.len())
+            .filter(|&i| memories[i].embedding.is_none())
+            .collect();
+        if missing.is_empty() {
+            return Ok((memories, 0));
+        }
+        let texts: Vec<&str> = missing
+            .iter()
+            .map(|&i| memories[i].intent.as_str())
+            .collect();
+        let operation = format!("embedding the intent of memory #{}", missing[0]);
+        let (rows, truncated) = self.embed_texts(&texts, &operation)?;
+        let dim = rows.len() / missing.len();
+        for (k, &i) in missing.iter().enumerate() {
+            memories[i].embedding = Some(rows[k * dim..(k + 1) * dim].to_vec());
+        }
+        Ok((memories, truncated))
+    }
+
+    /// Logs `record` (when durable), then applies it with `apply`; the record is cut off again
+    /// if `apply` fails. The caller has validated the mutation and holds the write lock.
+    fn logged<T>(
+        &self,
+        store: &mut Store,
+        record: RecordRef<'_>,
+        apply: impl FnOnce(&mut Store) -> Result<T>,
+    ) -> Result<T> {
+        let Some(mut log) = self.log() else {
+            return apply(store);
+        };
+        let mark = log.append(record)?;
+        match apply(store) {
+            Ok(value) => {
+                store.set_log_seq(mark.seq);
+                Ok(value)
             }
-            let key = self.key_of[slot] as usize;
-            if key >= self.members.len() || !self.members[key].contains(&(slot as u32)) {
-                return fail(format!("slot {slot} missing from members of key {key}"));
+            Err(e) => {
+                log.rollback(mark);
+                Err(e)
             }
         }
-        if self.members.iter().any(|m| m.is_empty()) {
-            return fail("a key has no memory".into());
+    }
+
+    /// After a logged write: checkpoint when the policy says so. A failure here does not fail
+    /// the write, which is already durable in the log (see the module docs).
+    fn settle(&self) {
+        let Some(files) = &self.files else { return };
+        let Some(log_len) = self.log_bytes() else {
+            return;
+        };
+        let due = match files.checkpoint {
+            CheckpointPolicy::LogOutgrowsSnapshot => {
+                log_len > files.snapshot_bytes.load(Ordering::Relaxed)
+            }
+            CheckpointPolicy::LogBytes(limit) => log_len > limit,
+            CheckpointPolicy::Manual => false,
+        };
+        if !due {
+            return;
         }
-        let device_q: Vec<f32> = self.utility.view()?.to_vec1()?;
-        for (slot, m) in self.memories.iter().enumerate() {
-            if device_q[slot].to_bits() != m.q.to_bits() {
-                return fail(format!(
-                    "device Q of slot {slot} is {} not {}",
-                    device_q[slot], m.q
-                ));
+        if let Err(e) = self.checkpoint() {
+            tracing::warn!(
+                bank = %files.snapshot.display(),
+                error = %e,
+                "checkpoint failed; the writes are safe in the log, the next write tries again"
+            );
+            *lock(&files.checkpoint_error) = Some(e.to_string());
+        }
+    }
+
+    fn restore_after_failed_bulk(&self, store: &mut Store, added: &[u64], counters: (u64, u64)) {
+        match &self.files {
+            Some(files) => {
+                let limits = *store.limits();
+                let device = store.device().clone();
+                match files::read(&files.snapshot, &device, limits) {
+                    Ok((reloaded, _)) => *store = reloaded,
+                    Err(e) => store.poison(format!(
+                        "a failed bulk load left the bank in memory unlike its files, and reading them back failed ({e})"
+                    )),
+                }
+            }
+            None => {
+                // Newest first: their keys are the last rows, so no removal shifts any row.
+                for &id in added.iter().rev() {
+                    if let Err(e) = store.remove(id) {
+                        store.poison(format!(
+                            "a failed bulk load could not be undone in memory ({e})"
+                        ));
+                        return;
+                    }
+                }
+                store.restore_counters(counters);
             }
         }
-        Ok(())
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum KeyAssignment {
-    Existing(usize),
-    SameAs(usize),
-    New,
+/// The handle [`Bank::bulk`] gives its closure.
+pub struct BulkLoad<'a> {
+    bank: &'a Bank,
+    store: &'a mut Store,
+    added: Vec<u64>,
+    truncated: usize,
 }
 
-/// Everything a snapshot holds, already validated.
-pub(crate) struct BankParts {
-    pub(crate) config: BankConfig,
-    pub(crate) retrieval: RetrievalConfig,
-    pub(crate) learning: LearningConfig,
-    pub(crate) keys: Tensor,
-    pub(crate) memories: Vec<Memory>,
-    pub(crate) key_of: Vec<u32>,
-    pub(crate) next_id: u64,
-    pub(crate) log_seq: u64,
+impl BulkLoad<'_> {
+    /// Adds a batch (embedding intents that have no embedding), all or nothing within the batch;
+    /// nothing is on disk until the bulk load ends.
+    pub fn add_many(&mut self, memories: Vec<NewMemory>) -> Result<Vec<u64>> {
+        let (memories, truncated) = self.bank.embed_missing(memories)?;
+        let plan = self.store.plan_add(memories, now_ms())?;
+        let ids = self.store.apply_add(&plan)?;
+        self.added.extend_from_slice(&ids);
+        self.truncated += truncated;
+        Ok(ids)
+    }
+
+    /// Intents embedded so far that were cut at the model's token limit.
+    pub fn truncated(&self) -> usize {
+        self.truncated
+    }
+
+    /// Memories in the bank so far.
+    pub fn len(&self) -> usize {
+        self.store.len()
+    }
+
+    /// Whether the bank holds no memory so far.
+    pub fn is_empty(&self) -> bool {
+        self.store.len() == 0
+    }
+
+    /// Intent keys in the bank so far.
+    pub fn num_intents(&self) -> usize {
+        self.store.num_intents()
+    }
 }
 
-/// An add with every decision made: what [`Bank::resolve_add`] returns, [`Bank::apply_add`]
-/// applies and the write-ahead log stores.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ResolvedAdd {
-    /// Creation time of every memory of the add, milliseconds since the Unix epoch.
-    pub created_ms: u64,
-    /// The memories, in order.
-    pub memories: Vec<ResolvedMemory>,
+fn check_usable(store: &Store) -> Result<()> {
+    match store.broken() {
+        Some(problem) => Err(Error::Poisoned(problem.to_string())),
+        None => Ok(()),
+    }
 }
 
-/// One memory of a [`ResolvedAdd`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct ResolvedMemory {
-    /// Its id.
-    pub id: u64,
-    /// The key it is filed under.
-    pub key: KeyChoice,
-    /// Intent text.
-    pub intent: String,
-    /// Experience text.
-    pub experience: String,
-    /// Whether the episode succeeded.
-    pub success: bool,
-    /// Initial Q.
-    pub q: f32,
-    /// User metadata.
-    pub metadata: Option<serde_json::Value>,
+#[cfg(feature = "embed")]
+fn load_embedder(options: &OpenOptions) -> Result<Option<Arc<Embedder>>> {
+    match (&options.embedder, &options.model) {
+        (Some(_), Some(_)) => Err(Error::value(
+            "OpenOptions",
+            "give an embedder or a model name, not both",
+        )),
+        (Some(embedder), None) => Ok(Some(embedder.clone())),
+        (None, Some(name)) => {
+            let model = crate::models::resolve(
+                name,
+                &crate::models::ResolveOptions::default(),
+                &mut |line| tracing::info!("{line}"),
+            )?;
+            Ok(Some(Arc::new(Embedder::load(&model, &options.device)?)))
+        }
+        (None, None) => Ok(None),
+    }
 }
 
-/// Where a resolved memory is filed.
-#[derive(Debug, Clone, PartialEq)]
-pub enum KeyChoice {
-    /// Under a new key: this unit vector (f32; stored in the bank's dtype).
-    New(Vec<f32>),
-    /// Under the key of this memory, which exists in the bank or comes earlier in the same add.
-    SharedWith(u64),
+/// The config of a bank to create: the options' settings, the embedder's model and dimension.
+fn new_bank_config(
+    options: &OpenOptions,
+    #[cfg(feature = "embed")] embedder: Option<&Embedder>,
+) -> Result<BankConfig> {
+    #[cfg(feature = "embed")]
+    let (embedder_dim, embedder_name) = (
+        embedder.map(Embedder::dim),
+        embedder.map(|e| e.name().to_string()),
+    );
+    #[cfg(not(feature = "embed"))]
+    let (embedder_dim, embedder_name): (Option<usize>, Option<String>) = (None, None);
+    let dim = match (options.dim, embedder_dim) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(Error::value(
+                "dim",
+                format!("{a} was given, but the embedder's dimension is {b}"),
+            ))
+        }
+        (Some(d), _) | (None, Some(d)) => d,
+        (None, None) => {
+            return Err(Error::value(
+                "dim",
+                "a new bank needs a dimension: give an embedder, a model, or OpenOptions::dim",
+            ))
+        }
+    };
+    let model_id = match (&options.model_id, embedder_name) {
+        (Some(a), Some(b)) if *a != b => {
+            return Err(Error::value(
+                "model_id",
+                format!("`{a}` was given, but the embedder is `{b}`"),
+            ))
+        }
+        (Some(m), _) => m.clone(),
+        (None, Some(m)) => m,
+        (None, None) => {
+            return Err(Error::value(
+                "model_id",
+                "a new bank records the model of its keys: give an embedder, a model, or OpenOptions::model_id",
+            ))
+        }
+    };
+    let mut config = BankConfig::new(dim, model_id);
+    if let Some(dtype) = options.dtype {
+        config.dtype = dtype;
+    }
+    if let Some(dedup_sim) = options.dedup_sim {
+        config.dedup_sim = dedup_sim;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// Refuses settings that cannot apply to an existing bank, and an embedder of another model.
+fn check_existing(
+    path: &Path,
+    config: &BankConfig,
+    options: &OpenOptions,
+    #[cfg(feature = "embed")] embedder: Option<&Embedder>,
+) -> Result<()> {
+    let cannot_apply = |field: &str, given: String, stored: String| {
+        Err(Error::value(
+            field,
+            format!(
+                "{given} was given for a new bank, but {} exists with {field} {stored} (it cannot change)",
+                path.display()
+            ),
+        ))
+    };
+    if let Some(dim) = options.dim.filter(|&d| d != config.dim) {
+        return cannot_apply("dim", dim.to_string(), config.dim.to_string());
+    }
+    if let Some(model) = options.model_id.as_ref().filter(|&m| *m != config.model_id) {
+        return cannot_apply(
+            "model_id",
+            format!("`{model}`"),
+            format!("`{}`", config.model_id),
+        );
+    }
+    if let Some(dtype) = options.dtype.filter(|&d| d != config.dtype) {
+        return cannot_apply("dtype", dtype.as_str().into(), config.dtype.as_str().into());
+    }
+    if let Some(dedup) = options.dedup_sim.filter(|&d| d != config.dedup_sim) {
+        return cannot_apply("dedup_sim", dedup.to_string(), config.dedup_sim.to_string());
+    }
+    #[cfg(feature = "embed")]
+    if let Some(embedder) = embedder {
+        if embedder.name() != config.model_id || embedder.dim() != config.dim {
+            return Err(Error::ModelMismatch {
+                bank: path.display().to_string(),
+                bank_model: config.model_id.clone(),
+                bank_dim: config.dim,
+                model: embedder.name().to_string(),
+                dim: embedder.dim(),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bank_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Bank>();
+    }
 }

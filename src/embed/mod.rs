@@ -57,6 +57,11 @@ impl Embeddings {
     pub fn to_rows(&self) -> Result<Vec<Vec<f32>>> {
         Ok(self.vectors.to_vec2::<f32>()?)
     }
+
+    /// The vectors as one host slice, row after row.
+    pub fn to_flat(&self) -> Result<Vec<f32>> {
+        Ok(self.vectors.flatten_all()?.to_vec1::<f32>()?)
+    }
 }
 
 /// A loaded sentence-embedding model.
@@ -68,6 +73,19 @@ pub struct Embedder {
     max_tokens: usize,
     batch_tokens: usize,
     device: Device,
+}
+
+impl std::fmt::Debug for Embedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedder")
+            .field("name", &self.name)
+            .field("dim", &self.dim())
+            .field("pooling", &self.pooling)
+            .field("max_tokens", &self.max_tokens)
+            .field("batch_tokens", &self.batch_tokens)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Deserialize)]

@@ -1,5 +1,5 @@
 //! Launches our CUDA kernels (`kernels/*.cu`, compiled to PTX by `build.rs`): the top-k behind
-//! `retrieve::topk` and Phase B's ranking behind `retrieve::rank`.
+//! `index::topk` and Phase B's ranking behind `retrieve::rank`.
 //!
 //! Launch invariants (the kernel files' headers ask for them): block sizes are the kernels'
 //! `TOPK_THREADS`, `TOPK_SORT_THREADS` and `RANK_THREADS`; a row is cut into chunks of `CHUNK`
@@ -313,12 +313,12 @@ mod tests {
         for (rows, cols, k, levels) in cases {
             let v = scores(rows, cols, levels, (rows * cols + k) as u64);
             let cpu = Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap();
-            let want: Vec<Vec<u32>> = crate::retrieve::topk::topk_indices(&cpu, k)
+            let want: Vec<Vec<u32>> = crate::index::topk::topk_indices(&cpu, k)
                 .unwrap()
                 .to_vec2()
                 .unwrap();
             let on_gpu = cpu.to_device(&gpu).unwrap();
-            let got: Vec<Vec<u32>> = crate::retrieve::topk::topk_indices(&on_gpu, k)
+            let got: Vec<Vec<u32>> = crate::index::topk::topk_indices(&on_gpu, k)
                 .unwrap()
                 .to_vec2()
                 .unwrap();
@@ -327,12 +327,12 @@ mod tests {
             // widening, which keeps order and ties.
             for dtype in [DType::F16, DType::BF16] {
                 let narrow = cpu.to_dtype(dtype).unwrap();
-                let want: Vec<Vec<u32>> = crate::retrieve::topk::topk_indices(&narrow, k)
+                let want: Vec<Vec<u32>> = crate::index::topk::topk_indices(&narrow, k)
                     .unwrap()
                     .to_vec2()
                     .unwrap();
                 let on_gpu = narrow.to_device(&gpu).unwrap();
-                let got: Vec<Vec<u32>> = crate::retrieve::topk::topk_indices(&on_gpu, k)
+                let got: Vec<Vec<u32>> = crate::index::topk::topk_indices(&on_gpu, k)
                     .unwrap()
                     .to_vec2()
                     .unwrap();

@@ -185,7 +185,7 @@ pub(crate) fn topk_row(row: &[f32], k: usize, chunk: usize, small_max: usize) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::retrieve::topk::tests::reference;
+    use crate::index::topk::tests::reference;
     use proptest::prelude::*;
 
     #[test]

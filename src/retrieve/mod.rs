@@ -1,25 +1,21 @@
 //! Two-phase retrieval (spec, "Retrieval"): similarity recall, then value-aware selection.
 //!
-//! `queries -> normalise -> scan (Phase A: tiled matmul + top-k1 + delta gate) -> pool expansion
-//! through shared intents -> rank (Phase B: z-scores, mix, top-k2) -> hits`.
-//! Phase A selects on raw similarity (a z-score within a row is monotone); statistics come from
-//! the small pools only.
+//! `queries -> validate, normalise -> Phase A: a KeyIndex's best k1 keys at or above delta ->
+//! pool expansion (every memory filed under a kept key) -> Phase B: z-scores, mix, top-k2 ->
+//! hits`. Phase A selects on raw similarity (a z-score within a row is monotone) and is asked of
+//! the index through the [`KeyIndex`] trait; statistics come from the small pools only.
 
 mod rank;
-mod scan;
-mod simd;
 
-pub(crate) use simd::read_sum;
-pub(crate) mod topk;
-
-use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::bank::{normalise_rows, Bank};
 use crate::config::RetrievalConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::index::KeyIndex;
+use crate::store::normalise_rows;
+use crate::store::table::MemoryTable;
 
-pub(crate) use scan::top_keys;
+pub(crate) use rank::Candidate;
 
 /// One retrieved memory with the figures that ranked it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,68 +36,49 @@ pub struct Hit {
     pub score: f32,
 }
 
+/// Retrieval for `queries` (`B x dim` host rows, any non-zero finite vectors): Phase A through
+/// `index`, pools from `table`, Phase B.
 pub(crate) fn retrieve(
-    bank: &Bank,
-    queries: &Tensor,
+    index: &dyn KeyIndex,
+    table: &MemoryTable,
+    queries: &[f32],
+    dim: usize,
     cfg: &RetrievalConfig,
 ) -> Result<Vec<Vec<Hit>>> {
     cfg.validate()?;
-    let dim = bank.config().dim;
-    let (b, d) = match queries.dims() {
-        &[b, d] => (b, d),
-        &[d] => (1, d),
-        other => {
-            return Err(Error::DimensionMismatch {
-                what: "query batch (rank)",
-                expected: 2,
-                got: other.len(),
-            })
-        }
-    };
-    if d != dim {
-        return Err(Error::DimensionMismatch {
-            what: "query",
-            expected: dim,
-            got: d,
-        });
-    }
+    let b = queries.len() / dim;
     if b == 0 {
         return Ok(Vec::new());
     }
     // Validate and normalise on the host: B x d is small, and errors can name the row.
-    let host: Vec<f32> = queries.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    let unit = normalise_rows("query", &host, dim)?;
-    if bank.num_intents() == 0 {
+    let unit = normalise_rows("query", queries, dim)?;
+    if index.num_keys() == 0 {
         return Ok(vec![Vec::new(); b]);
     }
-    // f32 here: the scan casts to the key dtype only where a matmul needs it.
-    let unit = Tensor::from_vec(unit, (b, dim), &Device::Cpu)?.to_device(bank.device())?;
 
     // Phase A.
-    let top = top_keys(&unit, &bank.keys_view()?, cfg.k1)?;
+    let recalled = index.search(&unit, cfg.k1, cfg.delta)?;
     let mut pools = Vec::with_capacity(b);
-    for (row_sims, row_keys) in top.sims.iter().zip(&top.rows) {
+    for matches in &recalled {
         let mut pool = Vec::new();
-        for (&sim, &key) in row_sims.iter().zip(row_keys) {
-            // Lists are best first, so the gate cuts a suffix.
-            if sim < cfg.delta {
-                break;
-            }
-            for &slot in bank.members_of_key(key as usize) {
-                pool.push(rank::Candidate { slot, sim });
+        for m in matches {
+            for &slot in table.members(m.key) {
+                let memory = table.at(slot);
+                pool.push(Candidate {
+                    slot,
+                    id: memory.id,
+                    sim: m.sim,
+                    q: memory.q,
+                });
             }
         }
         // Tie-break order: similarity desc, then memory id asc.
-        pool.sort_by(|a, b| {
-            b.sim
-                .total_cmp(&a.sim)
-                .then(bank.memory_at(a.slot).id.cmp(&bank.memory_at(b.slot).id))
-        });
+        pool.sort_by(|a, b| b.sim.total_cmp(&a.sim).then(a.id.cmp(&b.id)));
         pools.push(pool);
     }
 
     // Phase B.
-    let ranked = rank::rank(&pools, &bank.utility_view()?, cfg)?;
+    let ranked = rank::rank(&pools, cfg, index_device(index))?;
     Ok(ranked
         .into_iter()
         .zip(&pools)
@@ -110,11 +87,10 @@ pub(crate) fn retrieve(
                 .into_iter()
                 .map(|r| {
                     let c = pool[r.position];
-                    let m = bank.memory_at(c.slot);
                     Hit {
-                        id: m.id,
-                        experience: m.experience.clone(),
-                        q: m.q,
+                        id: c.id,
+                        experience: table.at(c.slot).experience.clone(),
+                        q: c.q,
                         sim: c.sim,
                         zsim: r.zsim,
                         zq: r.zq,
@@ -124,4 +100,9 @@ pub(crate) fn retrieve(
                 .collect()
         })
         .collect())
+}
+
+/// The device Phase B runs on: the index's when it is a device index, else the CPU.
+fn index_device(index: &dyn KeyIndex) -> candle_core::Device {
+    index.device().cloned().unwrap_or(candle_core::Device::Cpu)
 }

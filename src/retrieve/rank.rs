@@ -1,8 +1,9 @@
 //! Phase B: value-aware selection over each query's candidate pool, as tensor ops.
 //!
 //! The pools of a batch are laid out as a padded `B x P` matrix (P = largest pool) with a
-//! validity mask. Q is gathered from the bank's device vector, both z-scores, the mix and the
-//! top-k2 are tensor ops, and only `B x k2` positions and scores come back.
+//! validity mask, similarities and Q values, uploaded to the device (a few kilobytes: pools are
+//! small); both z-scores, the mix and the top-k2 are tensor ops, and only `B x k2` positions and
+//! scores come back.
 //!
 //! Conventions (spec, "Phase B"):
 //! - z-scores use the population std; std is taken as 1 when the pool has one member, when
@@ -18,16 +19,19 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
-use super::topk::topk_indices;
 use crate::config::{RetrievalConfig, ZSim};
 use crate::error::Result;
+use crate::index::topk::topk_indices;
 use crate::rng::SplitMix64;
 
-/// One candidate: a memory slot and the similarity of its intent key to the query.
+/// One candidate: a memory (its table slot for this call, id and Q) and the similarity of its
+/// intent key to the query.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Candidate {
     pub(crate) slot: u32,
+    pub(crate) id: u64,
     pub(crate) sim: f32,
+    pub(crate) q: f32,
 }
 
 /// One selected candidate: its position in the pool and its Phase B figures.
@@ -48,21 +52,22 @@ fn exploration_key(rng: &mut SplitMix64) -> f32 {
     (rng.next_u64() >> 40) as f32 / (1u32 << 24) as f32
 }
 
-/// Ranks each pool (already in tie-break order) and returns up to k2 picks per query.
+/// Ranks each pool (already in tie-break order) on `device` and returns up to k2 picks per
+/// query.
 pub(crate) fn rank(
     pools: &[Vec<Candidate>],
-    utility: &Tensor,
     cfg: &RetrievalConfig,
+    device: Device,
 ) -> Result<Vec<Vec<Ranked>>> {
     let b = pools.len();
     let p = pools.iter().map(Vec::len).max().unwrap_or(0);
     if p == 0 {
         return Ok(vec![Vec::new(); b]);
     }
-    let device = utility.device();
+    let device = &device;
 
-    // Host layout: padded slots, sims, validity and (when exploring) random keys.
-    let mut slots = vec![0u32; b * p];
+    // Host layout: padded Q, sims, validity and (when exploring) random keys.
+    let mut qs = vec![0f32; b * p];
     let mut sims = vec![0f32; b * p];
     let mut valid = vec![0f32; b * p];
     let mut explore = vec![0u8; b * p];
@@ -71,7 +76,7 @@ pub(crate) fn rank(
     let mut explore_rows = vec![0u32; b];
     for (i, pool) in pools.iter().enumerate() {
         for (j, c) in pool.iter().enumerate() {
-            slots[i * p + j] = c.slot;
+            qs[i * p + j] = c.q;
             sims[i * p + j] = c.sim;
             valid[i * p + j] = 1.0;
         }
@@ -91,6 +96,10 @@ pub(crate) fn rank(
     if let Device::Cuda(dev) = device {
         if p <= crate::kernels::cuda::RANK_MAX && b <= 65_535 {
             let lens: Vec<u32> = pools.iter().map(|pool| pool.len() as u32).collect();
+            // The kernel gathers Q through an index: Q is uploaded padded, in pool order, so
+            // candidate (i, j) reads entry i * p + j.
+            let slots: Vec<u32> = (0..(b * p) as u32).collect();
+            let utility = Tensor::from_slice(&qs, b * p, device)?;
             let host = crate::kernels::cuda::Pools {
                 b,
                 sims: &sims,
@@ -99,14 +108,13 @@ pub(crate) fn rank(
                 explore: &explore_rows,
                 random_keys: &random_keys,
             };
-            let (pos, picked) = cuda::rank(dev, utility, p, &host, cfg)?;
+            let (pos, picked) = cuda::rank(dev, &utility, p, &host, cfg)?;
             return Ok(hits(&pos, &picked));
         }
     }
-    let slots = Tensor::from_vec(slots, b * p, device)?;
     let sims = Tensor::from_vec(sims, (b, p), device)?;
     let mut valid = Tensor::from_vec(valid, (b, p), device)?;
-    let q = utility.index_select(&slots, 0)?.reshape((b, p))?;
+    let q = Tensor::from_vec(qs, (b, p), device)?;
     if let Some(q_min) = cfg.q_min {
         valid = (valid * q.ge(q_min as f64)?.to_dtype(DType::F32)?)?;
     }

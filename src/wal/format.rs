@@ -1,75 +1,106 @@
 //! The log's bytes: a file header, then frames of `length + CRC32C + body`.
 //!
 //! ```text
-//! header (24 bytes): "MEMRLWAL" | version u32 | dim u32 | crc32c(model_id) u32 | crc32c(previous 20 bytes) u32
-//! frame:             body_len u32 | crc32c(body_len bytes ++ body) u32 | body
-//! body:              seq u64 | tag u8 | payload (below)
+//! header v2 (32 bytes): "MEMRLWAL" | version u32 = 2 | dim u32 | crc32c(model_id) u32 | bank_id u64 | crc32c(previous 28 bytes) u32
+//! header v1 (24 bytes): "MEMRLWAL" | version u32 = 1 | dim u32 | crc32c(model_id) u32 | crc32c(previous 20 bytes) u32
+//! frame:                body_len u32 | crc32c(body_len bytes ++ body) u32 | body
+//! body:                 seq u64 | tag u8 | payload (below)
 //! ```
 //!
 //! All integers and floats are little-endian; a string is `len u32 | UTF-8 bytes`.
-//! Payloads: `1` add (`created_ms u64 | count u32 | per memory: id u64 | q f32 | success u8 |
-//! key: 0 then dim u32 and dim f32 (a new unit key), or 1 then the id u64 whose key it shares |
-//! intent str | experience str | 0, or 1 then metadata JSON str`), `2` remove (`id u64`), `3`
-//! outcomes (`applied_ms u64 | alpha f32 | q_init f32 | 0, or 1 then min f32 max f32 mode u8 (0
-//! clamp, 1 reject) | count u32 | per outcome: reward f32 | n u32 | n ids u64`), `4` retrieval
-//! config and `5` learning config (one JSON str each).
+//! Payloads written today: `6` add plan (`created_ms u64 | next_id u64 | count u32 | per memory:
+//! id u64 | q f32 | success u8 | key: 0 then dim u32 and dim f32 (a new unit key), or 2 then the
+//! key id u64 it is filed under | intent str | experience str | 0, or 1 then metadata JSON str`),
+//! `2` remove (`id u64`), `7` outcome plan (`applied_ms u64 | count u32 | per touched memory:
+//! id u64 | q f32 | visits u64 | last_reward f32`), `4` retrieval config and `5` learning config
+//! (one JSON str each). Version-1 logs also hold `1` add (as `6` without `next_id`, and key kind
+//! 1 then the id u64 of the memory whose key it shares) and `3` outcomes (`applied_ms u64 | alpha
+//! f32 | q_init f32 | 0, or 1 then min f32 max f32 mode u8 (0 clamp, 1 reject) | count u32 | per
+//! outcome: reward f32 | n u32 | n ids u64`, planned again on replay); they are still read.
 //!
 //! The CRC covers the length too, so a flipped length bit cannot make the reader skip to a
 //! plausible-looking frame. Decoding never trusts a count: a length beyond the bytes left is a
 //! torn frame, and no vector is reserved larger than what the remaining bytes could hold.
 
-use crate::bank::{KeyChoice, ResolvedAdd, ResolvedMemory};
 use crate::config::{LearningConfig, OutOfRange, RetrievalConfig, RewardRange};
+use crate::index::KeyId;
 use crate::learn::Outcome;
+use crate::store::{AddPlan, KeyChoice, MemoryUpdate, OutcomePlan, PlannedMemory};
 
 use super::{Record, RecordRef};
 
 pub(crate) const MAGIC: &[u8; 8] = b"MEMRLWAL";
-pub(crate) const VERSION: u32 = 1;
-/// Bytes of the file header.
-pub const HEADER_LEN: usize = 24;
+/// The version this memrl writes.
+pub(crate) const VERSION: u32 = 2;
+/// Bytes of a version-2 header (what a new or emptied log holds).
+pub(crate) const HEADER_LEN: usize = 32;
+/// Bytes of a version-1 header.
+const HEADER_LEN_V1: usize = 24;
 const FRAME_PREFIX: usize = 8;
 
-const TAG_ADD: u8 = 1;
+const TAG_ADD_V1: u8 = 1;
 const TAG_REMOVE: u8 = 2;
-const TAG_OUTCOMES: u8 = 3;
+const TAG_OUTCOMES_V1: u8 = 3;
 const TAG_RETRIEVAL: u8 = 4;
 const TAG_LEARNING: u8 = 5;
+const TAG_ADD: u8 = 6;
+const TAG_OUTCOME_PLAN: u8 = 7;
+
+const KEY_NEW: u8 = 0;
+const KEY_SAME_AS_MEMORY_V1: u8 = 1;
+const KEY_EXISTING: u8 = 2;
 
 /// What a log's header says: the bank it belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LogHeader {
+pub(crate) struct LogHeader {
+    /// The format version (1 or 2).
+    pub(crate) version: u32,
     /// The bank's embedding dimension.
-    pub dim: u32,
+    pub(crate) dim: u32,
     /// CRC32C of the bank's model id.
-    pub model_crc: u32,
+    pub(crate) model_crc: u32,
+    /// The bank's identity (0 in version-1 headers, which have none).
+    pub(crate) bank_id: u64,
 }
 
 impl LogHeader {
-    /// The header of a bank with this dimension and model.
-    pub fn new(dim: usize, model_id: &str) -> Self {
+    /// The (version-2) header of the bank with this dimension, model and identity.
+    pub(crate) fn new(dim: usize, model_id: &str, bank_id: u64) -> Self {
         Self {
+            version: VERSION,
             dim: dim as u32,
             model_crc: crc32c::crc32c(model_id.as_bytes()),
+            bank_id,
         }
     }
 
+    /// Bytes of this header in the file.
+    pub(crate) fn len(&self) -> usize {
+        if self.version == 1 {
+            HEADER_LEN_V1
+        } else {
+            HEADER_LEN
+        }
+    }
+
+    /// The version-2 encoding (memrl writes no other).
     pub(crate) fn encode(&self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
         out[..8].copy_from_slice(MAGIC);
         out[8..12].copy_from_slice(&VERSION.to_le_bytes());
         out[12..16].copy_from_slice(&self.dim.to_le_bytes());
         out[16..20].copy_from_slice(&self.model_crc.to_le_bytes());
-        let crc = crc32c::crc32c(&out[..20]);
-        out[20..24].copy_from_slice(&crc.to_le_bytes());
+        out[20..28].copy_from_slice(&self.bank_id.to_le_bytes());
+        let crc = crc32c::crc32c(&out[..28]);
+        out[28..32].copy_from_slice(&crc.to_le_bytes());
         out
     }
 
-    /// Parses a header, or says what is wrong with it.
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        if bytes.len() < HEADER_LEN {
+    /// Parses a header (version 1 or 2), or says what is wrong with it.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.len() < HEADER_LEN_V1 {
             return Err(format!(
-                "the file has {} bytes, shorter than the {HEADER_LEN}-byte header",
+                "the file has {} bytes, shorter than any header",
                 bytes.len()
             ));
         }
@@ -79,19 +110,41 @@ impl LogHeader {
         let word = |at: usize| {
             u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
         };
-        if word(20) != crc32c::crc32c(&bytes[..20]) {
-            return Err("the header's checksum does not match".into());
+        match word(8) {
+            1 => {
+                if word(20) != crc32c::crc32c(&bytes[..20]) {
+                    return Err("the header's checksum does not match".into());
+                }
+                Ok(Self {
+                    version: 1,
+                    dim: word(12),
+                    model_crc: word(16),
+                    bank_id: 0,
+                })
+            }
+            2 => {
+                if bytes.len() < HEADER_LEN {
+                    return Err(format!(
+                        "the file has {} bytes, shorter than the {HEADER_LEN}-byte header",
+                        bytes.len()
+                    ));
+                }
+                if word(28) != crc32c::crc32c(&bytes[..28]) {
+                    return Err("the header's checksum does not match".into());
+                }
+                let mut id = [0u8; 8];
+                id.copy_from_slice(&bytes[20..28]);
+                Ok(Self {
+                    version: 2,
+                    dim: word(12),
+                    model_crc: word(16),
+                    bank_id: u64::from_le_bytes(id),
+                })
+            }
+            other => Err(format!(
+                "log format version {other} (this memrl reads 1 and 2)"
+            )),
         }
-        if word(8) != VERSION {
-            return Err(format!(
-                "log format version {} (this memrl reads {VERSION})",
-                word(8)
-            ));
-        }
-        Ok(Self {
-            dim: word(12),
-            model_crc: word(16),
-        })
     }
 }
 
@@ -108,6 +161,12 @@ pub(crate) fn encode_frame(
         RecordRef::Add(add) => {
             out.push(TAG_ADD);
             put_u64(out, add.created_ms);
+            put_u64(
+                out,
+                add.next_id.ok_or(
+                    "an add plan without next_id (from a version-1 log) is not written again",
+                )?,
+            );
             put_len(out, add.memories.len())?;
             for m in &add.memories {
                 put_u64(out, m.id);
@@ -115,15 +174,18 @@ pub(crate) fn encode_frame(
                 out.push(m.success as u8);
                 match &m.key {
                     KeyChoice::New(unit) => {
-                        out.push(0);
+                        out.push(KEY_NEW);
                         put_len(out, unit.len())?;
                         for &v in unit {
                             put_f32(out, v);
                         }
                     }
-                    KeyChoice::SharedWith(id) => {
-                        out.push(1);
-                        put_u64(out, *id);
+                    KeyChoice::Existing(key) => {
+                        out.push(KEY_EXISTING);
+                        put_u64(out, key.0);
+                    }
+                    KeyChoice::SameAsMemory(_) => {
+                        return Err("a version-1 shared key is not written again".into())
                     }
                 }
                 put_str(out, &m.intent)?;
@@ -141,34 +203,15 @@ pub(crate) fn encode_frame(
             out.push(TAG_REMOVE);
             put_u64(out, id);
         }
-        RecordRef::Outcomes {
-            applied_ms,
-            config,
-            outcomes,
-        } => {
-            out.push(TAG_OUTCOMES);
-            put_u64(out, applied_ms);
-            put_f32(out, config.alpha);
-            put_f32(out, config.q_init);
-            match config.reward_range {
-                None => out.push(0),
-                Some(range) => {
-                    out.push(1);
-                    put_f32(out, range.min);
-                    put_f32(out, range.max);
-                    out.push(match range.out_of_range {
-                        OutOfRange::Clamp => 0,
-                        OutOfRange::Reject => 1,
-                    });
-                }
-            }
-            put_len(out, outcomes.len())?;
-            for o in outcomes {
-                put_f32(out, o.reward);
-                put_len(out, o.memory_ids.len())?;
-                for &id in &o.memory_ids {
-                    put_u64(out, id);
-                }
+        RecordRef::Outcomes(plan) => {
+            out.push(TAG_OUTCOME_PLAN);
+            put_u64(out, plan.applied_ms);
+            put_len(out, plan.updates.len())?;
+            for u in &plan.updates {
+                put_u64(out, u.id);
+                put_f32(out, u.q);
+                put_u64(out, u.visits);
+                put_f32(out, u.last_reward);
             }
         }
         RecordRef::RetrievalConfig(config) => {
@@ -263,8 +306,9 @@ pub(crate) fn decode_frame(bytes: &[u8]) -> Result<(usize, u64, Record), FrameEr
 fn decode_body(c: &mut Cursor<'_>) -> Result<(u64, Record), String> {
     let seq = c.u64()?;
     let record = match c.u8()? {
-        TAG_ADD => {
+        tag @ (TAG_ADD | TAG_ADD_V1) => {
             let created_ms = c.u64()?;
+            let next_id = if tag == TAG_ADD { Some(c.u64()?) } else { None };
             // The smallest memory is 31 bytes (id, q, success, shared key, two empty texts, no
             // metadata): a count beyond what is left is refused before anything is reserved.
             let count = c.count(31)?;
@@ -274,7 +318,7 @@ fn decode_body(c: &mut Cursor<'_>) -> Result<(u64, Record), String> {
                 let q = c.f32()?;
                 let success = c.flag("success")?;
                 let key = match c.u8()? {
-                    0 => {
+                    KEY_NEW => {
                         let dim = c.count(4)?;
                         let mut unit = Vec::with_capacity(dim);
                         for _ in 0..dim {
@@ -282,12 +326,9 @@ fn decode_body(c: &mut Cursor<'_>) -> Result<(u64, Record), String> {
                         }
                         KeyChoice::New(unit)
                     }
-                    1 => KeyChoice::SharedWith(c.u64()?),
-                    other => {
-                        return Err(format!(
-                            "key kind {other} is neither 0 (new) nor 1 (shared)"
-                        ))
-                    }
+                    KEY_SAME_AS_MEMORY_V1 if tag == TAG_ADD_V1 => KeyChoice::SameAsMemory(c.u64()?),
+                    KEY_EXISTING if tag == TAG_ADD => KeyChoice::Existing(KeyId(c.u64()?)),
+                    other => return Err(format!("key kind {other} is unknown")),
                 };
                 let intent = c.string("intent")?;
                 let experience = c.string("experience")?;
@@ -300,7 +341,7 @@ fn decode_body(c: &mut Cursor<'_>) -> Result<(u64, Record), String> {
                 } else {
                     None
                 };
-                memories.push(ResolvedMemory {
+                memories.push(PlannedMemory {
                     id,
                     key,
                     intent,
@@ -310,13 +351,31 @@ fn decode_body(c: &mut Cursor<'_>) -> Result<(u64, Record), String> {
                     metadata,
                 });
             }
-            Record::Add(ResolvedAdd {
+            Record::Add(AddPlan {
                 created_ms,
+                next_id,
                 memories,
             })
         }
         TAG_REMOVE => Record::Remove(c.u64()?),
-        TAG_OUTCOMES => {
+        TAG_OUTCOME_PLAN => {
+            let applied_ms = c.u64()?;
+            let count = c.count(24)?;
+            let mut updates = Vec::with_capacity(count);
+            for _ in 0..count {
+                updates.push(MemoryUpdate {
+                    id: c.u64()?,
+                    q: c.f32()?,
+                    visits: c.u64()?,
+                    last_reward: c.f32()?,
+                });
+            }
+            Record::Outcomes(OutcomePlan {
+                applied_ms,
+                updates,
+            })
+        }
+        TAG_OUTCOMES_V1 => {
             let applied_ms = c.u64()?;
             let alpha = c.f32()?;
             let q_init = c.f32()?;
@@ -347,7 +406,7 @@ fn decode_body(c: &mut Cursor<'_>) -> Result<(u64, Record), String> {
                 }
                 outcomes.push(Outcome { memory_ids, reward });
             }
-            Record::Outcomes {
+            Record::OutcomesV1 {
                 applied_ms,
                 config: LearningConfig {
                     alpha,

@@ -13,10 +13,14 @@
 //! - **Validate, log, apply.** A mutation is fully validated before its record is written, so a
 //!   record in the log always applies. Should the apply still fail (a device error), the record is
 //!   cut off the log again before the error returns.
-//! - **Records hold decisions, not inputs.** An add's record has the ids, the unit keys and which
-//!   key each memory shares ([`crate::bank::ResolvedAdd`]); an outcome batch's record has the
-//!   learning config and the time it was applied. A replay is therefore exact (bit for bit,
-//!   timestamps included) on any device.
+//! - **Records hold decisions, not inputs.** An add's record is its plan: the ids, the unit keys
+//!   and the key id each memory is filed under; an outcome batch's record is the final Q, visits
+//!   and last reward of every memory it touched, and the time it was applied. A replay therefore
+//!   recomputes nothing: it is exact (bit for bit, timestamps included) on any device, whatever
+//!   learning rule made the values.
+//! - **A log belongs to one bank.** Its header holds the bank's identity (a random id fixed at
+//!   creation and stored in the snapshot too), its dimension and model; a log of another bank is
+//!   an error, never replayed.
 //! - **The snapshot's `log_seq` is the commit point of a checkpoint.** A snapshot records the
 //!   sequence number of the last record it reflects; replay skips records at or below it, so a
 //!   crash between writing the snapshot and emptying the log replays nothing twice. Emptying the
@@ -25,9 +29,9 @@
 //!   is cut short, fails its CRC32C, does not decode, or breaks the sequence; everything before it
 //!   is kept, and [`Recovery::tail`] says what was dropped. A writer truncates the file there
 //!   before appending.
-//! - **One writer.** [`crate::Engine::open`] takes an exclusive lock on the log file; a second
-//!   writer (another process, or the same one) gets [`Error::Log`]. Readers ([`recover`]) take no
-//!   lock and change no file.
+//! - **One writer.** A bank opened for writing takes an exclusive lock on the log file; a second
+//!   writer (another process, or the same one) gets [`Error::Locked`]. Readers take no lock and
+//!   change no file.
 
 mod format;
 mod writer;
@@ -36,15 +40,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use candle_core::Device;
-
-use crate::bank::{Bank, Memory, ResolvedAdd};
 use crate::config::{LearningConfig, RetrievalConfig};
 use crate::error::{Error, Result};
-use crate::learn::{Outcome, OutcomeReport};
-use crate::snapshot::{self, LoadOptions};
+use crate::learn::Outcome;
+use crate::store::{AddPlan, OutcomePlan, Store};
 
-pub use format::{LogHeader, HEADER_LEN};
+pub(crate) use format::{LogHeader, HEADER_LEN};
 pub(crate) use writer::LogWriter;
 
 /// When appended records are forced to disk (fsync).
@@ -63,14 +64,16 @@ pub enum SyncPolicy {
 
 /// One logged mutation, as read back from a log.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum Record {
+pub(crate) enum Record {
     /// Memories added, every decision made.
-    Add(ResolvedAdd),
+    Add(AddPlan),
     /// The memory with this id removed.
     Remove(u64),
-    /// An outcome batch, with the learning config it was applied with and when.
-    Outcomes {
+    /// An outcome batch, as the final state of every memory it touched.
+    Outcomes(OutcomePlan),
+    /// An outcome batch of a version-1 log: the batch and the learning config it was applied
+    /// with, planned again on replay.
+    OutcomesV1 {
         /// `updated_ms` of every touched memory.
         applied_ms: u64,
         /// The config the batch was applied with.
@@ -87,53 +90,34 @@ pub enum Record {
 /// A record to append, borrowing what the caller already holds.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum RecordRef<'a> {
-    Add(&'a ResolvedAdd),
+    Add(&'a AddPlan),
     Remove(u64),
-    Outcomes {
-        applied_ms: u64,
-        config: &'a LearningConfig,
-        outcomes: &'a [Outcome],
-    },
+    Outcomes(&'a OutcomePlan),
     RetrievalConfig(&'a RetrievalConfig),
     LearningConfig(&'a LearningConfig),
 }
 
-/// What applying one record did.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Applied {
-    /// The ids added.
-    Added(Vec<u64>),
-    /// The memory removed.
-    Removed(Memory),
-    /// What the outcome batch changed.
-    Outcomes(OutcomeReport),
-    /// A config was replaced.
-    Configured,
-}
-
-/// Applies one record to a bank, checking it as the original call did (all or nothing).
-pub fn apply(bank: &mut Bank, record: &Record) -> Result<Applied> {
-    Ok(match record {
-        Record::Add(add) => Applied::Added(bank.apply_add(add)?),
-        Record::Remove(id) => Applied::Removed(bank.remove(*id)?),
-        Record::Outcomes {
+/// Applies one record to a store, checking it as the original call did (all or nothing).
+pub(crate) fn apply(store: &mut Store, record: &Record) -> Result<()> {
+    match record {
+        Record::Add(plan) => store.apply_add(plan).map(drop),
+        Record::Remove(id) => store.remove(*id).map(drop),
+        Record::Outcomes(plan) => store.apply_outcomes(plan),
+        Record::OutcomesV1 {
             applied_ms,
             config,
             outcomes,
-        } => Applied::Outcomes(bank.apply_outcomes_at(outcomes, config, *applied_ms)?),
-        Record::RetrievalConfig(config) => {
-            bank.set_retrieval_config(config.clone())?;
-            Applied::Configured
+        } => {
+            let (plan, _) = store.plan_outcomes(outcomes, config, *applied_ms)?;
+            store.apply_outcomes(&plan)
         }
-        Record::LearningConfig(config) => {
-            bank.set_learning_config(config.clone())?;
-            Applied::Configured
-        }
-    })
+        Record::RetrievalConfig(config) => store.set_retrieval_config(config.clone()),
+        Record::LearningConfig(config) => store.set_learning_config(config.clone()),
+    }
 }
 
 /// The log beside a snapshot: `<snapshot file name>.wal` in the same folder.
-pub fn log_path(snapshot: &Path) -> PathBuf {
+pub(crate) fn log_path(snapshot: &Path) -> PathBuf {
     let mut name = snapshot.as_os_str().to_owned();
     name.push(".wal");
     PathBuf::from(name)
@@ -167,40 +151,68 @@ pub struct Recovery {
     pub tail: Option<Tail>,
     /// Temporary files of interrupted snapshot saves that were removed (writers only).
     pub stale_temp_files: usize,
+    /// The format version of the log that was read (0: there was none).
+    pub log_version: u32,
+    /// Whether the bank was rewritten in the current format (a writer opening a bank of an
+    /// older format upgrades it).
+    pub upgraded: bool,
 }
 
-/// Replays log bytes onto `bank` (which was just loaded from the snapshot the log follows).
+/// Whether log bytes are too short to hold even their own header: a log that a crash cut while
+/// it was being created (no record can be in it), or a missing one.
+pub(crate) fn header_incomplete(bytes: &[u8]) -> bool {
+    match LogHeader::decode(bytes) {
+        Ok(_) => false,
+        Err(_) => {
+            bytes.len() < 24
+                || (bytes.len() < HEADER_LEN
+                    && bytes.starts_with(format::MAGIC)
+                    && bytes[8..12] == format::VERSION.to_le_bytes())
+        }
+    }
+}
+
+/// Replays log bytes onto `store` (which was just loaded from the snapshot the log follows).
 /// `path` only names the log in errors.
 ///
 /// Errors: a header of another bank or another format, a log that starts after the snapshot
 /// ends (records missing), or a valid record that does not apply. A log shorter than its header
 /// (a crash while creating it) is empty. A torn or corrupt tail is not an error: it is reported
 /// in [`Recovery::tail`].
-pub fn replay_bytes(bank: &mut Bank, bytes: &[u8], path: &Path) -> Result<Recovery> {
+pub(crate) fn replay_bytes(store: &mut Store, bytes: &[u8], path: &Path) -> Result<Recovery> {
     let log_error = |problem: String| Error::Log {
         path: path.to_path_buf(),
         problem,
     };
     let mut recovery = Recovery {
-        snapshot_seq: bank.log_seq(),
-        log_seq: bank.log_seq(),
+        snapshot_seq: store.log_seq(),
+        log_seq: store.log_seq(),
         ..Default::default()
     };
-    if bytes.len() < HEADER_LEN {
+    if header_incomplete(bytes) {
         return Ok(recovery);
     }
     let header = LogHeader::decode(bytes).map_err(log_error)?;
-    let expected = LogHeader::new(bank.config().dim, &bank.config().model_id);
-    if header != expected {
+    let config = store.config();
+    let expected = LogHeader::new(config.dim, &config.model_id, store.bank_id());
+    if header.dim != expected.dim || header.model_crc != expected.model_crc {
         return Err(log_error(format!(
             "the log belongs to another bank (dimension {}, model checksum {:08x}; the snapshot has dimension {}, model `{}`)",
-            header.dim,
-            header.model_crc,
-            bank.config().dim,
-            bank.config().model_id
+            header.dim, header.model_crc, config.dim, config.model_id
         )));
     }
-    let mut pos = HEADER_LEN;
+    // A version-1 log has no identity: it is trusted beside a bank without one (a version-1
+    // snapshot), and beside a version-2 snapshot only for records the snapshot already holds
+    // (what a crash in the middle of the upgrade leaves).
+    let unbound = header.version == 1 && store.bank_id() != 0;
+    if header.version == 2 && header.bank_id != store.bank_id() {
+        return Err(log_error(format!(
+            "the log belongs to another bank (bank id {:016x}; the snapshot's is {:016x})",
+            header.bank_id,
+            store.bank_id()
+        )));
+    }
+    let mut pos = header.len();
     let mut previous: Option<u64> = None;
     while pos < bytes.len() {
         let (len, seq, record) = match format::decode_frame(&bytes[pos..]) {
@@ -215,11 +227,11 @@ pub fn replay_bytes(bank: &mut Bank, bytes: &[u8], path: &Path) -> Result<Recove
             }
         };
         match previous {
-            None if seq > bank.log_seq().saturating_add(1) => {
+            None if seq > store.log_seq().saturating_add(1) => {
                 return Err(log_error(format!(
                     "the log starts at record {seq} but the snapshot ends at record {}: records {} to {} are missing",
-                    bank.log_seq(),
-                    bank.log_seq() + 1,
+                    store.log_seq(),
+                    store.log_seq() + 1,
                     seq - 1
                 )));
             }
@@ -236,19 +248,25 @@ pub fn replay_bytes(bank: &mut Bank, bytes: &[u8], path: &Path) -> Result<Recove
         previous = Some(seq);
         if seq <= recovery.snapshot_seq {
             recovery.skipped += 1;
+        } else if unbound {
+            return Err(log_error(format!(
+                "a version-1 log (no bank id) holds record {seq}, which the bank's snapshot (id {:016x}) does not: it is not this bank's log",
+                store.bank_id()
+            )));
         } else {
-            apply(bank, &record).map_err(|e| {
+            apply(store, &record).map_err(|e| {
                 log_error(format!(
                     "record {seq} (byte {pos}) is intact but does not apply: {e}"
                 ))
             })?;
-            bank.set_log_seq(seq);
+            store.set_log_seq(seq);
             recovery.replayed += 1;
         }
         pos += len;
     }
     recovery.valid_bytes = pos as u64;
-    recovery.log_seq = bank.log_seq();
+    recovery.log_seq = store.log_seq();
+    recovery.log_version = header.version;
     Ok(recovery)
 }
 
@@ -260,18 +278,13 @@ fn tail(offset: usize, end: usize, reason: String) -> Tail {
     }
 }
 
-/// Loads the snapshot at `path` and replays its log, changing no file (a reader's view: a torn
-/// tail is skipped here and cut off by the next writer).
-pub fn recover(path: &Path, device: &Device, options: &LoadOptions) -> Result<(Bank, Recovery)> {
-    let mut bank = snapshot::load(path, device, options)?;
-    let log = log_path(path);
-    let bytes = match fs::read(&log) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(Error::io(&log, e)),
-    };
-    let recovery = replay_bytes(&mut bank, &bytes, &log)?;
-    Ok((bank, recovery))
+/// The bytes of the log at `path`, or none when there is no log.
+pub(crate) fn read_log(path: &Path) -> Result<Vec<u8>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io(path, e)),
+    }
 }
 
 #[cfg(test)]

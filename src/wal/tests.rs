@@ -1,16 +1,20 @@
 use std::fs;
 use std::time::Duration;
 
+use candle_core::Device;
+
 use super::*;
-use crate::bank::{NewMemory, ResolvedMemory};
 use crate::config::{BankConfig, OutOfRange, RewardRange};
-use crate::engine::{Engine, OpenOptions};
+use crate::index::KeyId;
+use crate::snapshot::{self, LoadOptions};
+use crate::store::{KeyChoice, Memory, MemoryUpdate, NewMemory, PlannedMemory};
+use crate::{Bank, CheckpointPolicy, Error, OpenOptions};
 
 fn memory(id: Option<u64>, v: [f32; 3], text: &str) -> NewMemory {
     NewMemory {
         id,
         intent: format!("intent {text}"),
-        embedding: v.to_vec(),
+        embedding: Some(v.to_vec()),
         experience: format!("experience {text}"),
         success: text.len().is_multiple_of(2),
         q: None,
@@ -25,8 +29,19 @@ fn config() -> BankConfig {
     }
 }
 
-/// Every kind of record, through an engine, so the log holds one of each.
-fn mutate(engine: &Engine) {
+/// A writer of a bank of `config()`, checkpointing only when told.
+fn writer() -> OpenOptions {
+    Bank::options()
+        .bank_config(config())
+        .checkpoint(CheckpointPolicy::Manual)
+}
+
+fn reader(path: &Path) -> Bank {
+    Bank::options().read_only(true).open(path).unwrap()
+}
+
+/// Every kind of record, through a bank, so the log holds one of each.
+fn mutate(engine: &Bank) {
     let ids = engine
         .add_many(vec![
             memory(None, [1.0, 0.0, 0.0], "a"),
@@ -91,7 +106,7 @@ fn state(
     RetrievalConfig,
     LearningConfig,
 ) {
-    let memories: Vec<Memory> = bank.iter().cloned().collect();
+    let memories: Vec<Memory> = bank.memories();
     let keys = memories
         .iter()
         .map(|m| {
@@ -107,8 +122,8 @@ fn state(
         keys,
         bank.next_id(),
         bank.log_seq(),
-        bank.retrieval_config().clone(),
-        bank.learning_config().clone(),
+        bank.retrieval_config(),
+        bank.learning_config(),
     )
 }
 
@@ -116,13 +131,14 @@ fn state(
 fn a_replay_rebuilds_the_bank_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bank.safetensors");
-    let engine = Engine::create(&path, config(), &Device::Cpu, &OpenOptions::default()).unwrap();
+    let engine = writer().open(&path).unwrap();
     mutate(&engine);
     assert_eq!(engine.log_seq(), 8);
-    let live = engine.with_bank(state);
+    let live = state(&engine);
     drop(engine);
 
-    let (bank, recovery) = recover(&path, &Device::Cpu, &LoadOptions::default()).unwrap();
+    let bank = reader(&path);
+    let recovery = bank.recovery().clone();
     assert_eq!(state(&bank), live);
     bank.debug_check().unwrap();
     assert_eq!(
@@ -137,53 +153,71 @@ fn a_replay_rebuilds_the_bank_exactly() {
     assert!(recovery.tail.is_none());
 
     // The same through a writer, then a checkpoint empties the log and keeps the state.
-    let (engine, recovery) = Engine::open(&path, &Device::Cpu, &OpenOptions::default()).unwrap();
-    assert_eq!(recovery.replayed, 8);
-    assert_eq!(engine.with_bank(state), live);
+    let engine = writer().create(false).open(&path).unwrap();
+    assert_eq!(engine.recovery().replayed, 8);
+    assert_eq!(state(&engine), live);
     engine.checkpoint().unwrap();
     assert_eq!(engine.log_bytes(), Some(HEADER_LEN as u64));
     engine.add(memory(None, [0.5, 0.5, 0.0], "f")).unwrap();
-    let live = engine.with_bank(state);
+    let live = state(&engine);
     drop(engine);
-    let (bank, recovery) = recover(&path, &Device::Cpu, &LoadOptions::default()).unwrap();
+    let bank = reader(&path);
+    let recovery = bank.recovery();
     assert_eq!((recovery.snapshot_seq, recovery.replayed), (8, 1));
     assert_eq!(state(&bank), live);
 }
 
 #[test]
 fn every_record_kind_round_trips_through_its_frame() {
-    let add = ResolvedAdd {
+    let add = AddPlan {
         created_ms: 17,
-        memories: vec![ResolvedMemory {
-            id: 3,
-            key: crate::bank::KeyChoice::New(vec![0.6, 0.8]),
-            intent: "é".into(),
-            experience: String::new(),
-            success: true,
-            q: -0.5,
-            metadata: Some(serde_json::json!([1, "x", 0.1])),
-        }],
+        next_id: Some(u64::MAX),
+        memories: vec![
+            PlannedMemory {
+                id: 3,
+                key: KeyChoice::New(vec![0.6, 0.8]),
+                intent: "é".into(),
+                experience: String::new(),
+                success: true,
+                q: -0.5,
+                metadata: Some(serde_json::json!([1, "x", 0.1])),
+            },
+            PlannedMemory {
+                id: u64::MAX,
+                key: KeyChoice::Existing(KeyId(u64::MAX - 1)),
+                intent: String::new(),
+                experience: "x".into(),
+                success: false,
+                q: f32::MIN_POSITIVE,
+                metadata: None,
+            },
+        ],
     };
     let learning = LearningConfig::default();
     let retrieval = RetrievalConfig::default();
-    let outcomes = vec![Outcome {
-        memory_ids: vec![1, u64::MAX],
-        reward: -0.0,
-    }];
+    let outcomes = OutcomePlan {
+        applied_ms: 5,
+        updates: vec![
+            MemoryUpdate {
+                id: 1,
+                q: -0.0,
+                visits: u64::MAX,
+                last_reward: 3.5,
+            },
+            MemoryUpdate {
+                id: u64::MAX,
+                q: 1e-30,
+                visits: 1,
+                last_reward: -1.0,
+            },
+        ],
+    };
     let cases: Vec<(RecordRef<'_>, Record)> = vec![
         (RecordRef::Add(&add), Record::Add(add.clone())),
         (RecordRef::Remove(9), Record::Remove(9)),
         (
-            RecordRef::Outcomes {
-                applied_ms: 5,
-                config: &learning,
-                outcomes: &outcomes,
-            },
-            Record::Outcomes {
-                applied_ms: 5,
-                config: learning.clone(),
-                outcomes: outcomes.clone(),
-            },
+            RecordRef::Outcomes(&outcomes),
+            Record::Outcomes(outcomes.clone()),
         ),
         (
             RecordRef::RetrievalConfig(&retrieval),
@@ -216,7 +250,7 @@ fn every_record_kind_round_trips_through_its_frame() {
 
 fn logged_bank(dir: &Path) -> (PathBuf, Vec<u8>) {
     let path = dir.join("bank.safetensors");
-    let engine = Engine::create(&path, config(), &Device::Cpu, &OpenOptions::default()).unwrap();
+    let engine = writer().open(&path).unwrap();
     mutate(&engine);
     drop(engine);
     let log = fs::read(log_path(&path)).unwrap();
@@ -244,8 +278,13 @@ fn a_torn_tail_is_dropped_and_everything_before_it_kept() {
     let snapshot_bytes = fs::read(&path).unwrap();
     // Cut the log at every byte: the bank holds exactly the whole records before the cut.
     for cut in HEADER_LEN..log.len() {
-        let mut bank =
-            snapshot::load_bytes(&snapshot_bytes, &Device::Cpu, &LoadOptions::default()).unwrap();
+        let mut bank = snapshot::load_bytes(
+            &path,
+            &snapshot_bytes,
+            &Device::Cpu,
+            &LoadOptions::default(),
+        )
+        .unwrap();
         let recovery = replay_bytes(&mut bank, &log[..cut], Path::new("log")).unwrap();
         let whole = starts.iter().filter(|&&s| s <= cut).count() as u64 - 1;
         assert_eq!(recovery.replayed, whole, "cut at {cut}");
@@ -255,8 +294,8 @@ fn a_torn_tail_is_dropped_and_everything_before_it_kept() {
     }
     // A writer cuts the torn tail off the file and appends after the last whole record.
     fs::write(log_path(&path), &log[..starts[4] + 3]).unwrap();
-    let (engine, recovery) = Engine::open(&path, &Device::Cpu, &OpenOptions::default()).unwrap();
-    let tail = recovery.tail.unwrap();
+    let engine = writer().create(false).open(&path).unwrap();
+    let tail = engine.recovery().tail.clone().unwrap();
     assert_eq!((tail.offset, tail.bytes), (starts[4] as u64, 3));
     assert!(tail.reason.contains("torn"), "{}", tail.reason);
     assert_eq!(
@@ -264,10 +303,13 @@ fn a_torn_tail_is_dropped_and_everything_before_it_kept() {
         starts[4] as u64
     );
     engine.add(memory(None, [0.0, 0.0, -1.0], "g")).unwrap();
-    let live = engine.with_bank(state);
+    let live = state(&engine);
     drop(engine);
-    let (bank, recovery) = recover(&path, &Device::Cpu, &LoadOptions::default()).unwrap();
-    assert_eq!((recovery.replayed, recovery.tail), (5, None));
+    let bank = reader(&path);
+    assert_eq!(
+        (bank.recovery().replayed, &bank.recovery().tail),
+        (5, &None)
+    );
     assert_eq!(state(&bank), live);
 }
 
@@ -291,16 +333,19 @@ fn a_checkpoint_cut_short_replays_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let (path, log) = logged_bank(dir.path());
     // The snapshot of the full bank is written, the log is not emptied yet.
-    let (bank, _) = recover(&path, &Device::Cpu, &LoadOptions::default()).unwrap();
+    let bank = reader(&path);
     let live = state(&bank);
-    snapshot::save(&bank, &path).unwrap();
+    let mut store = snapshot::load(&path, &Device::Cpu, &LoadOptions::default()).unwrap();
+    replay_bytes(&mut store, &log, Path::new("log")).unwrap();
+    snapshot::save(&store, &path).unwrap();
     assert_eq!(fs::read(log_path(&path)).unwrap(), log);
-    let (engine, recovery) = Engine::open(&path, &Device::Cpu, &OpenOptions::default()).unwrap();
+    let engine = writer().create(false).open(&path).unwrap();
+    let recovery = engine.recovery();
     assert_eq!(
         (recovery.replayed, recovery.skipped, recovery.snapshot_seq),
         (0, 8, 8)
     );
-    assert_eq!(engine.with_bank(state), live);
+    assert_eq!(state(&engine), live);
     // The stale records are gone, and the next record is number 9.
     assert_eq!(engine.log_bytes(), Some(HEADER_LEN as u64));
     engine.remove(10).unwrap();
@@ -323,9 +368,15 @@ fn logs_that_do_not_fit_the_snapshot_are_refused() {
     );
     // Another bank's log.
     let mut other = log.clone();
-    other[..HEADER_LEN].copy_from_slice(&LogHeader::new(3, "another model").encode());
+    let id = fresh().bank_id();
+    other[..HEADER_LEN].copy_from_slice(&LogHeader::new(3, "another model", id).encode());
     let err = replay_bytes(&mut fresh(), &other, Path::new("log")).unwrap_err();
     assert!(err.to_string().contains("another bank"), "{err}");
+    // The log of another bank of the same shape: its identity gives it away.
+    let mut foreign = log.clone();
+    foreign[..HEADER_LEN].copy_from_slice(&LogHeader::new(3, "toy", id ^ 1).encode());
+    let err = replay_bytes(&mut fresh(), &foreign, Path::new("log")).unwrap_err();
+    assert!(err.to_string().contains("bank id"), "{err}");
     // A broken header before records.
     let mut broken = log.clone();
     broken[2] ^= 1;
@@ -342,8 +393,12 @@ fn logs_that_do_not_fit_the_snapshot_are_refused() {
 fn opening_a_missing_bank_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("none.safetensors");
-    let err = Engine::open(&path, &Device::Cpu, &OpenOptions::default()).unwrap_err();
-    assert!(err.to_string().contains("no bank here"), "{err}");
+    let err = Bank::open(&path).unwrap_err();
+    assert!(err.to_string().contains("no such bank"), "{err}");
+    let err = Bank::options().read_only(true).open(&path).unwrap_err();
+    assert!(matches!(err, Error::NoBank { .. }), "{err}");
+    // A new bank needs its shape: refused before any file is made.
+    assert!(Bank::options().open(&path).is_err());
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
@@ -351,19 +406,20 @@ fn opening_a_missing_bank_creates_nothing() {
 fn one_writer_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bank.safetensors");
-    let engine = Engine::create(&path, config(), &Device::Cpu, &OpenOptions::default()).unwrap();
-    let err = Engine::open(&path, &Device::Cpu, &OpenOptions::default()).unwrap_err();
+    let engine = writer().open(&path).unwrap();
+    let err = Bank::open(&path).unwrap_err();
     assert!(
         err.to_string().contains("open for writing elsewhere"),
         "{err}"
     );
-    let err = Engine::create(&path, config(), &Device::Cpu, &OpenOptions::default()).unwrap_err();
-    assert!(matches!(err, Error::Log { .. }), "{err}");
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+    let err = Bank::create(&path, config()).unwrap_err();
+    assert!(matches!(err, Error::BankExists { .. }), "{err}");
     // Readers need no lock.
-    recover(&path, &Device::Cpu, &LoadOptions::default()).unwrap();
+    reader(&path);
     drop(engine);
-    Engine::open(&path, &Device::Cpu, &OpenOptions::default()).unwrap();
-    let err = Engine::create(&path, config(), &Device::Cpu, &OpenOptions::default()).unwrap_err();
+    Bank::open(&path).unwrap();
+    let err = Bank::create(&path, config()).unwrap_err();
     assert!(err.to_string().contains("already there"), "{err}");
 }
 
@@ -371,7 +427,7 @@ fn one_writer_at_a_time() {
 fn rejected_calls_log_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bank.safetensors");
-    let engine = Engine::create(&path, config(), &Device::Cpu, &OpenOptions::default()).unwrap();
+    let engine = writer().open(&path).unwrap();
     engine.add(memory(Some(1), [1.0, 0.0, 0.0], "a")).unwrap();
     let before = engine.log_bytes();
     assert!(engine.add(memory(Some(1), [0.0, 1.0, 0.0], "dup")).is_err());
@@ -400,17 +456,13 @@ fn interval_and_never_policies_log_the_same_records() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bank.safetensors");
-        let options = OpenOptions {
-            sync,
-            ..Default::default()
-        };
-        let engine = Engine::create(&path, config(), &Device::Cpu, &options).unwrap();
+        let engine = writer().sync(sync).open(&path).unwrap();
         mutate(&engine);
         std::thread::sleep(Duration::from_millis(20));
-        let live = engine.with_bank(state);
+        let live = state(&engine);
         drop(engine);
-        let (bank, recovery) = recover(&path, &Device::Cpu, &LoadOptions::default()).unwrap();
-        assert_eq!(recovery.replayed, 8, "{sync:?}");
+        let bank = reader(&path);
+        assert_eq!(bank.recovery().replayed, 8, "{sync:?}");
         assert_eq!(state(&bank), live);
     }
 }
@@ -419,8 +471,7 @@ fn interval_and_never_policies_log_the_same_records() {
 fn bulk_changes_are_one_snapshot_or_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bank.safetensors");
-    let mut engine =
-        Engine::create(&path, config(), &Device::Cpu, &OpenOptions::default()).unwrap();
+    let engine = writer().open(&path).unwrap();
     engine.add(memory(None, [1.0, 0.0, 0.0], "a")).unwrap();
     engine
         .bulk(|bank| bank.add_many(vec![memory(None, [0.0, 1.0, 0.0], "b")]))
@@ -434,10 +485,20 @@ fn bulk_changes_are_one_snapshot_or_nothing() {
     assert!(matches!(err, Err(Error::DuplicateId(0))));
     assert_eq!(engine.len(), 2);
     engine.add(memory(None, [0.0, 0.5, 0.5], "d")).unwrap();
-    let live = engine.with_bank(state);
+    let live = state(&engine);
     drop(engine);
-    let (bank, _) = recover(&path, &Device::Cpu, &LoadOptions::default()).unwrap();
-    assert_eq!(state(&bank), live);
+    assert_eq!(state(&reader(&path)), live);
+    // The same in memory: a failed bulk load leaves the bank as it was, counters included.
+    let bank = writer().in_memory().unwrap();
+    bank.add(memory(None, [1.0, 0.0, 0.0], "a")).unwrap();
+    let before = state(&bank);
+    let err = bank.bulk(|load| {
+        load.add_many(vec![memory(None, [0.0, 0.0, 1.0], "c")])?;
+        load.add_many(vec![memory(Some(0), [0.0, 0.0, 1.0], "dup")])
+    });
+    assert!(matches!(err, Err(Error::DuplicateId(0))));
+    assert_eq!(state(&bank), before);
+    bank.debug_check().unwrap();
 }
 
 #[test]
@@ -450,7 +511,7 @@ fn stale_temporary_files_of_interrupted_saves_are_removed() {
     )
     .unwrap();
     fs::write(dir.path().join("unrelated"), b"x").unwrap();
-    let (_engine, recovery) = Engine::open(&path, &Device::Cpu, &OpenOptions::default()).unwrap();
-    assert_eq!(recovery.stale_temp_files, 1);
+    let engine = Bank::open(&path).unwrap();
+    assert_eq!(engine.recovery().stale_temp_files, 1);
     assert!(dir.path().join("unrelated").exists());
 }

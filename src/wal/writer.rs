@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 
 use super::format::{self, LogHeader, HEADER_LEN};
+use super::header_incomplete;
 use super::{RecordRef, SyncPolicy};
 
 /// Where an append started, to cut it off again.
@@ -28,6 +29,8 @@ pub(crate) struct LogWriter {
     file: File,
     /// Bytes of the file; appends go here.
     len: u64,
+    /// Bytes of the file's header (what an emptied log keeps).
+    header_len: u64,
     /// Sequence number of the next record.
     next_seq: u64,
     policy: SyncPolicy,
@@ -50,9 +53,8 @@ impl LogWriter {
             .open(path)
             .map_err(io)?;
         file.try_lock().map_err(|e| match e {
-            std::fs::TryLockError::WouldBlock => Error::Log {
+            std::fs::TryLockError::WouldBlock => Error::Locked {
                 path: path.to_path_buf(),
-                problem: "the bank is open for writing elsewhere (the log is locked)".into(),
             },
             std::fs::TryLockError::Error(e) => Error::io(path, e),
         })?;
@@ -62,6 +64,7 @@ impl LogWriter {
             path: path.to_path_buf(),
             file,
             len: bytes.len() as u64,
+            header_len: HEADER_LEN as u64,
             next_seq: 1,
             policy,
             flusher: None,
@@ -72,9 +75,13 @@ impl LogWriter {
     }
 
     /// Gives a log shorter than its header (new, or a crash while it was being created: no
-    /// record can be in it) the header `header`.
-    pub(crate) fn ensure_header(&mut self, header: LogHeader) -> Result<()> {
-        if self.len >= HEADER_LEN as u64 {
+    /// record can be in it) the header `header`; `bytes` are the file's bytes, as `lock` read
+    /// them. A complete header is left as it is (replay checks it), and its length noted.
+    pub(crate) fn ensure_header(&mut self, header: LogHeader, bytes: &[u8]) -> Result<()> {
+        if !header_incomplete(bytes) {
+            if let Ok(found) = LogHeader::decode(bytes) {
+                self.header_len = found.len() as u64;
+            }
             return Ok(());
         }
         let io = |e| Error::io(&self.path, e);
@@ -84,6 +91,7 @@ impl LogWriter {
         self.file.sync_all().map_err(io)?;
         sync_dir(&self.path)?;
         self.len = HEADER_LEN as u64;
+        self.header_len = HEADER_LEN as u64;
         Ok(())
     }
 
@@ -190,7 +198,7 @@ impl LogWriter {
     pub(crate) fn reset(&mut self) -> Result<()> {
         self.cut(Mark {
             seq: self.next_seq,
-            offset: HEADER_LEN as u64,
+            offset: self.header_len,
         });
         match &self.broken {
             Some(problem) => Err(self.error(problem.clone())),
@@ -198,15 +206,11 @@ impl LogWriter {
         }
     }
 
-    /// Empties the log and writes `header` (a new bank over whatever log was there).
+    /// Empties the log and writes `header` (a new bank over whatever log was there, or a bank
+    /// upgraded to the current format).
     pub(crate) fn reset_to(&mut self, header: LogHeader) -> Result<()> {
         self.len = 0;
-        self.ensure_header(header)
-    }
-
-    /// Marks the log unusable (the bank in memory no longer matches it).
-    pub(crate) fn poison(&mut self, problem: String) {
-        self.broken = Some(problem);
+        self.ensure_header(header, &[])
     }
 
     fn error(&self, problem: String) -> Error {

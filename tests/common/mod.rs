@@ -2,14 +2,14 @@
 //! and generators of exactly representable unit vectors.
 #![allow(dead_code)]
 
-use memrl::{Bank, Device, Hit, RetrievalConfig, ZSim};
+use memrl::{Bank, BankConfig, Device, Hit, RetrievalConfig, ZSim};
 
 /// The device the engine runs on in these tests: `MEMRL_TEST_DEVICE` (`cpu`, `cuda`, `cuda:N`,
 /// `metal`), CPU when unset. The references stay on the CPU, so on a GPU every test compares the
 /// device's results with the CPU's (`MEMRL_TEST_DEVICE=cuda cargo test --features cuda`).
 pub fn device() -> Device {
     let spec = std::env::var("MEMRL_TEST_DEVICE").unwrap_or_else(|_| "cpu".to_string());
-    match memrl::device::parse_device(&spec) {
+    match memrl::parse_device(&spec) {
         Ok(device) => device,
         Err(e) => panic!("MEMRL_TEST_DEVICE={spec}: {e}"),
     }
@@ -337,10 +337,20 @@ pub fn assert_hits_match(
     }
 }
 
+/// A bank in memory on the test device.
+pub fn bank(config: BankConfig) -> Bank {
+    Bank::options()
+        .bank_config(config)
+        .device(device())
+        .in_memory()
+        .expect("an in-memory bank")
+}
+
 /// Bank contents as comparable data: every memory and the bits of its key.
 pub fn state(bank: &Bank) -> Vec<(memrl::Memory, Vec<u32>, Vec<u64>)> {
     let mut out: Vec<_> = bank
-        .iter()
+        .memories()
+        .into_iter()
         .map(|m| {
             let key = bank
                 .intent_key(m.id)
@@ -349,7 +359,7 @@ pub fn state(bank: &Bank) -> Vec<(memrl::Memory, Vec<u32>, Vec<u64>)> {
                 .map(|v| v.to_bits())
                 .collect();
             let members = bank.intent_members(m.id).expect("members");
-            (m.clone(), key, members)
+            (m, key, members)
         })
         .collect();
     out.sort_by_key(|(m, _, _)| m.id);
@@ -383,4 +393,13 @@ pub fn task_corpus(sources: usize, per_source: usize, seed: u64) -> Vec<memrl::i
         }
     }
     out
+}
+
+/// Retrieval's hits alone, per query (the tests compare hits; retrieval ids are random).
+pub fn hits(bank: &Bank, queries: &[Vec<f32>], cfg: &RetrievalConfig) -> Vec<Vec<Hit>> {
+    bank.retrieve_with(queries, cfg)
+        .expect("retrieve")
+        .into_iter()
+        .map(|r| r.hits)
+        .collect()
 }

@@ -1,0 +1,279 @@
+//! Phase A's seam: a key index answers "the best k keys at or above delta for these queries".
+//!
+//! Retrieval (`crate::retrieve`) asks a [`KeyIndex`] for each query's best intent keys and
+//! never looks at how they are stored; intent sharing asks the same question with k = 1. Today
+//! one implementation exists, [`DeviceIndex`]: the keys as one matrix on a candle device, scanned
+//! in tiles with a running top-k (`scan.rs`, `simd.rs`, `topk.rs`). Another implementation (a
+//! sharded index, a remote one) plugs in behind the same trait.
+//!
+//! # What an implementation promises
+//! - **Exact.** For each query, the `k` keys of highest similarity among those with
+//!   `similarity >= delta` (fewer when fewer pass), not an approximation.
+//! - **Order and ties.** Best first: similarity descending, then [`KeyId`] ascending. Two keys
+//!   of exactly equal similarity are therefore always returned, and cut at the k-th place, by
+//!   key id. This is the spec's deterministic tie rule stated in key terms, and what makes
+//!   several indexes comparable: the exact top-k of a union is the top-k of the parts' top-k
+//!   lists merged by the same order.
+//! - **Similarity.** The dot product of the (unit) query with the (unit) key in the index's
+//!   storage precision, accumulated in f32 and returned as f32. Two implementations that store
+//!   the same keys in the same precision agree to float rounding; bit-for-bit agreement is only
+//!   promised by the same implementation on the same device.
+//! - **Stable ids.** A key keeps its id for its whole life; ids are never reused. Removing a key
+//!   renumbers nothing.
+//! - **Replay does not depend on the index.** The write-ahead log records every decision a
+//!   search led to (which key a new memory is filed under), so replaying a log never searches:
+//!   an index only has to hold the keys it is given, in the order of their ids.
+//!
+//! Queries are host rows of unit vectors (`B x dim`, row-major, f32), already validated and
+//! normalised by the caller.
+
+mod matrix;
+mod scan;
+mod simd;
+pub(crate) mod topk;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+
+pub use simd::read_sum;
+
+use matrix::KeyMatrix;
+
+/// The stable identifier of an intent key: assigned when the key is created, in increasing
+/// order, never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct KeyId(pub u64);
+
+impl std::fmt::Display for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "key {}", self.0)
+    }
+}
+
+/// One key recalled for a query.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KeyMatch {
+    /// The key.
+    pub key: KeyId,
+    /// Its similarity to the query.
+    pub sim: f32,
+}
+
+/// Phase A: similarity recall over intent keys (see the module docs for the contract).
+pub trait KeyIndex: Send + Sync {
+    /// The dimension of keys and queries.
+    fn dim(&self) -> usize;
+
+    /// How many keys the index holds.
+    fn num_keys(&self) -> usize;
+
+    /// For each of the `queries.len() / dim` unit rows of `queries`, the best `k` keys with
+    /// similarity at or above `delta`, best first (similarity descending, key id ascending).
+    fn search(&self, queries: &[f32], k: usize, delta: f32) -> Result<Vec<Vec<KeyMatch>>>;
+
+    /// The device the keys live on, where the rest of a retrieval's tensor work should run
+    /// (`None`: the CPU).
+    fn device(&self) -> Option<&Device> {
+        None
+    }
+}
+
+/// The keys as one matrix on a candle device (CPU, CUDA, Metal), rows in key-id order.
+///
+/// Invariant: `ids` is strictly increasing and `ids[row]` is the key in row `row` of the matrix,
+/// so a scan's "lower row first" on equal similarity is the trait's "lower key id first".
+#[derive(Debug)]
+pub(crate) struct DeviceIndex {
+    matrix: KeyMatrix,
+    ids: Vec<KeyId>,
+}
+
+impl DeviceIndex {
+    /// An empty index of `dim`-dimensional keys stored as `dtype` on `device`.
+    pub(crate) fn new(dim: usize, dtype: DType, device: &Device) -> Result<Self> {
+        Ok(Self {
+            matrix: KeyMatrix::new(dim, dtype, device)?,
+            ids: Vec::new(),
+        })
+    }
+
+    /// The key ids, in row order (increasing).
+    pub(crate) fn ids(&self) -> &[KeyId] {
+        &self.ids
+    }
+
+    /// Whether a key with this id is held.
+    pub(crate) fn contains(&self, key: KeyId) -> bool {
+        self.row_of(key).is_some()
+    }
+
+    fn row_of(&self, key: KeyId) -> Option<usize> {
+        self.ids.binary_search(&key).ok()
+    }
+
+    /// Appends keys: `rows` holds `ids.len()` unit vectors (row-major f32); every id must be
+    /// above every id held, and the ids increasing. Nothing changes when it fails.
+    pub(crate) fn push(&mut self, ids: &[KeyId], rows: Vec<f32>) -> Result<()> {
+        let dim = self.dim();
+        if rows.len() != ids.len() * dim {
+            return Err(Error::Internal(format!(
+                "{} key ids for {} values of dimension {dim}",
+                ids.len(),
+                rows.len()
+            )));
+        }
+        let mut last = self.ids.last().copied();
+        for &id in ids {
+            if last.is_some_and(|l| id <= l) {
+                return Err(Error::Internal(format!(
+                    "{id} does not come after {}",
+                    last.map_or(0, |l| l.0)
+                )));
+            }
+            last = Some(id);
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let tensor = Tensor::from_vec(rows, (ids.len(), dim), &Device::Cpu)?;
+        self.matrix.push_rows(&tensor)?;
+        self.ids.extend_from_slice(ids);
+        Ok(())
+    }
+
+    /// Rebuilds an index from a snapshot's keys (`ids` increasing, `keys` `n x dim` in the
+    /// storage dtype, on the CPU).
+    pub(crate) fn from_parts(ids: Vec<KeyId>, keys: &Tensor, device: &Device) -> Result<Self> {
+        let (n, dim) = keys.dims2()?;
+        if ids.len() != n || ids.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(Error::Internal(
+                "key ids must be increasing, one per key".into(),
+            ));
+        }
+        let mut matrix = KeyMatrix::new(dim, keys.dtype(), device)?;
+        matrix.push_rows(&keys.to_device(device)?)?;
+        Ok(Self { matrix, ids })
+    }
+
+    /// Removes a key. Rows after it shift up (their ids keep their order). An error part-way
+    /// through the shift leaves the index unusable: the caller must rebuild it from its files.
+    pub(crate) fn remove(&mut self, key: KeyId) -> Result<()> {
+        let row = self
+            .row_of(key)
+            .ok_or_else(|| Error::Internal(format!("{key} is not in the index")))?;
+        self.matrix.remove(row)?;
+        self.ids.remove(row);
+        Ok(())
+    }
+
+    /// One key as f32 values.
+    pub(crate) fn key(&self, key: KeyId) -> Result<Vec<f32>> {
+        let row = self
+            .row_of(key)
+            .ok_or_else(|| Error::Internal(format!("{key} is not in the index")))?;
+        self.matrix.row(row)
+    }
+
+    /// Every key, `num_keys x dim`, in row (key id) order, in the storage dtype.
+    pub(crate) fn keys(&self) -> Result<Tensor> {
+        self.matrix.view()
+    }
+
+    /// Every key as host f32 rows, in key-id order.
+    pub(crate) fn rows_f32(&self) -> Result<Vec<f32>> {
+        Ok(self
+            .matrix
+            .view()?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?)
+    }
+}
+
+impl KeyIndex for DeviceIndex {
+    fn dim(&self) -> usize {
+        self.matrix.dim()
+    }
+
+    fn num_keys(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn device(&self) -> Option<&Device> {
+        Some(self.matrix.device())
+    }
+
+    fn search(&self, queries: &[f32], k: usize, delta: f32) -> Result<Vec<Vec<KeyMatch>>> {
+        let dim = self.dim();
+        if dim == 0 || !queries.len().is_multiple_of(dim) {
+            return Err(Error::DimensionMismatch {
+                what: "query batch",
+                expected: dim,
+                got: queries.len(),
+            });
+        }
+        let b = queries.len() / dim;
+        if b == 0 || k == 0 || self.ids.is_empty() {
+            return Ok(vec![Vec::new(); b]);
+        }
+        // f32 here: the scan casts to the key dtype only where a matmul needs it.
+        let queries =
+            Tensor::from_slice(queries, (b, dim), &Device::Cpu)?.to_device(self.matrix.device())?;
+        let top = scan::top_keys(&queries, &self.matrix.view()?, k)?;
+        Ok(top
+            .sims
+            .iter()
+            .zip(&top.rows)
+            .map(|(sims, rows)| {
+                sims.iter()
+                    .zip(rows)
+                    // Lists are best first, so the gate cuts a suffix.
+                    .take_while(|(&sim, _)| sim >= delta)
+                    .map(|(&sim, &row)| KeyMatch {
+                        key: self.ids[row as usize],
+                        sim,
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(rows: &[[f32; 2]]) -> DeviceIndex {
+        let mut index = DeviceIndex::new(2, DType::F32, &Device::Cpu).unwrap();
+        let ids: Vec<KeyId> = (0..rows.len() as u64).map(|i| KeyId(10 * i)).collect();
+        index.push(&ids, rows.concat()).unwrap();
+        index
+    }
+
+    #[test]
+    fn search_gates_by_delta_and_breaks_ties_by_key_id_after_removals() {
+        let mut index = index(&[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.6, 0.8], [1.0, 0.0]]);
+        let hits = index.search(&[1.0, 0.0], 10, 0.5).unwrap();
+        let keys: Vec<u64> = hits[0].iter().map(|m| m.key.0).collect();
+        assert_eq!(keys, vec![0, 20, 40, 30]);
+        index.remove(KeyId(20)).unwrap();
+        let hits = index.search(&[1.0, 0.0], 2, 0.5).unwrap();
+        let keys: Vec<u64> = hits[0].iter().map(|m| m.key.0).collect();
+        assert_eq!(keys, vec![0, 40]);
+        assert_eq!(index.key(KeyId(30)).unwrap(), vec![0.6, 0.8]);
+        assert!(!index.contains(KeyId(20)));
+    }
+
+    #[test]
+    fn ids_must_increase() {
+        let mut index = index(&[[1.0, 0.0]]);
+        assert!(index.push(&[KeyId(0)], vec![0.0, 1.0]).is_err());
+        assert!(index
+            .push(&[KeyId(5), KeyId(5)], vec![0.0, 1.0, 1.0, 0.0])
+            .is_err());
+        assert_eq!(index.num_keys(), 1);
+        index.push(&[KeyId(7)], vec![0.0, 1.0]).unwrap();
+        assert_eq!(index.ids(), &[KeyId(0), KeyId(7)]);
+    }
+}
