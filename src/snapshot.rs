@@ -463,9 +463,9 @@ pub(crate) fn parse(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<
         )));
     }
     let version = field("format_version")?;
-    let tensor_names: &[&str] = match version {
-        "1" => &TENSORS_V1,
-        "2" => &TENSORS,
+    let tensor_names = match version {
+        "1" => tensor_names(true),
+        "2" => tensor_names(false),
         _ => {
             return Err(Error::UnsupportedVersion {
                 path: path.to_path_buf(),
@@ -485,7 +485,7 @@ pub(crate) fn parse(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<
         }
     }
     let mut described = Vec::with_capacity(tensor_names.len());
-    for &name in tensor_names {
+    for &name in &tensor_names {
         let t = st
             .tensor(name)
             .map_err(|_| corrupt(format!("tensor `{name}` is missing")))?;
@@ -756,12 +756,8 @@ pub(crate) fn parse(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<
     })
 }
 
-/// Every tensor a version-2 snapshot has, no more, no less.
-const TENSORS: [&str; 16] = [
-    "intents.keys",
-    "intents.id",
-    "memories.id",
-    "memories.key_id",
+/// The memory columns every version has, after the ids and the key column.
+const MEMORY_COLUMNS: [&str; 13] = [
     "memories.q",
     "memories.visits",
     "memories.last_reward",
@@ -774,26 +770,21 @@ const TENSORS: [&str; 16] = [
     "memories.experience.offsets",
     "memories.metadata.bytes",
     "memories.metadata.offsets",
+    "memories.id",
 ];
 
-/// Every tensor a version-1 snapshot has.
-const TENSORS_V1: [&str; 15] = [
-    "intents.keys",
-    "memories.id",
-    "memories.key",
-    "memories.q",
-    "memories.visits",
-    "memories.last_reward",
-    "memories.success",
-    "memories.created_ms",
-    "memories.updated_ms",
-    "memories.intent.bytes",
-    "memories.intent.offsets",
-    "memories.experience.bytes",
-    "memories.experience.offsets",
-    "memories.metadata.bytes",
-    "memories.metadata.offsets",
-];
+/// Every tensor a snapshot of this version has, no more, no less: version 2 adds the key ids
+/// and names each memory's key by id (`memories.key_id`) where version 1 named its row
+/// (`memories.key`).
+fn tensor_names(v1: bool) -> Vec<&'static str> {
+    let mut names = if v1 {
+        vec!["intents.keys", "memories.key"]
+    } else {
+        vec!["intents.keys", "intents.id", "memories.key_id"]
+    };
+    names.extend(MEMORY_COLUMNS);
+    names
+}
 
 fn decode_keys(data: &[u8], dtype: KeyDType, k: usize, dim: usize) -> Result<Vec<f32>> {
     let mut out = Vec::with_capacity(k * dim);

@@ -12,7 +12,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use common::tiny_model::{self, TinyPooling};
-use memrl::embed::bert::ComputePath;
+use memrl::embed::ComputePath;
 use memrl::embed::Embedder;
 use memrl::models::{resolve, Pooling, ResolveOptions};
 use memrl::Error;

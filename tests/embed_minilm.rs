@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 mod common;
 
-use memrl::embed::bert::ComputePath;
+use memrl::embed::ComputePath;
 use memrl::embed::Embedder;
 use memrl::models::{resolve, ResolveOptions};
 

@@ -13,7 +13,7 @@ export CARGO_TARGET_DIR=${CUDA_TARGET_DIR:-$HOME/.cache/memrl/cuda-target}
 export RUSTFLAGS="-L native=$STUBS"
 mkdir -p "$BIN"
 rm -f "$BIN"/test-* "$BIN"/bench-* "$BIN"/bins.tar.*
-json=$(cargo test --release --features cuda --no-run --message-format=json --lib \
+json=$(cargo test -p memrl --release --features cuda --no-run --message-format=json --lib \
   --test retrieval --test learning --test snapshot --test bad_input --test engine --test embed)
 echo "$json" | python3 -c '
 import json, shutil, sys
@@ -23,7 +23,7 @@ for line in sys.stdin:
         name = m["target"]["name"] if m["target"]["kind"] != ["lib"] else "lib"
         shutil.copy(m["executable"], sys.argv[1] + "/test-" + name)
 ' "$BIN"
-json=$(cargo bench --features cuda --no-run --message-format=json --bench retrieval)
+json=$(cargo bench -p memrl-bench --features cuda --no-run --message-format=json --bench retrieval)
 exe=$(echo "$json" | python3 -c '
 import json, sys
 for line in sys.stdin:

@@ -243,11 +243,6 @@ impl BertEncoder {
         self.hidden
     }
 
-    /// The number of positions the model was trained with.
-    pub fn max_positions(&self) -> usize {
-        self.max_positions
-    }
-
     /// Runs the encoder over a packed batch and returns the last hidden states, `[T, H]`.
     pub fn forward(&self, batch: &PackedBatch, device: &Device) -> Result<Tensor> {
         self.check(batch)?;

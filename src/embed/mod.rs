@@ -21,10 +21,13 @@
 //! # Ok::<(), memrl::Error>(())
 //! ```
 
-pub mod bert;
+mod bert;
 mod file;
 mod fused;
 
+/// Which arithmetic the encoder runs (tests compare the two on the CPU).
+#[doc(hidden)]
+pub use bert::ComputePath;
 pub use file::EmbeddingFileWriter;
 
 use std::path::{Path, PathBuf};
@@ -36,7 +39,7 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::error::{Error, Result};
 use crate::models::{Pooling, ResolvedModel};
-use bert::{BertEncoder, ComputePath, Config, PackedBatch};
+use bert::{BertEncoder, Config, PackedBatch};
 
 /// Default token budget per forward pass (tokens, counted with padding to the chunk's longest).
 pub const DEFAULT_BATCH_TOKENS: usize = 2048;
@@ -254,6 +257,7 @@ impl Embedder {
     }
 
     /// Chooses how the encoder computes (tests run the portable GPU path on the CPU).
+    #[doc(hidden)]
     pub fn set_compute_path(&mut self, path: ComputePath) {
         self.encoder.set_compute_path(path);
     }

@@ -75,39 +75,30 @@ impl ModelArgs {
 }
 
 /// Opens the bank at `path` for reading (no lock, no file changed), with `embedder` when
-/// given. A torn log tail is a warning: the tail may also be a write still in progress.
+/// given.
 pub(crate) fn read_bank(path: &Path, device: &Device, embedder: Option<Embedder>) -> Result<Bank> {
     let mut options = Bank::options().read_only(true).device(device.clone());
     if let Some(embedder) = embedder {
         options = options.embedder(embedder);
     }
-    let bank = options
-        .open(path)
-        .with_context(|| format!("opening bank {}", path.display()))?;
-    if let Some(tail) = &bank.recovery().tail {
-        eprintln!(
-            "warning: {}: ignored the last {} bytes of its log ({}): a write cut short by a crash, or one still in progress",
-            path.display(),
-            tail.bytes,
-            tail.reason
-        );
-    }
-    Ok(bank)
+    open_bank(path, options)
 }
 
-/// Opens `options` at `path` for writing (locks its log, replays it, cuts a torn tail, creates
-/// the bank when the options allow), warning about a dropped tail.
+/// Opens `options` at `path` (for writing, it locks the log, replays it, cuts a torn tail, and
+/// creates the bank when the options allow), warning about a torn tail: a writer drops it; to a
+/// reader it may also be a write still in progress.
 pub(crate) fn open_bank(path: &Path, options: OpenOptions) -> Result<Bank> {
     let bank = options
         .open(path)
         .with_context(|| format!("opening bank {}", path.display()))?;
     if let Some(tail) = &bank.recovery().tail {
-        eprintln!(
-            "warning: {}: dropped the last {} bytes of its log ({}); everything before them is kept",
-            path.display(),
-            tail.bytes,
-            tail.reason
-        );
+        let (bytes, reason) = (tail.bytes, &tail.reason);
+        let what = if bank.is_read_only() {
+            format!("ignored the last {bytes} bytes of its log ({reason}): a write cut short by a crash, or one still in progress")
+        } else {
+            format!("dropped the last {bytes} bytes of its log ({reason}); everything before them is kept")
+        };
+        eprintln!("warning: {}: {what}", path.display());
     }
     Ok(bank)
 }
