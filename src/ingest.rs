@@ -140,7 +140,7 @@ fn unknown_field_problem(field: &str, known: &[&'static str]) -> String {
         .map(|k| format!("; did you mean `{k}`?"))
         .unwrap_or_default();
     format!(
-        "unknown field (lines here take {}){hint}",
+        "unknown field (the known ones: {}){hint}",
         known
             .iter()
             .map(|k| format!("`{k}`"))

@@ -7,7 +7,7 @@ use clap::Args;
 use memrl::Bank;
 
 use super::options::{LearningArgs, RetrievalArgs};
-use super::{open_bank, read_bank, warn_checkpoint};
+use super::{open_bank, read_bank, warn_checkpoint, JsonObject};
 
 pub(crate) const CONFIG_HELP: &str = "\
 Show a bank's stored retrieval and learning configuration (what `query`, `feedback` and `pipe` \
@@ -55,7 +55,10 @@ pub(crate) fn config(args: &ConfigArgs) -> Result<()> {
     };
     let (retrieval, learning) = (bank.retrieval_config(), bank.learning_config());
     if args.json {
-        let line = serde_json::json!({ "retrieval": retrieval, "learning": learning });
+        let line = JsonObject::new()
+            .field("retrieval", &retrieval)?
+            .field("learning", &learning)?
+            .finish();
         println!("{line}");
     } else {
         println!("retrieval   {retrieval:?}");

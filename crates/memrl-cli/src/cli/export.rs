@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use memrl::{Bank, Memory};
 
-use super::read_bank;
+use super::{read_bank, JsonObject};
 
 pub(crate) const EXPORT_HELP: &str = "\
 Write every memory of a bank as JSON Lines, in id order, one object per memory:
@@ -34,30 +34,29 @@ pub(crate) struct ExportArgs {
     embeddings: bool,
 }
 
-/// One memory's line.
-pub(crate) fn memory_json(
-    bank: &Bank,
-    memory: Memory,
-    embeddings: bool,
-) -> Result<serde_json::Value> {
-    let id = memory.id;
-    let mut line = serde_json::to_value(memory)?;
+/// One memory's line: its fields in order (id, intent, experience, q, visits, last_reward,
+/// success, created_ms, updated_ms, metadata), then with `embeddings` its intent key and the
+/// memories sharing it.
+pub(crate) fn memory_json(bank: &Bank, memory: &Memory, embeddings: bool) -> Result<String> {
+    let mut line = JsonObject::of(memory)?;
     if embeddings {
-        line["embedding"] = serde_json::to_value(bank.intent_key(id)?)?;
+        let id = memory.id;
         let shared: Vec<u64> = bank
             .intent_members(id)?
             .into_iter()
             .filter(|&other| other != id)
             .collect();
-        line["shared_with"] = serde_json::to_value(shared)?;
+        line = line
+            .field("embedding", &bank.intent_key(id)?)?
+            .field("shared_with", &shared)?;
     }
-    Ok(line)
+    Ok(line.finish())
 }
 
 fn write_all(bank: &Bank, embeddings: bool, out: &mut impl Write) -> Result<usize> {
     let memories = bank.memories();
     let n = memories.len();
-    for memory in memories {
+    for memory in &memories {
         writeln!(out, "{}", memory_json(bank, memory, embeddings)?)?;
     }
     out.flush()?;

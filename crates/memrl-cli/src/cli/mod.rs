@@ -141,6 +141,69 @@ pub(crate) fn bank_model(path: &Path) -> Result<Option<String>> {
     Ok(Some(config.model_id))
 }
 
+/// A JSON object written field by field, in order. (A `serde_json::Value` would sort the
+/// keys and write each f32 as the digits of its f64 widening, `0.30000001192092896`; the text
+/// serialiser writes structs' fields in their order and an f32 as an f32, `0.3`.)
+pub(crate) struct JsonObject(String);
+
+impl JsonObject {
+    pub(crate) fn new() -> Self {
+        Self("{".to_string())
+    }
+
+    /// The fields of `value` (a struct or map), to be followed by more.
+    pub(crate) fn of<T: serde::Serialize + ?Sized>(value: &T) -> serde_json::Result<Self> {
+        let mut text = serde_json::to_string(value)?;
+        if !(text.starts_with('{') && text.ends_with('}')) {
+            return Err(serde::ser::Error::custom(format!(
+                "{text} is not a JSON object"
+            )));
+        }
+        text.pop();
+        Ok(Self(text))
+    }
+
+    /// Appends `key: value`.
+    pub(crate) fn field<T: serde::Serialize + ?Sized>(
+        self,
+        key: &str,
+        value: &T,
+    ) -> serde_json::Result<Self> {
+        let value = serde_json::to_string(value)?;
+        Ok(self.raw(key, &value))
+    }
+
+    /// Appends `key: json`, `json` being JSON text already.
+    pub(crate) fn raw(mut self, key: &str, json: &str) -> Self {
+        if self.0.len() > 1 {
+            self.0.push(',');
+        }
+        // A key is a string: serialising one cannot fail.
+        self.0
+            .push_str(&serde_json::to_string(key).unwrap_or_else(|_| format!("\"{key}\"")));
+        self.0.push(':');
+        self.0.push_str(json);
+        self
+    }
+
+    /// Appends every field of `other`.
+    pub(crate) fn extend(mut self, other: JsonObject) -> Self {
+        let fields = &other.0[1..];
+        if !fields.is_empty() {
+            if self.0.len() > 1 {
+                self.0.push(',');
+            }
+            self.0.push_str(fields);
+        }
+        self
+    }
+
+    pub(crate) fn finish(mut self) -> String {
+        self.0.push('}');
+        self.0
+    }
+}
+
 /// What a JSON Lines input's unknown fields are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub(crate) enum UnknownFields {

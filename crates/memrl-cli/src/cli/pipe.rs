@@ -18,11 +18,11 @@ use memrl::{
     RewardRange, SyncPolicy, ZSim, DEFAULT_MAX_PAIRS,
 };
 use serde::de::DeserializeOwned;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::bank::{bank_options, configure_new, NewBankArgs};
 use super::export::memory_json;
-use super::{open_bank, ModelArgs};
+use super::{open_bank, JsonObject, ModelArgs};
 
 pub(crate) const PIPE_HELP: &str = "\
 A long-running loop for an agent: JSON Lines requests on stdin, one JSON line per answer on \
@@ -129,7 +129,8 @@ fn invalid(message: impl Into<String>) -> Failure {
     }
 }
 
-type Answer = std::result::Result<Map<String, Value>, Failure>;
+/// A request's answer: its fields (the loop adds `id` and `ok`).
+type Answer = std::result::Result<JsonObject, Failure>;
 
 /// Refuses fields `op` does not take.
 fn known(op: &str, request: &Map<String, Value>, fields: &[&'static str]) -> Result<(), Failure> {
@@ -263,8 +264,29 @@ fn learning_config(
     Ok(cfg)
 }
 
-fn retrieval_answer(r: memrl::Retrieval) -> Value {
-    json!({ "retrieval": r.id.0.to_string(), "hits": r.hits })
+/// One retrieval's fields: its id (a string) and hits.
+fn retrieval_answer(r: &memrl::Retrieval) -> Answer {
+    JsonObject::new()
+        .field("retrieval", &r.id.0.to_string())
+        .and_then(|o| o.field("hits", &r.hits))
+        .map_err(internal)
+}
+
+fn internal(e: serde_json::Error) -> Failure {
+    Failure {
+        kind: ErrorKind::Internal.as_str(),
+        message: format!("writing the answer: {e}"),
+    }
+}
+
+/// A serialisable struct's fields as the answer.
+fn fields_of<T: serde::Serialize>(value: &T) -> Answer {
+    JsonObject::of(value).map_err(internal)
+}
+
+/// An answer of one field.
+fn one<T: serde::Serialize + ?Sized>(key: &str, value: &T) -> Answer {
+    JsonObject::new().field(key, value).map_err(internal)
 }
 
 fn retrieve(bank: &Bank, request: &Map<String, Value>) -> Answer {
@@ -305,23 +327,17 @@ fn retrieve(bank: &Bank, request: &Map<String, Value>) -> Answer {
             )))
         }
     };
-    let mut answer = Map::new();
     if one {
-        if let Some(Value::Object(single)) = retrievals.into_iter().next().map(retrieval_answer) {
-            answer = single;
-        }
-    } else {
-        let results: Vec<Value> = retrievals.into_iter().map(retrieval_answer).collect();
-        answer.insert("results".into(), results.into());
+        return match retrievals.first() {
+            Some(r) => retrieval_answer(r),
+            None => Err(invalid("internal: no retrieval for the query")),
+        };
     }
-    Ok(answer)
-}
-
-fn report_answer(report: memrl::OutcomeReport) -> Answer {
-    match serde_json::to_value(report) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(invalid("internal: the report is not an object")),
-    }
+    let results = retrievals
+        .iter()
+        .map(|r| retrieval_answer(r).map(JsonObject::finish))
+        .collect::<Result<Vec<String>, Failure>>()?;
+    Ok(JsonObject::new().raw("results", &format!("[{}]", results.join(","))))
 }
 
 fn feedback(bank: &Bank, request: &Map<String, Value>) -> Answer {
@@ -393,7 +409,7 @@ fn feedback(bank: &Bank, request: &Map<String, Value>) -> Answer {
             ))
         }
     };
-    report_answer(report)
+    fields_of(&report)
 }
 
 fn add(bank: &Bank, request: &Map<String, Value>) -> Answer {
@@ -414,22 +430,22 @@ fn add(bank: &Bank, request: &Map<String, Value>) -> Answer {
         memories.push(record.into_new_memory());
     }
     let ids = bank.add_many(memories)?;
-    Ok(Map::from_iter([("ids".to_string(), json!(ids))]))
+    one("ids", &ids)
 }
 
 fn get(bank: &Bank, request: &Map<String, Value>) -> Answer {
     known("get", request, &["memory_id", "memory_ids"])?;
-    let one: Option<u64> = field(request, "memory_id")?;
+    let single: Option<u64> = field(request, "memory_id")?;
     let many: Option<Vec<u64>> = field(request, "memory_ids")?;
-    let memory = |id: u64| -> Result<Value, Failure> {
+    let memory = |id: u64| -> Result<String, Failure> {
         let m = bank.get(id).ok_or(memrl::Error::NotFound(id))?;
-        Ok(memory_json(bank, m, false)?)
+        Ok(memory_json(bank, &m, false)?)
     };
-    match (one, many) {
-        (Some(id), None) => Ok(Map::from_iter([("memory".to_string(), memory(id)?)])),
+    match (single, many) {
+        (Some(id), None) => Ok(JsonObject::new().raw("memory", &memory(id)?)),
         (None, Some(ids)) => {
             let all = ids.into_iter().map(memory).collect::<Result<Vec<_>, _>>()?;
-            Ok(Map::from_iter([("memories".to_string(), Value::from(all))]))
+            Ok(JsonObject::new().raw("memories", &format!("[{}]", all.join(","))))
         }
         _ => Err(invalid("get: give memory_id or memory_ids")),
     }
@@ -439,10 +455,7 @@ fn remove(bank: &Bank, request: &Map<String, Value>) -> Answer {
     known("remove", request, &["memory_id"])?;
     let id: u64 = required(request, "memory_id")?;
     let removed = bank.remove(id)?;
-    Ok(Map::from_iter([(
-        "removed".to_string(),
-        serde_json::to_value(removed).map_err(|e| invalid(e.to_string()))?,
-    )]))
+    Ok(JsonObject::new().raw("removed", &memory_json(bank, &removed, false)?))
 }
 
 fn stats(bank: &Bank, request: &Map<String, Value>) -> Answer {
@@ -453,21 +466,18 @@ fn stats(bank: &Bank, request: &Map<String, Value>) -> Answer {
         return Err(invalid(format!("field `bins`: {bins} is not in 1..=100")));
     }
     let summary = bank.stats(bins, top.min(bank.len()));
-    Ok(Map::from_iter([
-        ("memories".to_string(), json!(bank.len())),
-        ("intents".to_string(), json!(bank.num_intents())),
-        (
-            "summary".to_string(),
-            serde_json::to_value(summary).map_err(|e| invalid(e.to_string()))?,
-        ),
-    ]))
+    JsonObject::new()
+        .field("memories", &bank.len())
+        .and_then(|o| o.field("intents", &bank.num_intents()))
+        .and_then(|o| o.field("summary", &summary))
+        .map_err(internal)
 }
 
 fn configs(bank: &Bank) -> Answer {
-    Ok(Map::from_iter([
-        ("retrieval".to_string(), json!(bank.retrieval_config())),
-        ("learning".to_string(), json!(bank.learning_config())),
-    ]))
+    JsonObject::new()
+        .field("retrieval", &bank.retrieval_config())
+        .and_then(|o| o.field("learning", &bank.learning_config()))
+        .map_err(internal)
 }
 
 fn set_config(bank: &Bank, request: &Map<String, Value>) -> Answer {
@@ -530,10 +540,7 @@ fn calibrate(bank: &Bank, request: &Map<String, Value>) -> Answer {
         }
         bank.set_retrieval_config(cfg)?;
     }
-    match serde_json::to_value(c) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(invalid("internal: the calibration is not an object")),
-    }
+    fields_of(&c)
 }
 
 /// One request: its op, dispatched.
@@ -551,7 +558,7 @@ fn answer(bank: &Bank, op: &str, request: &Map<String, Value>) -> Answer {
         "calibrate" => calibrate(bank, request),
         "checkpoint" => nothing(op).and_then(|()| {
             bank.checkpoint()?;
-            Ok(Map::new())
+            Ok(JsonObject::new())
         }),
         other => Err(invalid(format!(
             "unknown op `{other}` (ops: retrieve, feedback, add, get, remove, stats, config, set_config, calibrate, checkpoint)"
@@ -561,8 +568,29 @@ fn answer(bank: &Bank, op: &str, request: &Map<String, Value>) -> Answer {
     result
 }
 
+/// An error answer.
+fn error_line(id: &Value, failure: &Failure, line: usize) -> String {
+    let answer = JsonObject::new()
+        .field("kind", failure.kind)
+        .and_then(|o| o.field("message", &failure.message))
+        .and_then(|o| o.field("line", &line))
+        .and_then(|error| {
+            Ok(JsonObject::new()
+                .field("id", id)?
+                .field("ok", &false)?
+                .raw("error", &error.finish()))
+        });
+    match answer {
+        Ok(answer) => answer.finish(),
+        Err(e) => format!(
+            "{{\"id\":null,\"ok\":false,\"error\":{{\"kind\":\"internal\",\"message\":{},\"line\":{line}}}}}",
+            serde_json::Value::from(format!("writing the answer: {e}"))
+        ),
+    }
+}
+
 /// The answer to one line of input.
-fn handle(bank: &Bank, text: &str, line: usize) -> Value {
+fn handle(bank: &Bank, text: &str, line: usize) -> String {
     let parsed: std::result::Result<Value, String> =
         serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"));
     let (id, result) = match parsed {
@@ -583,19 +611,16 @@ fn handle(bank: &Bank, text: &str, line: usize) -> Value {
         ),
         Err(problem) => (Value::Null, Err(invalid(problem))),
     };
-    match result {
-        Ok(mut answer) => {
-            let mut out = Map::new();
-            out.insert("id".into(), id);
-            out.insert("ok".into(), true.into());
-            out.append(&mut answer);
-            out.into()
-        }
-        Err(failure) => json!({
-            "id": id,
-            "ok": false,
-            "error": { "kind": failure.kind, "message": failure.message, "line": line },
-        }),
+    let answer = result.and_then(|fields| {
+        JsonObject::new()
+            .field("id", &id)
+            .and_then(|o| o.field("ok", &true))
+            .map(|o| o.extend(fields).finish())
+            .map_err(internal)
+    });
+    match answer {
+        Ok(answer) => answer,
+        Err(failure) => error_line(&id, &failure, line),
     }
 }
 
@@ -672,15 +697,14 @@ pub(crate) fn pipe(args: &PipeArgs) -> Result<()> {
         line += 1;
         let answer = match read {
             Ok(false) => return Ok(()),
-            Err(bytes) => json!({
-                "id": null,
-                "ok": false,
-                "error": {
-                    "kind": "invalid_input",
-                    "message": format!("the line is {bytes} bytes, longer than the limit of {}", memrl::ingest::MAX_LINE_BYTES),
-                    "line": line,
-                },
-            }),
+            Err(bytes) => error_line(
+                &Value::Null,
+                &invalid(format!(
+                    "the line is {bytes} bytes, longer than the limit of {}",
+                    memrl::ingest::MAX_LINE_BYTES
+                )),
+                line,
+            ),
             Ok(true) => {
                 let bytes = match buffer.strip_prefix("\u{feff}".as_bytes()) {
                     Some(rest) if line == 1 => rest,
@@ -689,15 +713,11 @@ pub(crate) fn pipe(args: &PipeArgs) -> Result<()> {
                 match std::str::from_utf8(bytes) {
                     Ok(text) if text.trim().is_empty() => continue,
                     Ok(text) => handle(&bank, text.trim(), line),
-                    Err(e) => json!({
-                        "id": null,
-                        "ok": false,
-                        "error": {
-                            "kind": "invalid_input",
-                            "message": format!("not valid UTF-8 (byte {})", e.valid_up_to()),
-                            "line": line,
-                        },
-                    }),
+                    Err(e) => error_line(
+                        &Value::Null,
+                        &invalid(format!("not valid UTF-8 (byte {})", e.valid_up_to())),
+                        line,
+                    ),
                 }
             }
         };

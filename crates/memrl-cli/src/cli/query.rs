@@ -10,8 +10,8 @@ use memrl::{Bank, Hit, Queries, RetrievalConfig};
 
 use super::options::RetrievalArgs;
 use super::{
-    open_bank, read_bank, read_records, summarise_unknown_fields, warn_checkpoint, ModelArgs,
-    Origins, UnknownFields,
+    open_bank, read_bank, read_records, summarise_unknown_fields, warn_checkpoint, JsonObject,
+    ModelArgs, Origins, UnknownFields,
 };
 
 /// Queries embedded and retrieved per step.
@@ -97,21 +97,20 @@ fn print_table(out: &mut impl Write, query: &Query, hits: &[Hit]) -> std::io::Re
     Ok(())
 }
 
-/// One query's JSON line.
-fn json_line(query: &Query, hits: &[Hit]) -> serde_json::Value {
-    let mut line = serde_json::Map::new();
+/// One query's JSON line: `id` (when the input line has one), `line` (with --input), `query`,
+/// `hits`.
+fn json_line(query: &Query, hits: &[Hit]) -> serde_json::Result<String> {
+    let mut line = JsonObject::new();
     if let Some(id) = &query.id {
-        line.insert("id".into(), id.clone());
+        line = line.field("id", id)?;
     }
     if let Some(n) = query.line {
-        line.insert("line".into(), n.into());
+        line = line.field("line", &n)?;
     }
-    line.insert("query".into(), query.text.clone().into());
-    line.insert(
-        "hits".into(),
-        serde_json::to_value(hits).unwrap_or_default(),
-    );
-    line.into()
+    Ok(line
+        .field("query", &query.text)?
+        .field("hits", hits)?
+        .finish())
 }
 
 /// The rows of a batch: each query's own embedding, or its text embedded.
@@ -157,7 +156,7 @@ fn run_batch(
     let mut out = stdout.lock();
     for (query, retrieval) in batch.iter().zip(&retrievals) {
         if json {
-            writeln!(out, "{}", json_line(query, &retrieval.hits))?;
+            writeln!(out, "{}", json_line(query, &retrieval.hits)?)?;
         } else {
             print_table(&mut out, query, &retrieval.hits)?;
         }
