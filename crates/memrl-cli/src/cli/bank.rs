@@ -78,6 +78,11 @@ pub(crate) struct NewBankArgs {
 }
 
 impl NewBankArgs {
+    /// Whether --delta was given (else a new bank's delta is calibrated, or the default).
+    pub(crate) fn delta_given(&self) -> bool {
+        self.retrieval.delta.is_some()
+    }
+
     /// The configuration flags given (those that cannot apply to an existing bank).
     pub(crate) fn config_flags(&self) -> Vec<&'static str> {
         let mut flags = self.retrieval.given();

@@ -675,11 +675,14 @@ pub(crate) fn pipe(args: &PipeArgs) -> Result<()> {
         let bank = open_bank(&args.bank, options)?;
         if !existed {
             configure_new(&bank, &args.new_bank)?;
-            eprintln!(
-                "new bank {}: delta {} (the paper's default; once it holds memories, {{\"op\": \"calibrate\", \"write\": true}} calibrates it)",
-                args.bank.display(),
-                bank.retrieval_config().delta
-            );
+            let delta = bank.retrieval_config().delta;
+            match args.new_bank.delta_given() {
+                true => eprintln!("new bank {}: delta {delta} (--delta)", args.bank.display()),
+                false => eprintln!(
+                    "new bank {}: delta {delta} (the paper's default; once it holds memories, {{\"op\": \"calibrate\", \"write\": true}} calibrates it)",
+                    args.bank.display()
+                ),
+            }
         }
         bank
     };
