@@ -1,9 +1,13 @@
 //! Retrieval, learning and bank configuration, validated before use.
 //!
 //! Defaults are the paper's (v2, Table 8) as listed in the spec: alpha 0.3, lambda 0.5, k1 10,
-//! k2 5, delta 0.5, q_init 0, dedup_sim 0.90, pool z-scores, z-clip 3, epsilon 0, q_min off.
-//! Every config is a plain struct with public fields; `validate()` is called by every operation
-//! that takes one, so an invalid value is an error at the call, never a wrong result.
+//! k2 5, delta 0.5, q_init 0, dedup_sim 0.90, pool z-scores, z-clip 3 (on zq), epsilon 0, q_min
+//! off. Every config is a plain struct with public fields; `validate()` is called by every
+//! operation that takes one, so an invalid value is an error at the call, never a wrong result.
+//!
+//! Retrieval and learning configs are stored as JSON in snapshots and log records. Every field
+//! added later has a serde default (`#[serde(default)]` on the struct: a missing field takes its
+//! `Default` value), so the files of older versions still load.
 
 use serde::{Deserialize, Serialize};
 
@@ -45,8 +49,13 @@ pub struct RetrievalConfig {
     pub lambda: f32,
     /// How similarity is standardised.
     pub zsim: ZSim,
-    /// Both z-scores are clipped to [-z_clip, z_clip]. Must be > 0.
+    /// zq is clipped to [-z_clip, z_clip] (and zsim too with `clip_zsim`). Must be > 0.
     pub z_clip: f32,
+    /// Also clip zsim to [-z_clip, z_clip]. Off by default: the spec and the authors' code clip
+    /// only zq. Banks written before this field existed clipped both, and read as off. A pool of
+    /// more than 10 members (intent sharing, or a k1 above 10) can hold a |zsim| above 3, where
+    /// the two differ.
+    pub clip_zsim: bool,
     /// Drop pool members whose Q is below this before ranking. `None` = keep all.
     pub q_min: Option<f32>,
     /// Probability, per query, of returning k2 pool members drawn uniformly instead. In [0, 1].
@@ -66,6 +75,7 @@ impl Default for RetrievalConfig {
             lambda: 0.5,
             zsim: ZSim::Pool,
             z_clip: 3.0,
+            clip_zsim: false,
             q_min: None,
             epsilon: 0.0,
             seed: 0,
@@ -148,8 +158,9 @@ pub struct RewardRange {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LearningConfig {
-    /// Learning rate, in (0, 1]. (MemP, the no-learning baseline, is simply not calling
-    /// `apply_outcomes`.)
+    /// Learning rate, in [0, 1]. 0 means Q never moves (MemP, the paper's baseline that
+    /// retrieves with lambda but does not learn): outcomes are still applied, so visits and the
+    /// last reward are recorded, and every Q stays exactly where it was.
     pub alpha: f32,
     /// Q of a newly written memory, successes and failures alike.
     pub q_init: f32,
@@ -170,8 +181,8 @@ impl Default for LearningConfig {
 impl LearningConfig {
     /// Checks every field; the error names the first invalid one.
     pub fn validate(&self) -> Result<()> {
-        if !(self.alpha > 0.0 && self.alpha <= 1.0) {
-            return Err(Error::config("alpha", self.alpha, "must be in (0, 1]"));
+        if !(0.0..=1.0).contains(&self.alpha) {
+            return Err(Error::config("alpha", self.alpha, "must be in [0, 1]"));
         }
         if !self.q_init.is_finite() {
             return Err(Error::config(
@@ -414,14 +425,42 @@ mod tests {
                 .unwrap_err(),
             )
         };
-        assert_eq!(bad_alpha(0.0), "alpha");
+        assert_eq!(bad_alpha(-0.1), "alpha");
         assert_eq!(bad_alpha(1.01), "alpha");
         assert_eq!(bad_alpha(f32::NAN), "alpha");
-        assert!(LearningConfig {
-            alpha: 1.0,
-            ..Default::default()
+        for alpha in [0.0, 1.0] {
+            assert!(LearningConfig {
+                alpha,
+                ..Default::default()
+            }
+            .validate()
+            .is_ok());
         }
-        .validate()
-        .is_ok());
+    }
+
+    #[test]
+    fn configs_stored_by_older_versions_still_parse() {
+        // A retrieval config as the first release wrote it into snapshots and log records:
+        // no clip_zsim (it clipped zsim then; unclipped is the spec).
+        let old = r#"{"k1":10,"k2":5,"delta":0.25,"lambda":0.5,"zsim":{"mode":"pool"},"z_clip":3.0,"q_min":null,"epsilon":0.0,"seed":0}"#;
+        let r: RetrievalConfig = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            r,
+            RetrievalConfig {
+                delta: 0.25,
+                ..RetrievalConfig::default()
+            }
+        );
+        assert!(!r.clip_zsim);
+        let old = r#"{"alpha":0.3,"q_init":0.0,"reward_range":{"min":-1.0,"max":1.0,"out_of_range":"clamp"}}"#;
+        let l: LearningConfig = serde_json::from_str(old).unwrap();
+        assert_eq!(l.alpha, 0.3);
+        // What is written now reads back the same.
+        let now = RetrievalConfig {
+            clip_zsim: true,
+            ..RetrievalConfig::default()
+        };
+        let json = serde_json::to_string(&now).unwrap();
+        assert_eq!(serde_json::from_str::<RetrievalConfig>(&json).unwrap(), now);
     }
 }

@@ -545,11 +545,30 @@ impl Bank {
     /// in an episode, `Q <- Q + alpha (r - Q)`, visits + 1, last reward recorded. All or
     /// nothing: an unknown id or a bad reward rejects the whole batch. One record in the log.
     pub fn apply_outcomes(&self, outcomes: &[Outcome]) -> Result<OutcomeReport> {
+        self.apply_outcomes_inner(outcomes, None)
+    }
+
+    /// [`Bank::apply_outcomes`] with an explicit learning config for this batch alone (alpha,
+    /// the reward range); the stored one is unchanged. The log records the resulting values, so
+    /// a replay gives the same bank whatever config is stored then.
+    pub fn apply_outcomes_with(
+        &self,
+        outcomes: &[Outcome],
+        config: &LearningConfig,
+    ) -> Result<OutcomeReport> {
+        self.apply_outcomes_inner(outcomes, Some(config))
+    }
+
+    fn apply_outcomes_inner(
+        &self,
+        outcomes: &[Outcome],
+        config: Option<&LearningConfig>,
+    ) -> Result<OutcomeReport> {
         self.check_writable("apply outcomes")?;
         let report = {
             let mut store = self.write();
             check_usable(&store)?;
-            let config = store.learning_config().clone();
+            let config = config.unwrap_or(store.learning_config()).clone();
             let (plan, report) = store.plan_outcomes(outcomes, &config, now_ms())?;
             self.logged(&mut store, RecordRef::Outcomes(&plan), |store| {
                 store.apply_outcomes(&plan)
@@ -569,6 +588,24 @@ impl Bank {
 
     /// [`Bank::feedback`] for several retrievals as one atomic batch.
     pub fn feedback_many(&self, rewards: &[(RetrievalId, f32)]) -> Result<OutcomeReport> {
+        self.feedback_inner(rewards, None)
+    }
+
+    /// [`Bank::feedback_many`] with an explicit learning config for this batch alone (see
+    /// [`Bank::apply_outcomes_with`]).
+    pub fn feedback_many_with(
+        &self,
+        rewards: &[(RetrievalId, f32)],
+        config: &LearningConfig,
+    ) -> Result<OutcomeReport> {
+        self.feedback_inner(rewards, Some(config))
+    }
+
+    fn feedback_inner(
+        &self,
+        rewards: &[(RetrievalId, f32)],
+        config: Option<&LearningConfig>,
+    ) -> Result<OutcomeReport> {
         self.check_writable("apply feedback")?;
         let ids: Vec<RetrievalId> = rewards.iter().map(|(id, _)| *id).collect();
         let taken = lock(&self.pending).take(&ids)?;
@@ -592,7 +629,7 @@ impl Bank {
                     }
                 })
                 .collect();
-            let config = store.learning_config().clone();
+            let config = config.unwrap_or(store.learning_config()).clone();
             let (plan, mut report) = store.plan_outcomes(&outcomes, &config, now_ms())?;
             report.skipped = skipped;
             self.logged(&mut store, RecordRef::Outcomes(&plan), |store| {
@@ -777,7 +814,7 @@ impl Bank {
             .iter()
             .map(|&i| memories[i].intent.as_str())
             .collect();
-        let operation = format!("embedding the intent of memory #{}", missing[0]);
+        let operation = format!("embedding the intent of the memory at index {}", missing[0]);
         let (rows, truncated) = self.embed_texts(&texts, &operation)?;
         let dim = rows.len() / missing.len();
         for (k, &i) in missing.iter().enumerate() {
