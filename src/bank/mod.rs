@@ -237,6 +237,12 @@ impl Bank {
         let path = files::canonical(path)?;
         #[cfg(feature = "embed")]
         let embedder = load_embedder(options)?;
+        if options.read_only && options.truncate_corrupt_log {
+            return Err(Error::value(
+                "OpenOptions",
+                "truncate_corrupt_log repairs a log, which a read-only open cannot do",
+            ));
+        }
         let (store, log, recovery) = if options.read_only {
             let (store, recovery) = files::read(&path, &options.device, options.limits)?;
             (store, None, recovery)
@@ -260,8 +266,13 @@ impl Bank {
             match opened {
                 Some(opened) => opened,
                 None => {
-                    let (store, log, recovery) =
-                        files::open(&path, &options.device, options.sync, options.limits)?;
+                    let (store, log, recovery) = files::open(
+                        &path,
+                        &options.device,
+                        options.sync,
+                        options.limits,
+                        options.truncate_corrupt_log,
+                    )?;
                     (store, Some(log), recovery)
                 }
             }
@@ -663,14 +674,22 @@ impl Bank {
             if let Some(files) = &self.files {
                 let bytes = snapshot::save(&store, &files.snapshot)?;
                 files.snapshot_bytes.store(bytes, Ordering::Relaxed);
+                // The new snapshot is the commit point: from here the load is in the bank, and
+                // emptying the log (whose records the snapshot holds) is clean-up whose failure
+                // must not report the load as failed.
                 if let Some(mut log) = self.log() {
-                    log.reset()?;
+                    if let Err(e) = log.reset() {
+                        self.checkpoint_failed(files, &e);
+                    }
                 }
             }
             Ok(value)
         });
-        if result.is_err() {
-            self.restore_after_failed_bulk(&mut store, &added, counters);
+        match &result {
+            // The new snapshot is in place (its folder's fsync failed): memory matches it.
+            Err(Error::OutcomeUnknown { .. }) => {}
+            Err(_) => self.restore_after_failed_bulk(&mut store, &added, counters),
+            Ok(_) => {}
         }
         result
     }
@@ -803,10 +822,16 @@ impl Bank {
                 store.set_log_seq(mark.seq);
                 Ok(value)
             }
-            Err(e) => {
-                log.rollback(mark);
-                Err(e)
-            }
+            Err(e) => match log.rollback(mark) {
+                Ok(()) => Err(e),
+                // The record may still be in the file: a replay could apply what failed here.
+                Err(cut) => Err(Error::OutcomeUnknown {
+                    path: self.path().map(crate::wal::log_path).unwrap_or_default(),
+                    problem: format!(
+                        "the write failed to apply ({e}), and its record could not be cut off the log ({cut}); reopen the bank"
+                    ),
+                }),
+            },
         }
     }
 
@@ -828,13 +853,19 @@ impl Bank {
             return;
         }
         if let Err(e) = self.checkpoint() {
-            tracing::warn!(
-                bank = %files.snapshot.display(),
-                error = %e,
-                "checkpoint failed; the writes are safe in the log, the next write tries again"
-            );
-            *lock(&files.checkpoint_error) = Some(e.to_string());
+            self.checkpoint_failed(files, &e);
         }
+    }
+
+    /// A checkpoint after durable writes failed: a warning, kept for
+    /// [`Bank::last_checkpoint_error`], never the writes' error.
+    fn checkpoint_failed(&self, files: &Files, e: &Error) {
+        tracing::warn!(
+            bank = %files.snapshot.display(),
+            error = %e,
+            "checkpoint failed; the writes are safe, the next write tries again"
+        );
+        *lock(&files.checkpoint_error) = Some(e.to_string());
     }
 
     fn restore_after_failed_bulk(&self, store: &mut Store, added: &[u64], counters: (u64, u64)) {
@@ -1033,6 +1064,9 @@ fn check_existing(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod fault_tests;
 
 #[cfg(test)]
 mod tests {

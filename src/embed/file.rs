@@ -100,8 +100,8 @@ impl EmbeddingFileWriter {
         }
         let scratch_path = self.scratch_path.clone();
         let lines = std::mem::take(&mut self.lines);
-        write_atomically(&self.out, |tmp| {
-            let mut file = BufWriter::new(File::create(tmp).map_err(|e| Error::io(tmp, e))?);
+        write_atomically(&self.out, |file, tmp| {
+            let mut file = BufWriter::with_capacity(1 << 20, file);
             let io = |e| Error::io(tmp, e);
             file.write_all(&(header.len() as u64).to_le_bytes())
                 .map_err(io)?;
