@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use memrl::{Bank, BankConfig, CheckpointPolicy, Error, NewMemory, OpenOptions};
+use proptest::prelude::*;
 
 fn config() -> BankConfig {
     BankConfig::new(4, "toy")
@@ -287,4 +288,336 @@ fn the_ids_of_an_outcome_batch_are_bounded() {
         }])
         .unwrap_err();
     assert!(matches!(err, Error::LimitExceeded { .. }), "{err}");
+}
+
+/// Finite numbers for the property below: anywhere in f32's range, with its edges (the largest
+/// magnitudes, the smallest normals and subnormals) drawn often.
+fn finite() -> impl Strategy<Value = f32> {
+    prop_oneof![
+        -2.0f32..2.0,
+        Just(f32::MAX),
+        Just(-f32::MAX),
+        Just(3e38f32),
+        Just(-3e38f32),
+        Just(f32::MIN_POSITIVE),
+        Just(-1e-45f32),
+        any::<f32>().prop_filter("finite", |v| v.is_finite()),
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Add {
+        q: Option<f32>,
+    },
+    Outcome {
+        picks: Vec<usize>,
+        reward: f32,
+    },
+    Learning {
+        alpha: f32,
+        q_init: f32,
+        range: Option<(f32, f32, bool)>,
+    },
+    Checkpoint,
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => prop::option::of(finite()).prop_map(|q| Op::Add { q }),
+        5 => (prop::collection::vec(0usize..8, 0..6), finite())
+            .prop_map(|(picks, reward)| Op::Outcome { picks, reward }),
+        1 => (
+            prop_oneof![Just(1.0f32), Just(f32::MIN_POSITIVE), 0.001f32..=1.0],
+            finite(),
+            prop::option::of((finite(), finite(), any::<bool>())),
+        )
+            .prop_map(|(alpha, q_init, range)| Op::Learning { alpha, q_init, range }),
+        1 => Just(Op::Checkpoint),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// No sequence of finite inputs (initial Qs, rewards, learning rates, q_init and reward
+    /// ranges anywhere in f32's range) stores a non-finite value: after every call every
+    /// memory's Q and last reward are finite, and every snapshot written loads again. A call
+    /// that would overflow is refused whole.
+    #[test]
+    fn no_sequence_of_finite_inputs_stores_a_non_finite_value(ops in prop::collection::vec(op(), 1..24)) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bank.safetensors");
+        let mut bank = writer().open(&path).unwrap();
+        let mut next = 0u64;
+        for op in ops {
+            match op {
+                Op::Add { q } => {
+                    let mut m = memory(next);
+                    m.q = q;
+                    if bank.add(m).is_ok() {
+                        next += 1;
+                    }
+                }
+                Op::Outcome { picks, reward } => {
+                    let ids: Vec<u64> = bank.memories().iter().map(|m| m.id).collect();
+                    if !ids.is_empty() {
+                        let memory_ids = picks.iter().map(|&p| ids[p % ids.len()]).collect();
+                        let _ = bank.apply_outcomes(&[memrl::Outcome { memory_ids, reward }]);
+                    }
+                }
+                Op::Learning { alpha, q_init, range } => {
+                    let reward_range = range.map(|(a, b, clamp)| memrl::RewardRange {
+                        min: a.min(b),
+                        max: a.max(b),
+                        out_of_range: if clamp { memrl::OutOfRange::Clamp } else { memrl::OutOfRange::Reject },
+                    });
+                    let _ = bank.set_learning_config(memrl::LearningConfig { alpha, q_init, reward_range });
+                }
+                Op::Checkpoint => bank.checkpoint().unwrap(),
+                Op::Reopen => {
+                    drop(bank);
+                    bank = Bank::open(&path).unwrap();
+                }
+            }
+            for m in bank.memories() {
+                prop_assert!(m.q.is_finite(), "memory {} has Q {}", m.id, m.q);
+                prop_assert!(m.last_reward.is_none_or(f32::is_finite), "memory {}: {:?}", m.id, m.last_reward);
+            }
+        }
+        bank.checkpoint().unwrap();
+        drop(bank);
+        let reopened = reader(&path).unwrap();
+        reopened.debug_check().unwrap();
+        prop_assert!(reopened.memories().iter().all(|m| m.q.is_finite()));
+    }
+}
+
+/// Values at the edges of each numeric type, for the test below.
+const FLOATS: [f32; 13] = [
+    0.0,
+    -0.0,
+    1.0,
+    -1.0,
+    0.5,
+    2.0,
+    f32::MIN_POSITIVE,
+    1e-45,
+    f32::MAX,
+    f32::MIN,
+    f32::NAN,
+    f32::INFINITY,
+    f32::NEG_INFINITY,
+];
+const COUNTS: [usize; 8] = [
+    0,
+    1,
+    2,
+    1 << 20,
+    (1 << 20) + 1,
+    1 << 32,
+    usize::MAX - 1,
+    usize::MAX,
+];
+
+/// Runs `f`, turning a panic into an error naming `case`.
+fn no_panic<T>(case: &str, f: impl FnOnce() -> T) -> T {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| panic!("{case}: panicked"))
+}
+
+/// Every numeric setting at its extremes (0, 1, the largest values, NaN, the infinities,
+/// negatives) either works or is a clear error naming it, and nothing panics, aborts or
+/// allocates from the number: retrieval configs through retrieve and set, learning configs
+/// through outcomes, bank configs and limits through creation and adds.
+#[test]
+fn every_numeric_setting_at_its_extremes_is_accepted_or_refused_cleanly() {
+    use memrl::{LearningConfig, Limits, RetrievalConfig, ZSim};
+    let bank = Bank::in_memory(config()).unwrap();
+    bank.add_many((0..40).map(memory).collect()).unwrap();
+    let queries = [vec![1.0, 0.2, 0.5, 0.0], vec![0.0, 1.0, 0.5, 2.0]];
+    let check_retrieval = |case: String, cfg: RetrievalConfig| {
+        let valid = cfg.validate();
+        let result = no_panic(&case, || bank.retrieve_with(&queries[..], &cfg));
+        match (&valid, &result) {
+            (Ok(()), Ok(retrievals)) => {
+                for r in retrievals {
+                    assert!(r.hits.len() <= cfg.k2, "{case}");
+                    for h in &r.hits {
+                        let figures = [h.sim, h.zsim, h.zq, h.score, h.q];
+                        assert!(figures.iter().all(|v| v.is_finite()), "{case}: {h:?}");
+                    }
+                }
+            }
+            (Err(e), Err(_)) => {
+                assert!(matches!(e, Error::InvalidConfig { .. }), "{case}: {e}");
+            }
+            _ => panic!("{case}: validate says {valid:?}, retrieve says {result:?}"),
+        }
+        let stored = no_panic(&case, || bank.set_retrieval_config(cfg.clone()));
+        assert_eq!(stored.is_ok(), valid.is_ok(), "{case}");
+    };
+    for &k in &COUNTS {
+        check_retrieval(
+            format!("k1 = {k}"),
+            RetrievalConfig {
+                k1: k,
+                ..Default::default()
+            },
+        );
+        check_retrieval(
+            format!("k2 = {k}"),
+            RetrievalConfig {
+                k2: k,
+                ..Default::default()
+            },
+        );
+    }
+    for &v in &FLOATS {
+        let d = RetrievalConfig::default;
+        check_retrieval(format!("delta = {v}"), RetrievalConfig { delta: v, ..d() });
+        check_retrieval(
+            format!("lambda = {v}"),
+            RetrievalConfig { lambda: v, ..d() },
+        );
+        check_retrieval(
+            format!("z_clip = {v}"),
+            RetrievalConfig { z_clip: v, ..d() },
+        );
+        check_retrieval(
+            format!("epsilon = {v}"),
+            RetrievalConfig { epsilon: v, ..d() },
+        );
+        check_retrieval(
+            format!("q_min = {v}"),
+            RetrievalConfig {
+                q_min: Some(v),
+                ..d()
+            },
+        );
+        for &w in &FLOATS {
+            check_retrieval(
+                format!("zsim = fixed({v}, {w})"),
+                RetrievalConfig {
+                    zsim: ZSim::Fixed { mean: v, std: w },
+                    ..d()
+                },
+            );
+        }
+    }
+    for seed in [0, 1, u64::MAX] {
+        check_retrieval(
+            format!("seed = {seed}"),
+            RetrievalConfig {
+                seed,
+                epsilon: 0.5,
+                ..Default::default()
+            },
+        );
+    }
+
+    // Learning: every config, then outcomes with every reward.
+    for &alpha in &FLOATS {
+        for &q_init in &FLOATS {
+            let cfg = LearningConfig {
+                alpha,
+                q_init,
+                reward_range: None,
+            };
+            let case = format!("alpha = {alpha}, q_init = {q_init}");
+            let valid = cfg.validate().is_ok();
+            assert_eq!(
+                no_panic(&case, || bank.set_learning_config(cfg)).is_ok(),
+                valid,
+                "{case}"
+            );
+        }
+    }
+    for &min in &FLOATS {
+        for &max in &FLOATS {
+            let range = memrl::RewardRange {
+                min,
+                max,
+                out_of_range: memrl::OutOfRange::Clamp,
+            };
+            let cfg = LearningConfig {
+                reward_range: Some(range),
+                ..Default::default()
+            };
+            let _ = no_panic("reward range", || bank.set_learning_config(cfg));
+            for &reward in &FLOATS {
+                let case = format!("range [{min}, {max}], reward {reward}");
+                let _ = no_panic(&case, || {
+                    bank.apply_outcomes(&[memrl::Outcome {
+                        memory_ids: vec![0, 1],
+                        reward,
+                    }])
+                });
+                assert!(bank.memories().iter().all(|m| m.q.is_finite()), "{case}");
+            }
+        }
+    }
+    for &q in &FLOATS {
+        let case = format!("initial q = {q}");
+        let mut m = memory(1000);
+        m.q = Some(q);
+        let added = no_panic(&case, || bank.add(m));
+        assert_eq!(added.is_ok(), q.is_finite(), "{case}");
+        if added.is_ok() {
+            bank.remove(1000).unwrap();
+        }
+    }
+
+    // Bank configs and limits: creation, then an add and a retrieval.
+    for &dedup_sim in &FLOATS {
+        let case = format!("dedup_sim = {dedup_sim}");
+        let cfg = BankConfig {
+            dedup_sim,
+            ..config()
+        };
+        let valid = cfg.validate().is_ok();
+        assert_eq!(valid, dedup_sim >= 0.0, "{case}");
+        match no_panic(&case, || Bank::in_memory(cfg)) {
+            Ok(b) => {
+                b.add_many(vec![memory(1), memory(2)]).unwrap();
+                let shared = b.num_intents() == 1;
+                assert!(!shared || dedup_sim < 1.0, "{case}");
+            }
+            Err(e) => assert!(!valid && e.to_string().contains("dedup_sim"), "{case}: {e}"),
+        }
+    }
+    for &dim in &[0, 1, 1 << 16, (1 << 16) + 1, usize::MAX] {
+        let case = format!("dim = {dim}");
+        let result = no_panic(&case, || Bank::in_memory(BankConfig::new(dim, "toy")));
+        assert_eq!(result.is_ok(), (1..=1 << 16).contains(&dim), "{case}");
+    }
+    for &n in &COUNTS {
+        for limits in [
+            Limits {
+                max_batch: n,
+                ..Default::default()
+            },
+            Limits {
+                max_text_bytes: n,
+                ..Default::default()
+            },
+            Limits {
+                max_memories: n,
+                ..Default::default()
+            },
+        ] {
+            let case = format!("{limits:?}");
+            let opened = no_panic(&case, || {
+                Bank::options()
+                    .bank_config(config())
+                    .limits(limits)
+                    .in_memory()
+            });
+            let Ok(b) = opened else { continue };
+            let _ = no_panic(&case, || b.add_many(vec![memory(1), memory(2)]));
+            let _ = no_panic(&case, || b.retrieve(&queries[..]));
+        }
+    }
 }

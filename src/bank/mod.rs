@@ -460,6 +460,10 @@ impl Bank {
         queries: Queries<'_>,
         config: Option<&RetrievalConfig>,
     ) -> Result<Vec<Retrieval>> {
+        // Before any text is embedded: a bad setting costs nothing.
+        if let Some(config) = config {
+            config.validate()?;
+        }
         let dim = self.read().config().dim;
         let embedded;
         let rows: &[f32] = match queries {
