@@ -480,9 +480,12 @@ pub(crate) fn read_header(path: &Path) -> Result<serde_json::Value> {
     file.read_exact(&mut len)
         .map_err(|_| corrupt("shorter than a safetensors header".into()))?;
     let len = u64::from_le_bytes(len);
-    // safetensors caps its header at 100 MB.
-    if len > 100_000_000 {
-        return Err(corrupt(format!("a header of {len} bytes")));
+    // safetensors caps its header at 100 MB; nothing is reserved beyond what the file holds.
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    if len > 100_000_000 || len > file_len.saturating_sub(8) {
+        return Err(corrupt(format!(
+            "a header of {len} bytes in a file of {file_len}"
+        )));
     }
     let mut header = vec![0u8; len as usize];
     file.read_exact(&mut header)
@@ -499,6 +502,18 @@ pub(crate) fn peek_bank_id(path: &Path) -> Option<u64> {
         return None;
     }
     u64::from_str_radix(metadata.get("bank_id")?.as_str()?, 16).ok()
+}
+
+/// Whether the file at `path` starts like a memrl bank snapshot (its header says so).
+#[cfg(feature = "embed")]
+pub(crate) fn is_bank_file(path: &Path) -> bool {
+    read_header(path).is_ok_and(|header| {
+        header
+            .get("__metadata__")
+            .and_then(|m| m.get("format"))
+            .and_then(|f| f.as_str())
+            == Some(FORMAT_NAME)
+    })
 }
 
 /// Reads and fully validates a snapshot, then builds the bank's state on `device`.

@@ -593,6 +593,34 @@ fn every_numeric_setting_at_its_extremes_is_accepted_or_refused_cleanly() {
         let result = no_panic(&case, || Bank::in_memory(BankConfig::new(dim, "toy")));
         assert_eq!(result.is_ok(), (1..=1 << 16).contains(&dim), "{case}");
     }
+    // Durable-bank settings: sync intervals and checkpoint thresholds at their ends.
+    let dir = tempfile::tempdir().unwrap();
+    for (i, sync) in [
+        memrl::SyncPolicy::Interval(std::time::Duration::ZERO),
+        memrl::SyncPolicy::Interval(std::time::Duration::MAX),
+        memrl::SyncPolicy::Interval(std::time::Duration::from_nanos(1)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for checkpoint in [
+            CheckpointPolicy::LogBytes(0),
+            CheckpointPolicy::LogBytes(u64::MAX),
+        ] {
+            let case = format!("{sync:?} {checkpoint:?}");
+            let path = dir.path().join(format!("{i}-{checkpoint:?}.safetensors"));
+            let opened = no_panic(&case, || {
+                writer().sync(sync).checkpoint(checkpoint).open(&path)
+            });
+            let Ok(b) = opened else {
+                assert_eq!(i, 0, "{case}");
+                continue;
+            };
+            b.add(memory(1)).unwrap();
+            drop(b);
+            assert!(reader(&path).unwrap().contains(1), "{case}");
+        }
+    }
     for &n in &COUNTS {
         for limits in [
             Limits {
@@ -620,4 +648,55 @@ fn every_numeric_setting_at_its_extremes_is_accepted_or_refused_cleanly() {
             let _ = no_panic(&case, || b.retrieve(&queries[..]));
         }
     }
+}
+
+/// Every error about one item of a batch says which item (0-based), so a caller can name the
+/// input line it came from.
+#[test]
+fn an_error_about_one_item_of_a_batch_names_its_index() {
+    let limits = memrl::Limits {
+        max_text_bytes: 64,
+        ..Default::default()
+    };
+    let bank = Bank::options()
+        .bank_config(config())
+        .limits(limits)
+        .in_memory()
+        .unwrap();
+    bank.add_many((0..3).map(memory).collect()).unwrap();
+    let with_third = |third: NewMemory| vec![memory(10), memory(11), third];
+    let cases: Vec<(&str, NewMemory)> = vec![
+        (
+            "NaN embedding",
+            memory(12).embedding(vec![f32::NAN, 0.0, 0.0, 1.0]),
+        ),
+        ("zero embedding", memory(12).embedding(vec![0.0; 4])),
+        ("wrong dimension", memory(12).embedding(vec![1.0; 5])),
+        (
+            "text too long",
+            NewMemory::new("x".repeat(65), "e")
+                .id(12)
+                .embedding(vec![1.0; 4]),
+        ),
+        ("id in the bank", memory(1)),
+        ("id twice in the batch", memory(10)),
+    ];
+    for (case, third) in cases {
+        let err = bank.add_many(with_third(third)).unwrap_err();
+        assert_eq!(err.batch_index(), Some(2), "{case}: {err}");
+    }
+    let outcome = |ids: Vec<u64>, reward: f32| memrl::Outcome {
+        memory_ids: ids,
+        reward,
+    };
+    for (case, second) in [
+        ("unknown memory", outcome(vec![99], 1.0)),
+        ("NaN reward", outcome(vec![0], f32::NAN)),
+    ] {
+        let err = bank
+            .apply_outcomes(&[outcome(vec![0], 1.0), second])
+            .unwrap_err();
+        assert_eq!(err.batch_index(), Some(1), "{case}: {err}");
+    }
+    assert_eq!(bank.len(), 3);
 }

@@ -20,6 +20,8 @@ mod files;
 mod options;
 mod pending;
 
+#[cfg(feature = "embed")]
+pub(crate) use files::canonical;
 pub use options::{CheckpointPolicy, OpenOptions, Retention};
 pub use pending::RetrievalId;
 
@@ -237,6 +239,12 @@ impl Bank {
         let path = files::canonical(path)?;
         #[cfg(feature = "embed")]
         let embedder = load_embedder(options)?;
+        if options.sync == crate::wal::SyncPolicy::Interval(std::time::Duration::ZERO) {
+            return Err(Error::value(
+                "SyncPolicy::Interval",
+                "the interval must be longer than zero (SyncPolicy::EveryBatch syncs every write)",
+            ));
+        }
         if options.read_only && options.truncate_corrupt_log {
             return Err(Error::value(
                 "OpenOptions",
@@ -1056,7 +1064,9 @@ fn check_existing(
     }
     #[cfg(feature = "embed")]
     if let Some(embedder) = embedder {
-        if embedder.name() != config.model_id || embedder.dim() != config.dim {
+        if !crate::models::same_model(embedder.name(), &config.model_id)
+            || embedder.dim() != config.dim
+        {
             return Err(Error::ModelMismatch {
                 bank: path.display().to_string(),
                 bank_model: config.model_id.clone(),

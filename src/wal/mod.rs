@@ -422,6 +422,16 @@ fn corrupt(
     Ok(())
 }
 
+/// Whether the file at `path` starts like a memrl log (its magic bytes).
+#[cfg(feature = "embed")]
+pub(crate) fn is_log_file(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 8];
+    fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok_and(|()| &magic == format::MAGIC)
+}
+
 /// The bytes of the log at `path`, or none when there is no log.
 pub(crate) fn read_log(path: &Path) -> Result<Vec<u8>> {
     match fs::read(path) {

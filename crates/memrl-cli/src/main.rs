@@ -4,6 +4,9 @@
 //! context chain on one line and exit non-zero.
 
 mod cli;
+// Declared here rather than in cli/mod.rs so the command stays one file and one registration.
+#[path = "cli/repair.rs"]
+mod repair;
 
 use std::process::ExitCode;
 
@@ -60,6 +63,9 @@ enum Command {
     /// Retrieve memories for one query text or a JSON Lines file of queries.
     #[command(long_about = cli::query::QUERY_HELP)]
     Query(cli::query::QueryArgs),
+    /// Cut a bank's write-ahead log at mid-log damage, saving what is cut (only when asked).
+    #[command(long_about = repair::REPAIR_HELP)]
+    Repair(repair::RepairArgs),
 }
 
 fn main() -> ExitCode {
@@ -85,13 +91,31 @@ fn main() -> ExitCode {
         Command::Feedback(args) => cli::feedback::feedback(&args),
         Command::Inspect(args) => cli::inspect::inspect(&args),
         Command::Calibrate(args) => cli::calibrate::calibrate(&args),
+        Command::Repair(args) => repair::repair(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // `{:#}` prints the whole context chain on one line, without a backtrace.
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", one_line(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error's whole chain of causes on one line, each fact once: a cause whose text the
+/// message already ends with (memrl's I/O errors show the OS error they wrap, which is also
+/// their source) is not repeated.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
