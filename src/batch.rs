@@ -657,7 +657,7 @@ mod tests {
             [dup, fine].map(|h| h.join().unwrap()).into()
         });
         assert!(
-            matches!(adds[0], Err(Error::DuplicateId { id: 0, .. })),
+            matches!(adds[0], Err(Error::DuplicateId(0))),
             "{:?}",
             adds[0]
         );

@@ -252,13 +252,8 @@ pub enum Error {
     },
 
     /// An insert reuses an id that is already in the bank (or twice in the same batch).
-    #[error("{}duplicate memory id {id}: ids must be unique within a bank", index.map(|i| format!("memory #{i} of the batch: ")).unwrap_or_default())]
-    DuplicateId {
-        /// The id.
-        id: u64,
-        /// The memory's index within its batch (0-based), when a batch was being added.
-        index: Option<usize>,
-    },
+    #[error("duplicate memory id {0}: ids must be unique within a bank")]
+    DuplicateId(u64),
 
     /// A bank was to be created where one already exists.
     #[error("{}: a bank is already there (open it instead)", path.display())]
@@ -445,7 +440,7 @@ impl Error {
             | UnknownRetrieval { .. }
             | NoBank { .. }
             | UnknownModel { .. } => ErrorKind::NotFound,
-            DuplicateId { .. } | BankExists { .. } | Locked { .. } | IdsExhausted => {
+            DuplicateId(_) | BankExists { .. } | Locked { .. } | IdsExhausted => {
                 ErrorKind::Conflict
             }
             Overloaded { .. } => ErrorKind::Overloaded,
@@ -458,24 +453,6 @@ impl Error {
             Io { .. } | OutcomeUnknown { .. } | ModelUnavailable { .. } => ErrorKind::Io,
             Batch(inner) => inner.kind(),
             QueueStopped | Poisoned(_) | Internal(_) | Candle(_) => ErrorKind::Internal,
-        }
-    }
-
-    /// The 0-based index, within its batch, of the memory or outcome an error is about, for
-    /// the errors of one item of a batch (a bad embedding, a text too long, a duplicate id, a
-    /// bad reward, an unknown memory in an outcome): what a caller maps back to the input it
-    /// came from (a file's line). `None` for errors of a whole call.
-    pub fn batch_index(&self) -> Option<usize> {
-        match self {
-            Error::InvalidEmbedding { index, .. } | Error::TextTooLong { index, .. } => {
-                Some(*index)
-            }
-            Error::DuplicateId { index, .. } => *index,
-            Error::InvalidReward { outcome, .. } | Error::UnknownMemory { outcome, .. } => {
-                Some(*outcome)
-            }
-            Error::Batch(inner) => inner.batch_index(),
-            _ => None,
         }
     }
 
@@ -521,17 +498,12 @@ mod tests {
 
     #[test]
     fn a_batch_error_keeps_the_kind_of_its_source() {
-        let inner = Error::DuplicateId {
-            id: 3,
-            index: Some(2),
-        }
-        .shared();
+        let inner = Error::DuplicateId(3).shared();
         let a = Error::Batch(inner.clone());
         let b = Error::Batch(inner);
         assert_eq!(a.kind(), ErrorKind::Conflict);
         assert_eq!(b.kind(), ErrorKind::Conflict);
         assert!(a.to_string().contains("duplicate memory id 3"), "{a}");
-        assert_eq!(b.batch_index(), Some(2));
     }
 
     #[test]

@@ -474,10 +474,10 @@ impl Store {
                 operation: format!("embedding the intent of memory #{index}"),
             })?;
             if embedding.len() != dim {
-                return Err(Error::InvalidEmbedding {
+                return Err(Error::DimensionMismatch {
                     what: "intent embedding",
-                    index,
-                    problem: format!("expected dimension {dim}, got {}", embedding.len()),
+                    expected: dim,
+                    got: embedding.len(),
                 });
             }
             if let Some(q) = m.q {
@@ -530,7 +530,7 @@ impl Store {
         let mut wrapped = false;
         let mut ids = Vec::with_capacity(batch.len());
         let mut taken = HashSet::with_capacity(batch.len());
-        for (index, m) in batch.iter().enumerate() {
+        for m in batch {
             let id = match m.id {
                 Some(id) => id,
                 None => {
@@ -558,10 +558,7 @@ impl Store {
                 }
             };
             if self.table.contains(id) || !taken.insert(id) {
-                return Err(Error::DuplicateId {
-                    id,
-                    index: Some(index),
-                });
+                return Err(Error::DuplicateId(id));
             }
             ids.push(id);
         }
@@ -663,10 +660,7 @@ impl Store {
         let mut next_key = self.next_key_id;
         for (i, m) in batch.iter().enumerate() {
             if self.table.contains(m.id) || batch_key.contains_key(&m.id) {
-                return Err(Error::DuplicateId {
-                    id: m.id,
-                    index: Some(i),
-                });
+                return Err(Error::DuplicateId(m.id));
             }
             if !m.q.is_finite() {
                 return Err(Error::value(

@@ -586,7 +586,7 @@ fn bulk_changes_are_one_snapshot_or_nothing() {
         bank.add_many(vec![memory(None, [0.0, 0.0, 1.0], "c")])?;
         bank.add_many(vec![memory(Some(0), [0.0, 0.0, 1.0], "dup")])
     });
-    assert!(matches!(err, Err(Error::DuplicateId { id: 0, .. })));
+    assert!(matches!(err, Err(Error::DuplicateId(0))));
     assert_eq!(engine.len(), 2);
     engine.add(memory(None, [0.0, 0.5, 0.5], "d")).unwrap();
     let live = state(&engine);
@@ -600,7 +600,7 @@ fn bulk_changes_are_one_snapshot_or_nothing() {
         load.add_many(vec![memory(None, [0.0, 0.0, 1.0], "c")])?;
         load.add_many(vec![memory(Some(0), [0.0, 0.0, 1.0], "dup")])
     });
-    assert!(matches!(err, Err(Error::DuplicateId { id: 0, .. })));
+    assert!(matches!(err, Err(Error::DuplicateId(0))));
     assert_eq!(state(&bank), before);
     bank.debug_check().unwrap();
 }
