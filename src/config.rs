@@ -111,8 +111,14 @@ impl RetrievalConfig {
             return Err(Error::config("lambda", self.lambda, "must be in [0, 1]"));
         }
         if let ZSim::Fixed { mean, std } = self.zsim {
-            if !mean.is_finite() {
-                return Err(Error::config("zsim.mean", mean, "must be a finite number"));
+            // A mean of cosine similarities: with it in [-1, 1] and std a normal number, every
+            // standardised similarity is finite.
+            if !(-1.0..=1.0).contains(&mean) {
+                return Err(Error::config(
+                    "zsim.mean",
+                    mean,
+                    "must be in [-1, 1] (a mean of cosine similarities)",
+                ));
             }
             // Below the smallest normal f32, 1 / std overflows and a similarity equal to the
             // mean would score NaN.

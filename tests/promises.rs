@@ -498,13 +498,17 @@ fn every_numeric_setting_at_its_extremes_is_accepted_or_refused_cleanly() {
             },
         );
         for &w in &FLOATS {
-            check_retrieval(
-                format!("zsim = fixed({v}, {w})"),
-                RetrievalConfig {
-                    zsim: ZSim::Fixed { mean: v, std: w },
-                    ..d()
-                },
-            );
+            for lambda in [0.0, 0.5, 1.0] {
+                check_retrieval(
+                    format!("zsim = fixed({v}, {w}), lambda {lambda}"),
+                    RetrievalConfig {
+                        zsim: ZSim::Fixed { mean: v, std: w },
+                        lambda,
+                        delta: -1.0,
+                        ..d()
+                    },
+                );
+            }
         }
     }
     for seed in [0, 1, u64::MAX] {
