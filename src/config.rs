@@ -83,14 +83,32 @@ impl Default for RetrievalConfig {
     }
 }
 
+/// Largest k1 and k2 a retrieval accepts: 2^20. Phase A keeps up to k1 keys per query and
+/// Phase B returns up to k2 hits, and both size buffers per query, so an unchecked value (a
+/// `--k1` of 2^64 - 1) would reach an allocator; a million keys or hits per query is already far
+/// beyond any agent's context, and a bank's keys are a bound below it anyway.
+pub const MAX_K: usize = 1 << 20;
+
+/// Largest `z_clip`: a clip at a million standard deviations clips nothing a z-score over a
+/// pool can reach, and keeps every mixed score finite.
+pub const MAX_Z_CLIP: f32 = 1e6;
+
 impl RetrievalConfig {
     /// Checks every field; the error names the first invalid one.
     pub fn validate(&self) -> Result<()> {
-        if self.k1 == 0 {
-            return Err(Error::config("k1", self.k1, "must be at least 1"));
+        if !(1..=MAX_K).contains(&self.k1) {
+            return Err(Error::config(
+                "k1",
+                self.k1,
+                "must be between 1 and 1048576 (2^20)",
+            ));
         }
-        if self.k2 == 0 {
-            return Err(Error::config("k2", self.k2, "must be at least 1"));
+        if !(1..=MAX_K).contains(&self.k2) {
+            return Err(Error::config(
+                "k2",
+                self.k2,
+                "must be between 1 and 1048576 (2^20)",
+            ));
         }
         if !self.delta.is_finite() {
             return Err(Error::config(
@@ -103,22 +121,30 @@ impl RetrievalConfig {
             return Err(Error::config("lambda", self.lambda, "must be in [0, 1]"));
         }
         if let ZSim::Fixed { mean, std } = self.zsim {
-            if !mean.is_finite() {
-                return Err(Error::config("zsim.mean", mean, "must be a finite number"));
+            // A mean of cosine similarities: with it in [-1, 1] and std a normal number, every
+            // standardised similarity is finite.
+            if !(-1.0..=1.0).contains(&mean) {
+                return Err(Error::config(
+                    "zsim.mean",
+                    mean,
+                    "must be in [-1, 1] (a mean of cosine similarities)",
+                ));
             }
-            if !(std.is_finite() && std > 0.0) {
+            // Below the smallest normal f32, 1 / std overflows and a similarity equal to the
+            // mean would score NaN.
+            if !(std.is_finite() && std >= f32::MIN_POSITIVE) {
                 return Err(Error::config(
                     "zsim.std",
                     std,
-                    "must be a finite number > 0",
+                    "must be a finite number > 0 (at least 1.2e-38)",
                 ));
             }
         }
-        if !(self.z_clip.is_finite() && self.z_clip > 0.0) {
+        if !(self.z_clip > 0.0 && self.z_clip <= MAX_Z_CLIP) {
             return Err(Error::config(
                 "z_clip",
                 self.z_clip,
-                "must be a finite number > 0",
+                "must be a number > 0 and at most 1e6",
             ));
         }
         if let Some(q_min) = self.q_min {
@@ -267,7 +293,7 @@ pub struct BankConfig {
     /// Storage precision of intent keys.
     pub dtype: KeyDType,
     /// A new memory whose intent has cosine >= this with an existing key is filed under that key.
-    /// 1.0 or more turns sharing off (one key per memory).
+    /// At least 0; 1.0 or more turns sharing off (one key per memory).
     pub dedup_sim: f32,
     /// Identifier of the embedding model that produced the keys; snapshots of another model are
     /// refused on load.
@@ -295,11 +321,16 @@ impl BankConfig {
                 "must be between 1 and 65536",
             ));
         }
-        if self.dedup_sim.is_nan() {
+        // Sharing files two intents under one key when they mean the same task: a cosine of 0
+        // is already unrelated text, and a negative one would put opposite intents (and, at -1
+        // or below, every intent) under one key. At 1 or above (cosines stop at 1) only
+        // identical intents could share, which is what "off" means; values above 1 stay valid,
+        // as they always were, so banks made with them still open.
+        if self.dedup_sim.is_nan() || self.dedup_sim < 0.0 {
             return Err(Error::config(
                 "dedup_sim",
                 self.dedup_sim,
-                "must be a number",
+                "must be a number >= 0 (cosine; 1 or more turns sharing off)",
             ));
         }
         Ok(())
@@ -408,6 +439,17 @@ mod tests {
         assert_eq!(bad(|c| c.delta = f32::NAN), "delta");
         assert_eq!(bad(|c| c.epsilon = 2.0), "epsilon");
         assert_eq!(bad(|c| c.z_clip = 0.0), "z_clip");
+        assert_eq!(bad(|c| c.z_clip = f32::NAN), "z_clip");
+        assert_eq!(bad(|c| c.z_clip = 1e7), "z_clip");
+        assert_eq!(bad(|c| c.k1 = MAX_K + 1), "k1");
+        assert_eq!(bad(|c| c.k2 = usize::MAX), "k2");
+        assert!(RetrievalConfig {
+            k1: MAX_K,
+            k2: MAX_K,
+            ..Default::default()
+        }
+        .validate()
+        .is_ok());
         assert_eq!(
             bad(|c| c.zsim = ZSim::Fixed {
                 mean: 0.1,

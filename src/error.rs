@@ -328,6 +328,32 @@ pub enum Error {
         problem: String,
     },
 
+    /// A write-ahead log damaged in the middle: the frame at `offset` is unreadable and valid
+    /// records follow it, so it is not a torn tail (which is only ever the last frame) and
+    /// nothing is cut. The log is kept as it is; `OpenOptions::truncate_corrupt_log` (or
+    /// `memrl repair`) cuts it at `offset`, on request.
+    #[error("log {}: {problem}", path.display())]
+    CorruptLog {
+        /// The log file.
+        path: PathBuf,
+        /// Byte offset of the damaged frame (everything before it is intact).
+        offset: u64,
+        /// What is wrong, and what follows the damage.
+        problem: String,
+    },
+
+    /// A write whose outcome is unknown: it failed after its record could have reached the
+    /// log (and cutting the record off again failed too), or after a new snapshot was put in
+    /// place whose folder could not be synced. Reopening the bank shows whether it was applied;
+    /// until then the bank refuses writes.
+    #[error("{}: {problem}", path.display())]
+    OutcomeUnknown {
+        /// The file concerned (the log, or the snapshot).
+        path: PathBuf,
+        /// What failed, and what is unknown.
+        problem: String,
+    },
+
     /// A model file is missing or malformed, or a model source failed.
     #[error("{path}: {problem}")]
     Model {
@@ -421,9 +447,10 @@ impl Error {
             CorruptSnapshot { .. }
             | UnsupportedVersion { .. }
             | Log { .. }
+            | CorruptLog { .. }
             | Model { .. }
             | Checksum { .. } => ErrorKind::Corrupt,
-            Io { .. } | ModelUnavailable { .. } => ErrorKind::Io,
+            Io { .. } | OutcomeUnknown { .. } | ModelUnavailable { .. } => ErrorKind::Io,
             Batch(inner) => inner.kind(),
             QueueStopped | Poisoned(_) | Internal(_) | Candle(_) => ErrorKind::Internal,
         }

@@ -20,6 +20,8 @@ mod files;
 mod options;
 mod pending;
 
+#[cfg(feature = "embed")]
+pub(crate) use files::canonical;
 pub use options::{CheckpointPolicy, OpenOptions, Retention};
 pub use pending::RetrievalId;
 
@@ -237,6 +239,18 @@ impl Bank {
         let path = files::canonical(path)?;
         #[cfg(feature = "embed")]
         let embedder = load_embedder(options)?;
+        if options.sync == crate::wal::SyncPolicy::Interval(std::time::Duration::ZERO) {
+            return Err(Error::value(
+                "SyncPolicy::Interval",
+                "the interval must be longer than zero (SyncPolicy::EveryBatch syncs every write)",
+            ));
+        }
+        if options.read_only && options.truncate_corrupt_log {
+            return Err(Error::value(
+                "OpenOptions",
+                "truncate_corrupt_log repairs a log, which a read-only open cannot do",
+            ));
+        }
         let (store, log, recovery) = if options.read_only {
             let (store, recovery) = files::read(&path, &options.device, options.limits)?;
             (store, None, recovery)
@@ -260,8 +274,13 @@ impl Bank {
             match opened {
                 Some(opened) => opened,
                 None => {
-                    let (store, log, recovery) =
-                        files::open(&path, &options.device, options.sync, options.limits)?;
+                    let (store, log, recovery) = files::open(
+                        &path,
+                        &options.device,
+                        options.sync,
+                        options.limits,
+                        options.truncate_corrupt_log,
+                    )?;
                     (store, Some(log), recovery)
                 }
             }
@@ -449,6 +468,10 @@ impl Bank {
         queries: Queries<'_>,
         config: Option<&RetrievalConfig>,
     ) -> Result<Vec<Retrieval>> {
+        // Before any text is embedded: a bad setting costs nothing.
+        if let Some(config) = config {
+            config.validate()?;
+        }
         let dim = self.read().config().dim;
         let embedded;
         let rows: &[f32] = match queries {
@@ -700,14 +723,22 @@ impl Bank {
             if let Some(files) = &self.files {
                 let bytes = snapshot::save(&store, &files.snapshot)?;
                 files.snapshot_bytes.store(bytes, Ordering::Relaxed);
+                // The new snapshot is the commit point: from here the load is in the bank, and
+                // emptying the log (whose records the snapshot holds) is clean-up whose failure
+                // must not report the load as failed.
                 if let Some(mut log) = self.log() {
-                    log.reset()?;
+                    if let Err(e) = log.reset() {
+                        self.checkpoint_failed(files, &e);
+                    }
                 }
             }
             Ok(value)
         });
-        if result.is_err() {
-            self.restore_after_failed_bulk(&mut store, &added, counters);
+        match &result {
+            // The new snapshot is in place (its folder's fsync failed): memory matches it.
+            Err(Error::OutcomeUnknown { .. }) => {}
+            Err(_) => self.restore_after_failed_bulk(&mut store, &added, counters),
+            Ok(_) => {}
         }
         result
     }
@@ -840,10 +871,16 @@ impl Bank {
                 store.set_log_seq(mark.seq);
                 Ok(value)
             }
-            Err(e) => {
-                log.rollback(mark);
-                Err(e)
-            }
+            Err(e) => match log.rollback(mark) {
+                Ok(()) => Err(e),
+                // The record may still be in the file: a replay could apply what failed here.
+                Err(cut) => Err(Error::OutcomeUnknown {
+                    path: self.path().map(crate::wal::log_path).unwrap_or_default(),
+                    problem: format!(
+                        "the write failed to apply ({e}), and its record could not be cut off the log ({cut}); reopen the bank"
+                    ),
+                }),
+            },
         }
     }
 
@@ -865,13 +902,19 @@ impl Bank {
             return;
         }
         if let Err(e) = self.checkpoint() {
-            tracing::warn!(
-                bank = %files.snapshot.display(),
-                error = %e,
-                "checkpoint failed; the writes are safe in the log, the next write tries again"
-            );
-            *lock(&files.checkpoint_error) = Some(e.to_string());
+            self.checkpoint_failed(files, &e);
         }
+    }
+
+    /// A checkpoint after durable writes failed: a warning, kept for
+    /// [`Bank::last_checkpoint_error`], never the writes' error.
+    fn checkpoint_failed(&self, files: &Files, e: &Error) {
+        tracing::warn!(
+            bank = %files.snapshot.display(),
+            error = %e,
+            "checkpoint failed; the writes are safe, the next write tries again"
+        );
+        *lock(&files.checkpoint_error) = Some(e.to_string());
     }
 
     fn restore_after_failed_bulk(&self, store: &mut Store, added: &[u64], counters: (u64, u64)) {
@@ -1058,7 +1101,9 @@ fn check_existing(
     }
     #[cfg(feature = "embed")]
     if let Some(embedder) = embedder {
-        if embedder.name() != config.model_id || embedder.dim() != config.dim {
+        if !crate::models::same_model(embedder.name(), &config.model_id)
+            || embedder.dim() != config.dim
+        {
             return Err(Error::ModelMismatch {
                 bank: path.display().to_string(),
                 bank_model: config.model_id.clone(),
@@ -1070,6 +1115,9 @@ fn check_existing(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod fault_tests;
 
 #[cfg(test)]
 mod tests {

@@ -1,7 +1,7 @@
 //! The appending side of a log: one locked file, frames written whole, synced per policy.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::fault;
 
 use super::format::{self, LogHeader, HEADER_LEN};
 use super::header_incomplete;
@@ -85,10 +86,14 @@ impl LogWriter {
             return Ok(());
         }
         let io = |e| Error::io(&self.path, e);
-        self.file.set_len(0).map_err(io)?;
+        fault::step("log.header.truncate")
+            .and_then(|()| self.file.set_len(0))
+            .map_err(io)?;
         self.file.seek(SeekFrom::Start(0)).map_err(io)?;
-        self.file.write_all(&header.encode()).map_err(io)?;
-        self.file.sync_all().map_err(io)?;
+        fault::write_all(&mut self.file, &header.encode(), "log.header.write").map_err(io)?;
+        fault::step("log.header.sync")
+            .and_then(|()| self.file.sync_all())
+            .map_err(io)?;
         sync_dir(&self.path)?;
         self.len = HEADER_LEN as u64;
         self.header_len = HEADER_LEN as u64;
@@ -99,8 +104,8 @@ impl LogWriter {
     /// `next_seq`.
     pub(crate) fn start(&mut self, valid_len: u64, next_seq: u64) -> Result<()> {
         if valid_len != self.len {
-            self.file
-                .set_len(valid_len)
+            fault::step("log.start.truncate")
+                .and_then(|()| self.file.set_len(valid_len))
                 .and_then(|()| self.file.sync_all())
                 .map_err(|e| Error::io(&self.path, e))?;
             self.len = valid_len;
@@ -126,8 +131,13 @@ impl LogWriter {
     }
 
     /// Writes one record and syncs it per policy. Nothing is acknowledged yet: the caller
-    /// applies the mutation, then keeps the record ([`LogWriter::committed`]) or cuts it off
-    /// ([`LogWriter::rollback`]).
+    /// applies the mutation, then keeps the record or cuts it off ([`LogWriter::rollback`]).
+    ///
+    /// On an error the record is cut off again, so the log holds nothing of it, and the error
+    /// is the I/O failure. Should the cut fail too, the record may be in the file whole (written,
+    /// then its fsync failed) or in part, so whether it will be replayed is unknown: the error
+    /// is then [`Error::OutcomeUnknown`], and every later append fails until the bank is
+    /// reopened (which shows whether it is there).
     pub(crate) fn append(&mut self, record: RecordRef<'_>) -> Result<Mark> {
         if let Some(problem) = &self.broken {
             return Err(self.error(format!("{problem}; reopen the bank")));
@@ -146,18 +156,37 @@ impl LogWriter {
         };
         self.frame.clear();
         format::encode_frame(mark.seq, record, &mut self.frame).map_err(|p| self.error(p))?;
-        let written = self
-            .file
-            .write_all(&self.frame)
-            .and_then(|()| match self.policy {
-                SyncPolicy::EveryBatch => self.file.sync_data(),
+        let policy = self.policy;
+        let file = &mut self.file;
+        // Whether the whole frame reached the file: a failed write leaves at most a part of it,
+        // which replay never applies (it is the file's last bytes, a torn tail); a failed
+        // fsync leaves it whole.
+        let mut whole = false;
+        let written = fault::write_all(file, &self.frame, "log.append.write").and_then(|()| {
+            whole = true;
+            match policy {
+                SyncPolicy::EveryBatch => {
+                    fault::step("log.append.sync").and_then(|()| file.sync_data())
+                }
                 _ => Ok(()),
-            });
+            }
+        });
         if let Err(e) = written {
-            // The frame may be partly on disk: cut it off so the log never holds a record
-            // that was not acknowledged.
-            self.cut(mark);
-            return Err(Error::io(&self.path, e));
+            // Cut the frame off so the log never holds a record that was not acknowledged.
+            return Err(match self.cut(mark, policy == SyncPolicy::EveryBatch) {
+                Ok(()) => Error::io(&self.path, e),
+                Err(cut) if !whole => self.error(format!(
+                    "appending record {} failed ({e}) and the part written could not be cut off again ({cut}): the record is not in the log, but every write fails until the bank is reopened",
+                    mark.seq
+                )),
+                Err(cut) => Error::OutcomeUnknown {
+                    path: self.path.clone(),
+                    problem: format!(
+                        "syncing record {} failed ({e}), and cutting it off again failed too ({cut}): the record may be in the log; every write fails until the bank is reopened, which shows whether it was applied",
+                        mark.seq
+                    ),
+                },
+            });
         }
         if let Some(flusher) = &self.flusher {
             flusher.dirty.store(true, Ordering::Release);
@@ -167,43 +196,48 @@ impl LogWriter {
         Ok(mark)
     }
 
-    /// Removes the record appended at `mark` (its mutation failed to apply).
-    pub(crate) fn rollback(&mut self, mark: Mark) {
-        self.cut(mark);
+    /// Removes the record appended at `mark` (its mutation failed to apply). An error means
+    /// the record may still be in the file; the writer then refuses every append.
+    pub(crate) fn rollback(&mut self, mark: Mark) -> std::result::Result<(), String> {
+        self.cut(mark, self.policy == SyncPolicy::EveryBatch)
     }
 
-    fn cut(&mut self, mark: Mark) {
-        let cut = self
-            .file
-            .set_len(mark.offset)
-            .and_then(|()| self.file.seek(SeekFrom::Start(mark.offset)).map(drop))
-            .and_then(|()| match self.policy {
-                SyncPolicy::EveryBatch => self.file.sync_data(),
-                _ => Ok(()),
+    /// Truncates the file at `mark`, synced when `sync`. On failure the writer is broken (the
+    /// file may not end where it thinks) and the problem is returned.
+    fn cut(&mut self, mark: Mark, sync: bool) -> std::result::Result<(), String> {
+        let file = &mut self.file;
+        let cut = fault::step("log.cut.truncate")
+            .and_then(|()| file.set_len(mark.offset))
+            .and_then(|()| file.seek(SeekFrom::Start(mark.offset)).map(drop))
+            .and_then(|()| match sync {
+                true => fault::step("log.cut.sync").and_then(|()| file.sync_data()),
+                false => Ok(()),
             });
         match cut {
             Ok(()) => {
                 self.len = mark.offset;
                 self.next_seq = mark.seq;
+                Ok(())
             }
             Err(e) => {
-                self.broken = Some(format!(
-                    "a failed record could not be cut off the log ({e})"
-                ));
+                let problem = format!(
+                    "the log could not be cut back to byte {} ({e})",
+                    mark.offset
+                );
+                self.broken = Some(problem.clone());
+                Err(problem)
             }
         }
     }
 
-    /// Empties the log (after a snapshot that holds everything in it was written).
+    /// Empties the log (after a snapshot that holds everything in it was written). A failure
+    /// leaves the writer broken: every later append fails until the bank is reopened.
     pub(crate) fn reset(&mut self) -> Result<()> {
-        self.cut(Mark {
+        let mark = Mark {
             seq: self.next_seq,
             offset: self.header_len,
-        });
-        match &self.broken {
-            Some(problem) => Err(self.error(problem.clone())),
-            None => self.file.sync_data().map_err(|e| Error::io(&self.path, e)),
-        }
+        };
+        self.cut(mark, true).map_err(|problem| self.error(problem))
     }
 
     /// Empties the log and writes `header` (a new bank over whatever log was there, or a bank
@@ -234,7 +268,8 @@ fn sync_dir(path: &Path) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    File::open(&dir)
+    fault::step("log.dir_sync")
+        .and_then(|()| File::open(&dir))
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(&dir, e))
 }

@@ -69,6 +69,9 @@ enum Command {
     /// Retrieve memories for one query text or a JSON Lines file of queries.
     #[command(long_about = cli::query::QUERY_HELP)]
     Query(cli::query::QueryArgs),
+    /// Cut a bank's write-ahead log at mid-log damage, saving what is cut (only when asked).
+    #[command(long_about = cli::repair::REPAIR_HELP)]
+    Repair(cli::repair::RepairArgs),
 }
 
 /// Every command, every level down, with negative numbers allowed as values: `--lambda -1`
@@ -113,15 +116,33 @@ fn main() -> ExitCode {
         Command::Pipe(args) => cli::pipe::pipe(&args),
         Command::Inspect(args) => cli::inspect::inspect(&args),
         Command::Calibrate(args) => cli::calibrate::calibrate(&args),
+        Command::Repair(args) => cli::repair::repair(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // `{:#}` prints the whole context chain on one line, without a backtrace.
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", one_line(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error's whole chain of causes on one line, each fact once: a cause whose text the
+/// message already ends with (memrl's I/O errors show the OS error they wrap, which is also
+/// their source) is not repeated.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 #[cfg(test)]

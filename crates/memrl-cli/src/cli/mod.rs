@@ -16,6 +16,7 @@ pub(crate) mod options;
 pub(crate) mod pipe;
 pub(crate) mod plot;
 pub(crate) mod query;
+pub(crate) mod repair;
 pub(crate) mod simulate;
 
 use std::collections::{BTreeMap, HashMap};
