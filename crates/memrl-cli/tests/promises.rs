@@ -305,3 +305,82 @@ fn a_failed_checkpoint_on_an_immutable_directory_does_not_fail_the_write() {
         .unwrap();
     assert_eq!(memories, 6);
 }
+
+/// On a full disk (a 4 MiB tmpfs filled up), every `memrl add` tells the truth: exit 0 exactly
+/// when the memory is in the bank afterwards, exit 1 exactly when it is not, never a memory
+/// applied twice or a write reported failed that is there. Needs root and `mount` (run with
+/// `--ignored`).
+#[test]
+#[ignore = "needs root and mount: cargo test -p memrl-cli --test promises -- --ignored"]
+fn on_a_full_disk_every_exit_status_tells_the_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny-model");
+    tiny_model::write(&model, TinyPooling::Mean, Some(24), 42);
+    let disk = dir.path().join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount failed");
+    struct Mounted<'a>(&'a Path);
+    impl Drop for Mounted<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _mounted = Mounted(&disk);
+    let bank = disk.join("bank.safetensors");
+    let count = || {
+        let out = ok(&memrl(&["inspect", "--bank", s(&bank), "--json"]));
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["summary"]["memories"]
+            .as_u64()
+            .unwrap()
+    };
+    let experience = "a long experience ".repeat(2000);
+    let add = |i: usize| {
+        memrl(&[
+            "add",
+            "--bank",
+            s(&bank),
+            "--intent",
+            &format!("task {i}"),
+            "--experience",
+            &experience,
+            "--model",
+            s(&model),
+        ])
+    };
+    ok(&add(0));
+    let (mut succeeded, mut failed_runs, mut warned) = (0, 0, 0);
+    let mut memories = count();
+    for i in 1..200 {
+        let out = add(i);
+        let after = count();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        match out.status.code() {
+            Some(0) => {
+                assert_eq!(after, memories + 1, "add {i} exited 0: {stderr}");
+                succeeded += 1;
+                if stderr.contains("the write is safe") {
+                    warned += 1;
+                }
+            }
+            Some(1) => {
+                assert_eq!(after, memories, "add {i} exited 1 but changed the bank: {stderr}");
+                failed_runs += 1;
+            }
+            other => panic!("add {i}: exit {other:?}: {stderr}"),
+        }
+        memories = after;
+        if failed_runs >= 20 {
+            break;
+        }
+    }
+    assert!(
+        warned > 0 && failed_runs > 0,
+        "the disk never filled: {succeeded} ok ({warned} warned), {failed_runs} failed"
+    );
+    eprintln!("{succeeded} adds ok ({warned} with a failed checkpoint), {failed_runs} refused");
+}
