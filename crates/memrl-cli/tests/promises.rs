@@ -368,7 +368,10 @@ fn on_a_full_disk_every_exit_status_tells_the_truth() {
                 }
             }
             Some(1) => {
-                assert_eq!(after, memories, "add {i} exited 1 but changed the bank: {stderr}");
+                assert_eq!(
+                    after, memories,
+                    "add {i} exited 1 but changed the bank: {stderr}"
+                );
                 failed_runs += 1;
             }
             other => panic!("add {i}: exit {other:?}: {stderr}"),
