@@ -68,10 +68,10 @@ def main() -> None:
             outcomes: list[bool] = []
             for _ in range(a.episodes):
                 task = order.choice(tasks)
-                r = bank.retrieve(task[0])                       # 1. recall, utility-ranked
-                success = world.attempt(task, r.hits)            # 2. act with those memories
+                r = bank.retrieve(task[0])  # 1. recall, utility-ranked
+                success = world.attempt(task, r.hits)  # 2. act with those memories
                 bank.feedback(r.id, reward=1.0 if success else -1.0)  # 3. learn from the reward
-                memory = bank.add(                               # 4. keep this attempt
+                memory = bank.add(  # 4. keep this attempt
                     task[0],
                     f"{'script' if success else 'reflection'} for {task[1]}",
                     success=success,

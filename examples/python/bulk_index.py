@@ -16,9 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
 import memrl
+from tqdm import tqdm
 
 if TYPE_CHECKING:
     from memrl._memrl import Batch
@@ -26,7 +25,7 @@ if TYPE_CHECKING:
 CORPUS = Path(__file__).resolve().parents[2] / "data" / "corpus.jsonl"
 
 
-def batches(lines: list[dict[str, str]], size: int) -> Iterator["Batch"]:
+def batches(lines: list[dict[str, str]], size: int) -> Iterator[Batch]:
     for start in range(0, len(lines), size):
         chunk = lines[start : start + size]
         yield {"intents": [d["text"] for d in chunk], "experiences": [d["source"] for d in chunk]}
@@ -47,8 +46,10 @@ def main() -> None:
         progress = tqdm(batches(lines, a.batch), total=-(-len(lines) // a.batch), unit="batch")
         ids = bank.bulk(progress)
         seconds = time.perf_counter() - t0
-        print(f"indexed {len(ids)} memories under {bank.num_intents} intent keys "
-              f"in {seconds:.1f} s ({len(ids) / seconds:.0f}/s) -> {bank.path}")
+        print(
+            f"indexed {len(ids)} memories under {bank.num_intents} intent keys "
+            f"in {seconds:.1f} s ({len(ids) / seconds:.0f}/s) -> {bank.path}"
+        )
         c = bank.calibrate()
         print(f"calibrated delta {c.delta:.4f} (from {c.pairs} pairs)")
 

@@ -17,7 +17,6 @@ from typing import Any, TypedDict
 
 from langgraph.config import get_store
 from langgraph.graph import END, START, StateGraph
-
 from memrl.langgraph import MemrlStore
 
 NAMESPACE = ("agent", "travel")
@@ -54,8 +53,14 @@ def main() -> None:
     a = ap.parse_args()
     random.seed(3)
     with tempfile.TemporaryDirectory() as tmp, MemrlStore(a.root or Path(tmp)) as store:
-        for i, tip in enumerate(["call the airline", "search by airport code",
-                                 "book the first flight listed", "compare fares across dates"]):
+        for i, tip in enumerate(
+            [
+                "call the airline",
+                "search by airport code",
+                "book the first flight listed",
+                "compare fares across dates",
+            ]
+        ):
             store.put(NAMESPACE, f"tip{i}", {"tip": tip, "text": f"to book a flight: {tip}"})
         graph = StateGraph(State)
         graph.add_node("recall", recall)

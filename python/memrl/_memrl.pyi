@@ -2,6 +2,7 @@
 
 from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
+from pathlib import Path
 from typing import Any, Literal, TypedDict, overload
 
 import numpy as np
@@ -256,7 +257,7 @@ class Bank:
     @staticmethod
     def peek_config(path: StrPath) -> BankConfig: ...
     @property
-    def path(self) -> str | None: ...
+    def path(self) -> Path | None: ...
     @property
     def is_durable(self) -> bool: ...
     @property
@@ -348,7 +349,7 @@ class Bank:
         out_of_range: Literal["clamp", "reject"] | None = ...,
     ) -> None: ...
     @overload
-    def add(
+    def add(  # type: ignore[overload-overlap]  # a str is also a Sequence[str]
         self,
         intents: str,
         experiences: str,
@@ -380,9 +381,7 @@ class Bank:
         reward: float,
         memory_ids: Sequence[int] | None = None,
     ) -> OutcomeReport: ...
-    def feedback_many(
-        self, rewards: Sequence[tuple[int | Retrieval, float]]
-    ) -> OutcomeReport: ...
+    def feedback_many(self, rewards: Sequence[tuple[int | Retrieval, float]]) -> OutcomeReport: ...
     def apply_outcomes(self, outcomes: Sequence[tuple[Sequence[int], float]]) -> OutcomeReport: ...
     @overload
     def embed(self, texts: str) -> FloatArray: ...

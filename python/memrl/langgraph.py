@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from langgraph.store.base import (
     BaseStore,
@@ -167,7 +167,7 @@ class MemrlStore(BaseStore):
         model: str = "all-MiniLM-L6-v2",
         embedder: Embedder | None = None,
         fields: Sequence[str] = ("$",),
-        sync: str | float | None = None,
+        sync: Literal["every_batch", "never"] | float | None = None,
         learning: Mapping[str, Any] | None = None,
         **retrieval: Any,
     ) -> None:
@@ -177,8 +177,16 @@ class MemrlStore(BaseStore):
         self._root = Path(root) if root is not None else None
         self._sync = sync
         self._learning = dict(learning or {})
-        unknown = set(retrieval) - {"k1", "delta", "lambda_", "zsim", "z_clip", "q_min",
-                                    "epsilon", "seed"}
+        unknown = set(retrieval) - {
+            "k1",
+            "delta",
+            "lambda_",
+            "zsim",
+            "z_clip",
+            "q_min",
+            "epsilon",
+            "seed",
+        }
         if unknown:
             raise TypeError(
                 f"MemrlStore() got unexpected keyword arguments {sorted(unknown)} "
@@ -336,8 +344,9 @@ class MemrlStore(BaseStore):
                 intents.append(text if text is not None else value)
                 experiences.append(value)
                 created = old.created_ms if old is not None else now_ms
-                metadata.append({_META: {"key": op.key, "created_ms": created,
-                                         "indexed": text is not None}})
+                metadata.append(
+                    {_META: {"key": op.key, "created_ms": created, "indexed": text is not None}}
+                )
                 qs.append(old_memory.q if old_memory is not None else None)
                 indexed.append(text is not None)
             ids = ns.bank.add(intents, experiences, q=qs, metadata=metadata) if writes else []
@@ -349,8 +358,7 @@ class MemrlStore(BaseStore):
                     ns.keys_by_id.pop(old.id, None)
                     if old.id in ns.bank:
                         ns.bank.remove(old.id)
-            for op, memory_id, meta, is_indexed in zip(writes, ids, metadata, indexed,
-                                                       strict=True):
+            for op, memory_id, meta, is_indexed in zip(writes, ids, metadata, indexed, strict=True):
                 memory = ns.bank.get(memory_id)
                 ns.entries[op.key] = _Entry(
                     id=memory_id,
@@ -395,8 +403,9 @@ class MemrlStore(BaseStore):
         intents = max(ns.bank.num_intents, 1)
         k1 = max(self._k1, want)
         while True:
-            r = ns.bank.retrieve(query, k1=min(k1, intents), k2=max(len(ns.bank), 1),
-                                 **self._retrieval)
+            r = ns.bank.retrieve(
+                query, k1=min(k1, intents), k2=max(len(ns.bank), 1), **self._retrieval
+            )
             out: list[tuple[float | None, SearchItem]] = []
             for hit in r.hits:
                 key = ns.keys_by_id.get(hit.id)
@@ -406,9 +415,13 @@ class MemrlStore(BaseStore):
                 value = json.loads(hit.experience)
                 if filter and not all(_compare(value.get(k), v) for k, v in filter.items()):
                     continue
-                item = Item(value=value, key=key, namespace=name,
-                            created_at=_ms_to_datetime(entry.created_ms),
-                            updated_at=_ms_to_datetime(entry.updated_ms))
+                item = Item(
+                    value=value,
+                    key=key,
+                    namespace=name,
+                    created_at=_ms_to_datetime(entry.created_ms),
+                    updated_at=_ms_to_datetime(entry.updated_ms),
+                )
                 out.append((hit.score, self._search_item(item, hit.score)))
             if len(out) >= want or k1 >= intents:
                 return out[:want]
@@ -416,8 +429,14 @@ class MemrlStore(BaseStore):
 
     @staticmethod
     def _search_item(item: Item, score: float | None) -> SearchItem:
-        return SearchItem(namespace=item.namespace, key=item.key, value=item.value,
-                          created_at=item.created_at, updated_at=item.updated_at, score=score)
+        return SearchItem(
+            namespace=item.namespace,
+            key=item.key,
+            value=item.value,
+            created_at=item.created_at,
+            updated_at=item.updated_at,
+            score=score,
+        )
 
     def _list_namespaces(self, op: ListNamespacesOp) -> list[tuple[str, ...]]:
         names = [name for name, ns in self._namespaces.items() if ns.entries]

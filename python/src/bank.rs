@@ -83,14 +83,15 @@ pub(crate) fn texts(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<(Vec<String>
     if let Ok(s) = obj.cast::<PyString>() {
         return Ok((vec![s.to_str()?.to_owned()], true));
     }
-    let items: Vec<Bound<'_, PyAny>> = if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
-        obj.extract()?
-    } else {
-        return Err(PyTypeError::new_err(format!(
-            "{what}: expected a str or a list of str, got {}",
-            type_name(obj)
-        )));
-    };
+    let items: Vec<Bound<'_, PyAny>> =
+        if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
+            obj.extract()?
+        } else {
+            return Err(PyTypeError::new_err(format!(
+                "{what}: expected a str or a list of str, got {}",
+                type_name(obj)
+            )));
+        };
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         match item.cast::<PyString>() {
@@ -228,7 +229,10 @@ fn new_memories(
                 .map_err(|_| PyTypeError::new_err("ids: expected a list of int"))?
         };
         if ids.len() != n {
-            return Err(invalid("ids", format!("{} ids given for {n} memories", ids.len())));
+            return Err(invalid(
+                "ids",
+                format!("{} ids given for {n} memories", ids.len()),
+            ));
         }
         for (memory, id) in memories.iter_mut().zip(ids) {
             if !id.is_none() {
@@ -343,7 +347,10 @@ fn open_options(
         options = options.device(memrl::parse_device(device).py()?);
     }
     if let (Some(_), Some(_)) = (model, embedder) {
-        return Err(invalid("embedder", "give a model name or an embedder, not both"));
+        return Err(invalid(
+            "embedder",
+            "give a model name or an embedder, not both",
+        ));
     }
     if let Some(model) = model {
         options = options.model(model);
@@ -352,7 +359,12 @@ fn open_options(
         options = options.embedder(embedder.get().0.clone());
     }
     if let Some(dim) = dim {
-        options = options.dim(options::count("dim", dim, 1, "must be between 1 and 65536")?);
+        options = options.dim(options::count(
+            "dim",
+            dim,
+            1,
+            "must be between 1 and 65536",
+        )?);
     }
     if let Some(model_id) = model_id {
         options = options.model_id(model_id);
@@ -610,7 +622,11 @@ impl PyBank {
     }
 
     /// The unit intent key memory `id` is filed under (float32, shape `(dim,)`).
-    fn intent_key<'py>(&self, py: Python<'py>, id: &Bound<'_, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    fn intent_key<'py>(
+        &self,
+        py: Python<'py>,
+        id: &Bound<'_, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let id = uint("id", id)?;
         let open = self.open_state()?;
         let key = py.detach(|| open.bank.intent_key(id)).py()?;
@@ -634,7 +650,9 @@ impl PyBank {
         bins: Option<&Bound<'_, PyAny>>,
         extremes: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyStats> {
-        let bins = bins.map_or(Ok(10), |b| options::count("bins", b, 1, "must be at least 1"))?;
+        let bins = bins.map_or(Ok(10), |b| {
+            options::count("bins", b, 1, "must be at least 1")
+        })?;
         let extremes =
             extremes.map_or(Ok(5), |e| options::count("extremes", e, 0, "must be >= 0"))?;
         let open = self.open_state()?;
@@ -673,7 +691,9 @@ impl PyBank {
     /// copy. Options override the stored config for this call: `k1`, `k2`, `delta`, `lambda_`,
     /// `zsim` (`"pool"` or `(mean, std)`), `z_clip`, `q_min` (None = off), `epsilon`, `seed`.
     #[pyo3(signature = (queries, **options))]
-    #[pyo3(text_signature = "(self, queries, *, k1=None, k2=None, delta=None, lambda_=None, zsim=None, z_clip=None, q_min=None, epsilon=None, seed=None)")]
+    #[pyo3(
+        text_signature = "(self, queries, *, k1=None, k2=None, delta=None, lambda_=None, zsim=None, z_clip=None, q_min=None, epsilon=None, seed=None)"
+    )]
     fn retrieve<'py>(
         &self,
         py: Python<'py>,
@@ -735,8 +755,14 @@ impl PyBank {
     /// Replaces the stored retrieval config (one logged write); options not given keep their
     /// stored values. Takes the options of `retrieve`.
     #[pyo3(signature = (**options))]
-    #[pyo3(text_signature = "(self, *, k1=None, k2=None, delta=None, lambda_=None, zsim=None, z_clip=None, q_min=None, epsilon=None, seed=None)")]
-    fn set_retrieval_config(&self, py: Python<'_>, options: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
+    #[pyo3(
+        text_signature = "(self, *, k1=None, k2=None, delta=None, lambda_=None, zsim=None, z_clip=None, q_min=None, epsilon=None, seed=None)"
+    )]
+    fn set_retrieval_config(
+        &self,
+        py: Python<'_>,
+        options: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
         let patch = RetrievalPatch::parse("set_retrieval_config", options)?;
         let open = self.open_state()?;
         py.detach(|| {
@@ -751,8 +777,14 @@ impl PyBank {
     /// `out_of_range` (`"reject"`, the default, or `"clamp"`). Options not given keep their
     /// stored values.
     #[pyo3(signature = (**options))]
-    #[pyo3(text_signature = "(self, *, alpha=None, q_init=None, reward_range=None, out_of_range=None)")]
-    fn set_learning_config(&self, py: Python<'_>, options: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
+    #[pyo3(
+        text_signature = "(self, *, alpha=None, q_init=None, reward_range=None, out_of_range=None)"
+    )]
+    fn set_learning_config(
+        &self,
+        py: Python<'_>,
+        options: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
         let patch = LearningPatch::parse("set_learning_config", options)?;
         let open = self.open_state()?;
         py.detach(|| {
@@ -797,7 +829,10 @@ impl PyBank {
             metadata,
         )?;
         if one {
-            let memory = memories.into_iter().next().ok_or_else(|| invalid("intents", "empty"))?;
+            let memory = memories
+                .into_iter()
+                .next()
+                .ok_or_else(|| invalid("intents", "empty"))?;
             let id = py
                 .detach(|| {
                     if open.bank.is_read_only() {
@@ -904,7 +939,11 @@ impl PyBank {
     }
 
     /// `feedback` for several retrievals as one atomic batch: a list of `(retrieval, reward)`.
-    fn feedback_many(&self, py: Python<'_>, rewards: &Bound<'_, PyAny>) -> PyResult<PyOutcomeReport> {
+    fn feedback_many(
+        &self,
+        py: Python<'_>,
+        rewards: &Bound<'_, PyAny>,
+    ) -> PyResult<PyOutcomeReport> {
         let items: Vec<(Bound<'_, PyAny>, Bound<'_, PyAny>)> = rewards.extract().map_err(|_| {
             PyTypeError::new_err("rewards: expected a list of (retrieval, reward) pairs")
         })?;
@@ -912,7 +951,10 @@ impl PyBank {
             .iter()
             .enumerate()
             .map(|(i, (r, reward))| {
-                Ok((retrieval_id(r)?, float(&format!("rewards[{i}]"), reward)? as f32))
+                Ok((
+                    retrieval_id(r)?,
+                    float(&format!("rewards[{i}]"), reward)? as f32,
+                ))
             })
             .collect::<PyResult<Vec<_>>>()?;
         let open = self.open_state()?;
@@ -923,7 +965,11 @@ impl PyBank {
 
     /// A batch of outcomes by memory ids, applied atomically: a list of `(memory_ids, reward)`.
     /// An unknown id or a bad reward rejects the whole batch.
-    fn apply_outcomes(&self, py: Python<'_>, outcomes: &Bound<'_, PyAny>) -> PyResult<PyOutcomeReport> {
+    fn apply_outcomes(
+        &self,
+        py: Python<'_>,
+        outcomes: &Bound<'_, PyAny>,
+    ) -> PyResult<PyOutcomeReport> {
         let outcomes = self::outcomes(outcomes)?;
         let open = self.open_state()?;
         py.detach(|| open.bank.apply_outcomes(&outcomes))
@@ -933,7 +979,11 @@ impl PyBank {
 
     /// Unit vectors for `texts` with the bank's embedder: float32 `(len(texts), dim)`, or
     /// `(dim,)` for one str (one str goes through the batching queue).
-    fn embed<'py>(&self, py: Python<'py>, texts: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    fn embed<'py>(
+        &self,
+        py: Python<'py>,
+        texts: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let (texts, one) = self::texts("texts", texts)?;
         let open = self.open_state()?;
         let dim = open.config.dim;
@@ -1010,13 +1060,23 @@ impl PyBank {
     fn __repr__(&self, py: Python<'_>) -> String {
         match self.open_state() {
             Ok(open) => {
-                let (len, path) = py.detach(|| (open.bank.len(), open.bank.path().map(|p| p.display().to_string())));
+                let (len, path) = py.detach(|| {
+                    (
+                        open.bank.len(),
+                        open.bank.path().map(|p| p.display().to_string()),
+                    )
+                });
                 format!(
                     "Bank(path={}, memories={len}, dim={}, model_id={:?}{})",
-                    path.map(|p| format!("{p:?}")).unwrap_or_else(|| "None".into()),
+                    path.map(|p| format!("{p:?}"))
+                        .unwrap_or_else(|| "None".into()),
                     open.config.dim,
                     open.config.model_id,
-                    if open.bank.is_read_only() { ", read_only=True" } else { "" }
+                    if open.bank.is_read_only() {
+                        ", read_only=True"
+                    } else {
+                        ""
+                    }
                 )
             }
             Err(_) => "Bank(closed)".into(),
@@ -1026,7 +1086,15 @@ impl PyBank {
 
 /// One batch of a bulk load: a dict of `add`'s arguments.
 fn bulk_batch(dim: usize, batch: &Bound<'_, PyAny>) -> PyResult<Vec<NewMemory>> {
-    const KEYS: &[&str] = &["intents", "experiences", "embeddings", "success", "q", "ids", "metadata"];
+    const KEYS: &[&str] = &[
+        "intents",
+        "experiences",
+        "embeddings",
+        "success",
+        "q",
+        "ids",
+        "metadata",
+    ];
     let dict = batch.cast::<PyDict>().map_err(|_| {
         PyTypeError::new_err(format!(
             "batches: each batch must be a dict of add()'s arguments, got {}",

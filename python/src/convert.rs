@@ -209,7 +209,11 @@ pub(crate) fn float_rows<'py>(
 
 /// `obj` read in place when it is a C-contiguous float32 array of one or two dimensions (with
 /// its width checked), `None` when it is not such an array.
-fn in_place<'py>(obj: &Bound<'py, PyAny>, what: &'static str, dim: usize) -> PyResult<Option<Rows<'py>>> {
+fn in_place<'py>(
+    obj: &Bound<'py, PyAny>,
+    what: &'static str,
+    dim: usize,
+) -> PyResult<Option<Rows<'py>>> {
     let check = |got: usize| {
         if got == dim {
             Ok(())
@@ -250,5 +254,7 @@ pub(crate) fn to_array<'py>(
     dim: usize,
 ) -> PyResult<Bound<'py, PyAny>> {
     let rows = flat.len() / dim.max(1);
-    Ok(PyArray1::from_vec(py, flat).reshape([rows, dim])?.into_any())
+    Ok(PyArray1::from_vec(py, flat)
+        .reshape([rows, dim])?
+        .into_any())
 }

@@ -82,7 +82,11 @@ impl PyEmbedder {
 
     /// Unit vectors for `texts`: a float32 array of shape `(len(texts), dim)`, or `(dim,)` for
     /// one str. A text gets the same vector alone or in any batch.
-    fn embed<'py>(&self, py: Python<'py>, texts: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    fn embed<'py>(
+        &self,
+        py: Python<'py>,
+        texts: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let (texts, one) = crate::bank::texts("texts", texts)?;
         let dim = self.0.dim();
         let embedder = self.0.clone();

@@ -11,8 +11,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
 use memrl::{
-    BatchConfig, CheckpointPolicy, LearningConfig, Limits, OutOfRange, Retention,
-    RetrievalConfig, RewardRange, SyncPolicy, ZSim,
+    BatchConfig, CheckpointPolicy, LearningConfig, Limits, OutOfRange, Retention, RetrievalConfig,
+    RewardRange, SyncPolicy, ZSim,
 };
 
 use crate::convert::type_name;
@@ -56,7 +56,9 @@ pub(crate) fn float(name: &str, value: &Bound<'_, PyAny>) -> PyResult<f64> {
 
 /// An int option (a bool is not one).
 pub(crate) fn int(name: &str, value: &Bound<'_, PyAny>) -> PyResult<i128> {
-    if value.is_instance_of::<pyo3::types::PyBool>() || !value.is_instance_of::<pyo3::types::PyInt>() {
+    if value.is_instance_of::<pyo3::types::PyBool>()
+        || !value.is_instance_of::<pyo3::types::PyInt>()
+    {
         return Err(wrong_type(name, "an int", value));
     }
     value
@@ -433,7 +435,9 @@ pub(crate) fn retention(value: Option<&Bound<'_, PyAny>>) -> PyResult<Retention>
     };
     for (name, item) in dict_items("retention", value, &["capacity", "ttl"])? {
         match name.as_str() {
-            "capacity" => retention.capacity = count("retention.capacity", &item, 0, "must be >= 0")?,
+            "capacity" => {
+                retention.capacity = count("retention.capacity", &item, 0, "must be >= 0")?
+            }
             _ => {
                 let ttl = float("retention.ttl", &item)?;
                 if !(ttl.is_finite() && ttl >= 0.0) {
@@ -485,7 +489,9 @@ pub(crate) fn batching(value: Option<&Bound<'_, PyAny>>) -> PyResult<BatchConfig
         &["max_batch", "max_batch_tokens", "capacity"],
     )? {
         match name.as_str() {
-            "max_batch" => config.max_batch = count("batching.max_batch", &item, 1, "must be at least 1")?,
+            "max_batch" => {
+                config.max_batch = count("batching.max_batch", &item, 1, "must be at least 1")?
+            }
             "max_batch_tokens" => {
                 config.max_batch_tokens =
                     count("batching.max_batch_tokens", &item, 1, "must be at least 1")?

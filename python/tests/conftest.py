@@ -7,10 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import memrl
 import numpy as np
 import pytest
-
-import memrl
 
 REPO = Path(__file__).resolve().parents[2]
 

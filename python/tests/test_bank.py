@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import memrl
 import numpy as np
 import pytest
 from conftest import state, unit
-
-import memrl
 
 
 def test_the_loop_of_the_readme(tmp_path: Path, embedder: memrl.Embedder) -> None:
@@ -57,8 +56,12 @@ def test_text_level_add_one_and_batch(embedder: memrl.Embedder) -> None:
 def test_vectors_metadata_and_reads(toy: memrl.Bank) -> None:
     assert len(toy) == 20 and toy.num_intents == 20
     m = toy[3]
-    assert (m.intent, m.experience, m.metadata, m.success) == ("intent 3", "experience 3",
-                                                                {"i": 3}, False)
+    assert (m.intent, m.experience, m.metadata, m.success) == (
+        "intent 3",
+        "experience 3",
+        {"i": 3},
+        False,
+    )
     assert m.visits == 0 and m.last_reward is None and m.created_ms > 0
     assert 3 in toy and 99 not in toy and "x" not in toy
     assert toy.get(99) is None
@@ -83,8 +86,12 @@ def test_retrieve_shapes_and_options(toy: memrl.Bank) -> None:
     assert isinstance(one, memrl.Retrieval)
     assert [h.to_dict() for h in one.hits] == [h.to_dict() for h in batch[0].hits]
     # Other dtypes and layouts: one conversion, same answer.
-    for variant in (q.astype(np.float64), np.asfortranarray(q), q.tolist(),
-                    np.repeat(q, 2, axis=0)[::2]):
+    for variant in (
+        q.astype(np.float64),
+        np.asfortranarray(q),
+        q.tolist(),
+        np.repeat(q, 2, axis=0)[::2],
+    ):
         got = toy.retrieve(variant, k1=20, k2=3, delta=-1.0)
         assert isinstance(got, list)
         assert [[h.id for h in r.hits] for r in got] == [[h.id for h in r.hits] for r in batch]
@@ -120,16 +127,28 @@ def test_learning_moves_q(toy: memrl.Bank) -> None:
     assert report.outcomes == 2
     toy.set_learning_config(reward_range=(-1.0, 1.0), out_of_range="clamp")
     assert toy.feedback(memory_ids=[5], reward=7.0).clamped == 1
-    assert toy.learning_config == {"alpha": 0.5, "q_init": 0.0, "reward_range": (-1.0, 1.0),
-                                   "out_of_range": "clamp"}
+    assert toy.learning_config == {
+        "alpha": 0.5,
+        "q_init": 0.0,
+        "reward_range": (-1.0, 1.0),
+        "out_of_range": "clamp",
+    }
     toy.set_learning_config(reward_range=None)
     assert toy.learning_config["reward_range"] is None
 
 
 def test_stored_retrieval_config_and_calibration(toy: memrl.Bank) -> None:
-    assert toy.retrieval_config == {"k1": 10, "k2": 5, "delta": 0.5, "lambda_": 0.5,
-                                    "zsim": "pool", "z_clip": 3.0, "q_min": None,
-                                    "epsilon": 0.0, "seed": 0}
+    assert toy.retrieval_config == {
+        "k1": 10,
+        "k2": 5,
+        "delta": 0.5,
+        "lambda_": 0.5,
+        "zsim": "pool",
+        "z_clip": 3.0,
+        "q_min": None,
+        "epsilon": 0.0,
+        "seed": 0,
+    }
     c = toy.calibrate()
     assert c.pairs == 190 and not c.sampled and -1.0 <= c.delta <= 1.0 and c.std > 0
     toy.set_retrieval_config(delta=c.delta, zsim=(c.mean, c.std), q_min=-0.5, k2=2)
@@ -176,7 +195,11 @@ def test_durable_reopen_read_only_checkpoint_save_as(tmp_path: Path) -> None:
     assert again.log_bytes is not None and again.log_bytes < 100
     again.save_as(tmp_path / "copy.safetensors")
     assert memrl.Bank.peek_config(tmp_path / "copy.safetensors") == {
-        "dim": 8, "dtype": "f32", "dedup_sim": 0.9, "model_id": "toy"}
+        "dim": 8,
+        "dtype": "f32",
+        "dedup_sim": 0.9,
+        "model_id": "toy",
+    }
     copy = memrl.Bank.open(tmp_path / "copy.safetensors", read_only=True)
     assert [m.to_dict() for m in copy.memories()] == before["memories"]
     for b in (again, reader, copy):
@@ -190,9 +213,11 @@ def test_bulk_load_with_a_generator(tmp_path: Path) -> None:
 
     def batches():
         for start in range(0, 100, 25):
-            yield {"intents": [f"i{j}" for j in range(start, start + 25)],
-                   "experiences": [f"e{j}" for j in range(start, start + 25)],
-                   "embeddings": vectors[start:start + 25]}
+            yield {
+                "intents": [f"i{j}" for j in range(start, start + 25)],
+                "experiences": [f"e{j}" for j in range(start, start + 25)],
+                "embeddings": vectors[start : start + 25],
+            }
 
     ids = bank.bulk(batches())
     assert ids == list(range(100)) and len(bank) == 100
@@ -218,8 +243,18 @@ def test_records_have_every_library_field(toy: memrl.Bank) -> None:
     for name in attributes:
         assert getattr(hit, name) == hit.to_dict()[name], name
     memory = toy[0]
-    assert set(memory.to_dict()) == {"id", "intent", "experience", "q", "visits", "last_reward",
-                                     "success", "created_ms", "updated_ms", "metadata"}
+    assert set(memory.to_dict()) == {
+        "id",
+        "intent",
+        "experience",
+        "q",
+        "visits",
+        "last_reward",
+        "success",
+        "created_ms",
+        "updated_ms",
+        "metadata",
+    }
     assert "Hit(id=" in repr(hit) and "Memory(id=0" in repr(memory)
 
 
@@ -240,6 +275,13 @@ def test_exception_hierarchy() -> None:
     assert issubclass(memrl.NotFoundError, KeyError)
     assert issubclass(memrl.IoError, OSError)
     assert issubclass(memrl.BankLockedError, memrl.ConflictError)
-    for cls in (memrl.InvalidInputError, memrl.NotFoundError, memrl.ConflictError,
-                memrl.OverloadedError, memrl.CorruptError, memrl.IoError, memrl.InternalError):
+    for cls in (
+        memrl.InvalidInputError,
+        memrl.NotFoundError,
+        memrl.ConflictError,
+        memrl.OverloadedError,
+        memrl.CorruptError,
+        memrl.IoError,
+        memrl.InternalError,
+    ):
         assert issubclass(cls, memrl.Error)

@@ -7,11 +7,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import memrl
 import pytest
 from langgraph.store.base import GetOp, InvalidNamespaceError, Item, PutOp, SearchOp
 from langgraph.store.memory import InMemoryStore
-
-import memrl
 from memrl.langgraph import MemrlStore
 
 
@@ -25,8 +24,11 @@ def test_put_get_update_delete(store: MemrlStore) -> None:
     store.put(("users", "1"), "k", {"text": "likes tea", "n": 1})
     item = store.get(("users", "1"), "k")
     assert isinstance(item, Item)
-    assert (item.namespace, item.key, item.value) == (("users", "1"), "k", {"text": "likes tea",
-                                                                          "n": 1})
+    assert (item.namespace, item.key, item.value) == (
+        ("users", "1"),
+        "k",
+        {"text": "likes tea", "n": 1},
+    )
     created = item.created_at
     store.put(("users", "1"), "k", {"text": "likes coffee", "n": 2})
     updated = store.get(("users", "1"), "k")
@@ -52,17 +54,33 @@ def test_namespace_validation(store: MemrlStore) -> None:
 
 def test_list_namespaces_like_in_memory_store(store: MemrlStore) -> None:
     reference = InMemoryStore()
-    names = [("a", "b", "c"), ("a", "b", "d", "e"), ("a", "b", "d", "i"), ("a", "b", "f"),
-             ("a", "c", "f"), ("b", "a", "f"), ("users", "123"), ("users", "456", "settings"),
-             ("admin", "users", "789")]
+    names = [
+        ("a", "b", "c"),
+        ("a", "b", "d", "e"),
+        ("a", "b", "d", "i"),
+        ("a", "b", "f"),
+        ("a", "c", "f"),
+        ("b", "a", "f"),
+        ("users", "123"),
+        ("users", "456", "settings"),
+        ("admin", "users", "789"),
+    ]
     for i, ns in enumerate(names):
         for s in (store, reference):
             s.put(ns, f"id_{i}", {"data": f"value_{i}"})
     queries: list[dict[str, object]] = [
-        {}, {"prefix": ("a", "b")}, {"suffix": ("f",)}, {"prefix": ("a",), "suffix": ("f",)},
-        {"prefix": ("a", "b"), "max_depth": 3}, {"max_depth": 2}, {"prefix": ("a", "b"), "limit": 2},
-        {"prefix": ("a", "b"), "offset": 2}, {"prefix": ("a", "*", "f")}, {"suffix": ("*", "f")},
-        {"prefix": ("nonexistent",)}, {"prefix": ("users", "123")},
+        {},
+        {"prefix": ("a", "b")},
+        {"suffix": ("f",)},
+        {"prefix": ("a",), "suffix": ("f",)},
+        {"prefix": ("a", "b"), "max_depth": 3},
+        {"max_depth": 2},
+        {"prefix": ("a", "b"), "limit": 2},
+        {"prefix": ("a", "b"), "offset": 2},
+        {"prefix": ("a", "*", "f")},
+        {"suffix": ("*", "f")},
+        {"prefix": ("nonexistent",)},
+        {"prefix": ("users", "123")},
         {"prefix": ("*", "users"), "suffix": ("*", "settings")},
     ]
     for q in queries:
@@ -70,10 +88,12 @@ def test_list_namespaces_like_in_memory_store(store: MemrlStore) -> None:
 
 
 def test_search_without_query_filters_and_pages(store: MemrlStore) -> None:
-    docs = {"d1": {"color": "red", "score": 4.5, "tags": {"kind": "fruit"}},
-            "d2": {"color": "red", "score": 3.0, "tags": {"kind": "car"}},
-            "d3": {"color": "green", "score": 4.0, "tags": {"kind": "fruit"}},
-            "d4": {"color": "blue", "score": 3.5, "tags": {"kind": "car"}}}
+    docs = {
+        "d1": {"color": "red", "score": 4.5, "tags": {"kind": "fruit"}},
+        "d2": {"color": "red", "score": 3.0, "tags": {"kind": "car"}},
+        "d3": {"color": "green", "score": 4.0, "tags": {"kind": "fruit"}},
+        "d4": {"color": "blue", "score": 3.5, "tags": {"kind": "car"}},
+    }
     for key, value in docs.items():
         store.put(("test",), key, value)
     store.put(("other",), "d5", {"color": "red", "score": 9.0})
@@ -93,10 +113,12 @@ def test_search_without_query_filters_and_pages(store: MemrlStore) -> None:
 
 
 def test_search_with_query_ranks_by_memrl(store: MemrlStore) -> None:
-    docs = [("doc1", {"text": "red apple", "color": "red", "score": 4.5}),
-            ("doc2", {"text": "red car", "color": "red", "score": 3.0}),
-            ("doc3", {"text": "green apple", "color": "green", "score": 4.0}),
-            ("doc4", {"text": "blue car", "color": "blue", "score": 3.5})]
+    docs = [
+        ("doc1", {"text": "red apple", "color": "red", "score": 4.5}),
+        ("doc2", {"text": "red car", "color": "red", "score": 3.0}),
+        ("doc3", {"text": "green apple", "color": "green", "score": 4.0}),
+        ("doc4", {"text": "blue car", "color": "blue", "score": 3.5}),
+    ]
     for key, value in docs:
         store.put(("test",), key, value)
     results = store.search(("test",), query="apple", filter={"color": "red"})
@@ -104,8 +126,7 @@ def test_search_with_query_ranks_by_memrl(store: MemrlStore) -> None:
     assert results[0].score is not None and results[1].score is not None
     assert results[0].score >= results[1].score
     assert store.search(("test",), query="car", filter={"color": "red"})[0].key == "doc2"
-    both = store.search(("test",), query="apple", filter={"score": {"$gte": 4.0},
-                                                          "color": "green"})
+    both = store.search(("test",), query="apple", filter={"score": {"$gte": 4.0}, "color": "green"})
     assert [r.key for r in both] == ["doc3"]
     page1 = store.search(("test",), query="fruit", limit=2)
     page2 = store.search(("test",), query="fruit", limit=2, offset=2)
@@ -130,19 +151,20 @@ def test_updates_reindex_and_index_false(store: MemrlStore) -> None:
     item = store.get(("t",), "doc4")
     assert item is not None and "doc4" in [r.key for r in store.search(("t",))]
     # Fields: only the title is embedded.
-    store.put(("t",), "doc5", {"title": "volcanoes", "body": "zebra zebra zebra"},
-              index=["title"])
+    store.put(("t",), "doc5", {"title": "volcanoes", "body": "zebra zebra zebra"}, index=["title"])
     assert store.search(("t",), query="volcanic eruptions", limit=1)[0].key == "doc5"
 
 
 def test_batch_reads_see_the_state_before_its_puts(store: MemrlStore) -> None:
     store.put(("b",), "k", {"v": 1})
-    results = store.batch([
-        PutOp(("b",), "k", {"v": 2}),
-        GetOp(("b",), "k"),
-        PutOp(("b",), "k", {"v": 3}),
-        SearchOp(("b",)),
-    ])
+    results = store.batch(
+        [
+            PutOp(("b",), "k", {"v": 2}),
+            GetOp(("b",), "k"),
+            PutOp(("b",), "k", {"v": 3}),
+            SearchOp(("b",)),
+        ]
+    )
     assert results[0] is None and results[2] is None
     got = results[1]
     assert isinstance(got, Item) and got.value == {"v": 1}
@@ -197,8 +219,9 @@ def test_durable_store_reopens(tmp_path: Path, embedder: memrl.Embedder) -> None
 
 def test_async_methods(store: MemrlStore) -> None:
     async def run() -> None:
-        await asyncio.gather(*[store.aput(("a",), f"k{i}", {"text": f"item {i}"})
-                               for i in range(5)])
+        await asyncio.gather(
+            *[store.aput(("a",), f"k{i}", {"text": f"item {i}"}) for i in range(5)]
+        )
         item = await store.aget(("a",), "k3")
         assert item is not None and item.value == {"text": "item 3"}
         results = await store.asearch(("a",), query="item 3", limit=2)

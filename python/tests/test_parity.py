@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 
+import memrl
 import numpy as np
 from conftest import REPO
-
-import memrl
 
 
 def reference() -> tuple[list[str], np.ndarray]:

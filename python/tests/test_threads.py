@@ -12,21 +12,23 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import memrl
 import pytest
 from conftest import REPO, unit
 
-import memrl
-
 
 def test_many_threads_one_bank_no_lost_update(tmp_path: Path) -> None:
-    bank = memrl.Bank.open(tmp_path / "b.safetensors", dim=16, model_id="toy", dedup_sim=1.0,
-                           sync="never")
+    bank = memrl.Bank.open(
+        tmp_path / "b.safetensors", dim=16, model_id="toy", dedup_sim=1.0, sync="never"
+    )
     threads, adds, rounds = 8, 25, 6
     vectors = unit(threads * adds, 16, seed=11)
 
     def worker(t: int) -> list[int]:
-        mine = [bank.add(f"t{t} m{i}", f"e{t}.{i}", embeddings=vectors[t * adds + i])
-                for i in range(adds)]
+        mine = [
+            bank.add(f"t{t} m{i}", f"e{t}.{i}", embeddings=vectors[t * adds + i])
+            for i in range(adds)
+        ]
         for _ in range(rounds):
             bank.feedback(memory_ids=mine, reward=float(t))
             bank.retrieve(vectors[t * adds], k2=3, delta=-1.0)
@@ -52,14 +54,16 @@ def test_many_threads_one_bank_no_lost_update(tmp_path: Path) -> None:
 
 def test_concurrent_single_retrievals_equal_serial_ones() -> None:
     bank = memrl.Bank.in_memory(dim=32, model_id="toy", batching={"max_batch": 8})
-    bank.add([str(i) for i in range(500)], [f"e{i}" for i in range(500)],
-             embeddings=unit(500, 32, 12))
+    bank.add(
+        [str(i) for i in range(500)], [f"e{i}" for i in range(500)], embeddings=unit(500, 32, 12)
+    )
     queries = unit(128, 32, 13)
     serial = [bank.retrieve(queries[i : i + 1], k2=4, delta=-1.0)[0] for i in range(128)]
     with ThreadPoolExecutor(16) as pool:
         concurrent = list(pool.map(lambda q: bank.retrieve(q, k2=4, delta=-1.0), queries))
-    assert [[h.to_dict() for h in r.hits] for r in concurrent] == \
-           [[h.to_dict() for h in r.hits] for r in serial]
+    assert [[h.to_dict() for h in r.hits] for r in concurrent] == [
+        [h.to_dict() for h in r.hits] for r in serial
+    ]
     # Every retrieval id is distinct and can be reported.
     assert len({r.id for r in concurrent}) == 128
     bank.feedback_many([(r.id, 1.0) for r in concurrent])
@@ -102,11 +106,13 @@ def big() -> memrl.Bank:
 
 
 LONG_CALLS: dict[str, Callable[[memrl.Bank, memrl.Embedder], Any]] = {
-    "retrieve a batch": lambda b, e: [b.retrieve(unit(256, 384, 15), k1=50, delta=-1.0)
-                                      for _ in range(3)],
+    "retrieve a batch": lambda b, e: [
+        b.retrieve(unit(256, 384, 15), k1=50, delta=-1.0) for _ in range(3)
+    ],
     "calibrate": lambda b, e: b.calibrate(max_pairs=3_000_000, seed=1),
     "add a batch": lambda b, e: memrl.Bank.in_memory(dim=384, model_id="t").add(
-        [""] * 3000, [""] * 3000, embeddings=unit(3000, 384, 16)),
+        [""] * 3000, [""] * 3000, embeddings=unit(3000, 384, 16)
+    ),
     "embed": lambda b, e: e.embed(corpus(300)),
 }
 
