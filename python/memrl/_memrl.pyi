@@ -7,6 +7,7 @@ from typing import Any, Literal, TypedDict, overload
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import Unpack
 
 __version__: str
 RETRIEVAL_OPTIONS: list[str]
@@ -36,6 +37,27 @@ class RetrievalConfig(TypedDict):
     seed: int
 
 class LearningConfig(TypedDict):
+    alpha: float
+    q_init: float
+    reward_range: tuple[float, float] | None
+    out_of_range: Literal["clamp", "reject"] | None
+
+class RetrievalOptions(TypedDict, total=False):
+    """The options of ``Bank.retrieve`` and ``Bank.set_retrieval_config``."""
+
+    k1: int
+    k2: int
+    delta: float
+    lambda_: float
+    zsim: ZSim
+    z_clip: float
+    q_min: float | None
+    epsilon: float
+    seed: int
+
+class LearningOptions(TypedDict, total=False):
+    """The options of ``Bank.set_learning_config``."""
+
     alpha: float
     q_init: float
     reward_range: tuple[float, float] | None
@@ -301,53 +323,19 @@ class Bank:
     def retrieve(
         self,
         queries: str,
-        *,
-        k1: int = ...,
-        k2: int = ...,
-        delta: float = ...,
-        lambda_: float = ...,
-        zsim: ZSim = ...,
-        z_clip: float = ...,
-        q_min: float | None = ...,
-        epsilon: float = ...,
-        seed: int = ...,
+        **options: Unpack[RetrievalOptions],
     ) -> Retrieval: ...
     @overload
     def retrieve(
         self,
         queries: Sequence[str] | ArrayLike,
-        *,
-        k1: int = ...,
-        k2: int = ...,
-        delta: float = ...,
-        lambda_: float = ...,
-        zsim: ZSim = ...,
-        z_clip: float = ...,
-        q_min: float | None = ...,
-        epsilon: float = ...,
-        seed: int = ...,
+        **options: Unpack[RetrievalOptions],
     ) -> Retrieval | list[Retrieval]: ...
     def set_retrieval_config(
         self,
-        *,
-        k1: int = ...,
-        k2: int = ...,
-        delta: float = ...,
-        lambda_: float = ...,
-        zsim: ZSim = ...,
-        z_clip: float = ...,
-        q_min: float | None = ...,
-        epsilon: float = ...,
-        seed: int = ...,
+        **options: Unpack[RetrievalOptions],
     ) -> None: ...
-    def set_learning_config(
-        self,
-        *,
-        alpha: float = ...,
-        q_init: float = ...,
-        reward_range: tuple[float, float] | None = ...,
-        out_of_range: Literal["clamp", "reject"] | None = ...,
-    ) -> None: ...
+    def set_learning_config(self, **options: Unpack[LearningOptions]) -> None: ...
     @overload
     def add(  # type: ignore[overload-overlap]  # a str is also a Sequence[str]
         self,

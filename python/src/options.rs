@@ -189,33 +189,13 @@ impl RetrievalPatch {
 
     /// `base` with the given options applied, validated.
     pub(crate) fn apply(&self, mut base: RetrievalConfig) -> memrl::Result<RetrievalConfig> {
-        if let Some(v) = self.k1 {
-            base.k1 = v;
+        macro_rules! given {
+            ($($field:ident => $target:ident),*) => {
+                $(if let Some(v) = self.$field { base.$target = v; })*
+            };
         }
-        if let Some(v) = self.k2 {
-            base.k2 = v;
-        }
-        if let Some(v) = self.delta {
-            base.delta = v;
-        }
-        if let Some(v) = self.lambda {
-            base.lambda = v;
-        }
-        if let Some(v) = self.zsim {
-            base.zsim = v;
-        }
-        if let Some(v) = self.z_clip {
-            base.z_clip = v;
-        }
-        if let Some(v) = self.q_min {
-            base.q_min = v;
-        }
-        if let Some(v) = self.epsilon {
-            base.epsilon = v;
-        }
-        if let Some(v) = self.seed {
-            base.seed = v;
-        }
+        given!(k1 => k1, k2 => k2, delta => delta, lambda => lambda, zsim => zsim,
+               z_clip => z_clip, q_min => q_min, epsilon => epsilon, seed => seed);
         base.validate()?;
         Ok(base)
     }
