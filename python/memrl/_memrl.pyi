@@ -32,6 +32,7 @@ class RetrievalConfig(TypedDict):
     lambda_: float
     zsim: ZSim
     z_clip: float
+    clip_zsim: bool
     q_min: float | None
     epsilon: float
     seed: int
@@ -51,6 +52,7 @@ class RetrievalOptions(TypedDict, total=False):
     lambda_: float
     zsim: ZSim
     z_clip: float
+    clip_zsim: bool
     q_min: float | None
     epsilon: float
     seed: int

@@ -20,7 +20,7 @@ use crate::errors::{invalid, invalid_config};
 
 /// The names `Bank.retrieve` and `Bank.set_retrieval_config` accept.
 pub(crate) const RETRIEVAL: &[&str] = &[
-    "k1", "k2", "delta", "lambda_", "zsim", "z_clip", "q_min", "epsilon", "seed",
+    "k1", "k2", "delta", "lambda_", "zsim", "z_clip", "clip_zsim", "q_min", "epsilon", "seed",
 ];
 /// The names `Bank.set_learning_config` accepts.
 pub(crate) const LEARNING: &[&str] = &["alpha", "q_init", "reward_range", "out_of_range"];
@@ -52,6 +52,14 @@ pub(crate) fn float(name: &str, value: &Bound<'_, PyAny>) -> PyResult<f64> {
     value
         .extract::<f64>()
         .map_err(|_| wrong_type(name, "a number", value))
+}
+
+/// A bool option (only `True` or `False`: an int is not one).
+pub(crate) fn boolean(name: &str, value: &Bound<'_, PyAny>) -> PyResult<bool> {
+    if !value.is_instance_of::<pyo3::types::PyBool>() {
+        return Err(wrong_type(name, "a bool", value));
+    }
+    value.extract::<bool>()
 }
 
 /// An int option (a bool is not one).
@@ -119,6 +127,7 @@ pub(crate) struct RetrievalPatch {
     lambda: Option<f32>,
     zsim: Option<ZSim>,
     z_clip: Option<f32>,
+    clip_zsim: Option<bool>,
     q_min: Option<Option<f32>>,
     epsilon: Option<f32>,
     seed: Option<u64>,
@@ -159,6 +168,7 @@ impl RetrievalPatch {
                     })
                 }
                 "z_clip" => patch.z_clip = Some(float("z_clip", &value)? as f32),
+                "clip_zsim" => patch.clip_zsim = Some(boolean("clip_zsim", &value)?),
                 "q_min" => {
                     patch.q_min = Some(if value.is_none() {
                         None
@@ -182,6 +192,7 @@ impl RetrievalPatch {
             && self.lambda.is_none()
             && self.zsim.is_none()
             && self.z_clip.is_none()
+            && self.clip_zsim.is_none()
             && self.q_min.is_none()
             && self.epsilon.is_none()
             && self.seed.is_none()
@@ -195,7 +206,7 @@ impl RetrievalPatch {
             };
         }
         given!(k1 => k1, k2 => k2, delta => delta, lambda => lambda, zsim => zsim,
-               z_clip => z_clip, q_min => q_min, epsilon => epsilon, seed => seed);
+               z_clip => z_clip, clip_zsim => clip_zsim, q_min => q_min, epsilon => epsilon, seed => seed);
         base.validate()?;
         Ok(base)
     }
@@ -216,6 +227,7 @@ pub(crate) fn retrieval_dict<'py>(
         ZSim::Fixed { mean, std } => dict.set_item("zsim", (shortest(mean), shortest(std)))?,
     }
     dict.set_item("z_clip", shortest(c.z_clip))?;
+    dict.set_item("clip_zsim", c.clip_zsim)?;
     dict.set_item("q_min", c.q_min.map(shortest))?;
     dict.set_item("epsilon", shortest(c.epsilon))?;
     dict.set_item("seed", c.seed)?;

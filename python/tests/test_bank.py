@@ -145,6 +145,7 @@ def test_stored_retrieval_config_and_calibration(toy: memrl.Bank) -> None:
         "lambda_": 0.5,
         "zsim": "pool",
         "z_clip": 3.0,
+        "clip_zsim": False,
         "q_min": None,
         "epsilon": 0.0,
         "seed": 0,
@@ -158,6 +159,10 @@ def test_stored_retrieval_config_and_calibration(toy: memrl.Bank) -> None:
     toy.set_retrieval_config(**toy.retrieval_config)  # the dict round-trips
     toy.set_retrieval_config(q_min=None)
     assert toy.retrieval_config["q_min"] is None
+    toy.set_retrieval_config(clip_zsim=True)
+    assert toy.retrieval_config["clip_zsim"] is True
+    with pytest.raises(TypeError, match="clip_zsim"):
+        toy.set_retrieval_config(clip_zsim=1)  # type: ignore[typeddict-item]
     assert sampled(toy.calibrate(max_pairs=50, seed=7))
 
 

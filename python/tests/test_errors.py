@@ -237,7 +237,7 @@ BAD_CALLS: list[tuple[str, Callable[[memrl.Bank], Any], type[BaseException], str
         TypeError,
         "lambda_",
     ),
-    ("alpha = 0", lambda b: b.set_learning_config(alpha=0.0), memrl.InvalidInputError, "alpha"),
+    ("alpha < 0", lambda b: b.set_learning_config(alpha=-0.1), memrl.InvalidInputError, "alpha"),
     ("alpha = 1.5", lambda b: b.set_learning_config(alpha=1.5), memrl.InvalidInputError, "alpha"),
     (
         "q_init = inf",
