@@ -94,7 +94,17 @@ def fresh_bank(where, work):
 def epoch_per_call(args, where, work):
     bank = fresh_bank(where, work)
     tasks = json.load(open(os.path.join(where, "tasks.json")))
-    out = run([args.memrl, "query", "--bank", bank, "--input", os.path.join(where, "queries.jsonl"), "--json"])
+    out = run(
+        [
+            args.memrl,
+            "query",
+            "--bank",
+            bank,
+            "--input",
+            os.path.join(where, "queries.jsonl"),
+            "--json",
+        ]
+    )
     outcomes = os.path.join(work, "outcomes.jsonl")
     with open(outcomes, "w") as f:
         for line in out.splitlines():
@@ -107,8 +117,13 @@ def epoch_per_call(args, where, work):
 
 class Pipe:
     def __init__(self, memrl, bank):
-        self.p = subprocess.Popen([memrl, "pipe", "--bank", bank], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.p = subprocess.Popen(
+            [memrl, "pipe", "--bank", bank],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
 
     def ask(self, request):
         self.p.stdin.write(json.dumps(request) + "\n")
@@ -157,7 +172,19 @@ def epoch_per_call_each(args, where, work):
         with open(outcome, "w") as f:
             f.write(json.dumps({"memory_ids": ids, "reward": reward(t)}) + "\n")
         run([args.memrl, "feedback", "--bank", bank, "--input", outcome, "--quiet"])
-        run([args.memrl, "add", "--bank", bank, "--intent", t, "--experience", "what happened: " + t, "--quiet"])
+        run(
+            [
+                args.memrl,
+                "add",
+                "--bank",
+                bank,
+                "--intent",
+                t,
+                "--experience",
+                "what happened: " + t,
+                "--quiet",
+            ]
+        )
 
 
 EPOCHS = {
@@ -169,15 +196,22 @@ EPOCHS = {
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--memrl", default=os.path.join(ROOT, "target", "release", "memrl"))
     ap.add_argument("--model", default="all-MiniLM-L6-v2")
     ap.add_argument("--corpus", default=os.path.join(ROOT, "data", "corpus.jsonl"))
     ap.add_argument("--tasks", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--ways", default="per-call,pipe,pipe-each",
-                    help="comma-separated, the first is the base of the ratios")
-    ap.add_argument("--prepare", metavar="DIR", help="write the template bank and inputs to DIR, then stop")
+    ap.add_argument(
+        "--ways",
+        default="per-call,pipe,pipe-each",
+        help="comma-separated, the first is the base of the ratios",
+    )
+    ap.add_argument(
+        "--prepare", metavar="DIR", help="write the template bank and inputs to DIR, then stop"
+    )
     ap.add_argument("--dir", help="a folder --prepare wrote")
     ap.add_argument("--epoch", choices=sorted(EPOCHS), help="run one epoch from --dir and stop")
     args = ap.parse_args()
@@ -203,8 +237,10 @@ def main():
         print(f"{args.tasks} tasks per epoch, {args.rounds} rounds, model {args.model}")
         for name, ts in times.items():
             m = statistics.median(ts)
-            print(f"  {name:13} median {m:7.3f} s  (min {min(ts):.3f}, max {max(ts):.3f})  "
-                  f"{ways[0]} / this: {base / m:5.2f}x")
+            print(
+                f"  {name:13} median {m:7.3f} s  (min {min(ts):.3f}, max {max(ts):.3f})  "
+                f"{ways[0]} / this: {base / m:5.2f}x"
+            )
 
 
 if __name__ == "__main__":

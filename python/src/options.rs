@@ -20,7 +20,16 @@ use crate::errors::{invalid, invalid_config};
 
 /// The names `Bank.retrieve` and `Bank.set_retrieval_config` accept.
 pub(crate) const RETRIEVAL: &[&str] = &[
-    "k1", "k2", "delta", "lambda_", "zsim", "z_clip", "clip_zsim", "q_min", "epsilon", "seed",
+    "k1",
+    "k2",
+    "delta",
+    "lambda_",
+    "zsim",
+    "z_clip",
+    "clip_zsim",
+    "q_min",
+    "epsilon",
+    "seed",
 ];
 /// The names `Bank.set_learning_config` accepts.
 pub(crate) const LEARNING: &[&str] = &["alpha", "q_init", "reward_range", "out_of_range"];

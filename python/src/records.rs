@@ -27,10 +27,28 @@ impl PyHit {
     fn id(&self) -> u64 {
         self.0.id
     }
+    /// The intent the memory was written for.
+    #[getter]
+    fn intent(&self) -> &str {
+        &self.0.intent
+    }
     /// The experience text to give the agent.
     #[getter]
     fn experience(&self) -> &str {
         &self.0.experience
+    }
+    /// Whether the episode that wrote the memory succeeded.
+    #[getter]
+    fn success(&self) -> bool {
+        self.0.success
+    }
+    /// The memory's metadata (a dict, or whatever JSON value it was given), or None.
+    #[getter]
+    fn metadata<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match &self.0.metadata {
+            Some(value) => json_to_py(py, value),
+            None => Ok(py.None().into_bound(py)),
+        }
     }
     /// The memory's utility Q when it was retrieved.
     #[getter]
@@ -42,7 +60,7 @@ impl PyHit {
     fn sim(&self) -> f32 {
         self.0.sim
     }
-    /// Standardised similarity (pool or fixed statistics), clipped.
+    /// Standardised similarity (pool or fixed statistics); clipped only with `clip_zsim=True`.
     #[getter]
     fn zsim(&self) -> f32 {
         self.0.zsim

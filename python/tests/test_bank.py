@@ -99,8 +99,12 @@ def test_retrieve_shapes_and_options(toy: memrl.Bank) -> None:
     for r in toy.retrieve(q, k1=20, k2=20, delta=-1.0, lambda_=0.0):
         sims = [h.sim for h in r.hits]
         assert sims == sorted(sims, reverse=True)
+    # zsim is unclipped by default (as in the spec); clip_zsim clips it to z_clip as well.
     fixed = toy.retrieve(q[0], delta=-1.0, zsim=(0.1, 0.2), z_clip=1.0)
-    assert all(-1.0 <= h.zsim <= 1.0 for h in fixed.hits)
+    assert any(abs(h.zsim) > 1.0 for h in fixed.hits)
+    assert all(-1.0 <= h.zq <= 1.0 for h in fixed.hits)
+    clipped = toy.retrieve(q[0], delta=-1.0, zsim=(0.1, 0.2), z_clip=1.0, clip_zsim=True)
+    assert all(-1.0 <= h.zsim <= 1.0 for h in clipped.hits)
     assert toy.retrieve([]) == []
     assert toy.retrieve(np.zeros((0, 8), np.float32)) == []
     # A gate nothing passes: no hits, not an error.
@@ -243,7 +247,18 @@ def test_records_have_every_library_field(toy: memrl.Bank) -> None:
     """The classes expose what the library's types hold: a field the library adds shows up in
     to_dict() and must be added to the attributes and stubs (this test says which)."""
     hit = toy.retrieve(unit(1, 8, 1)[0], delta=-1.0).hits[0]
-    attributes = {"id", "experience", "q", "sim", "zsim", "zq", "score"}
+    attributes = {
+        "id",
+        "intent",
+        "experience",
+        "success",
+        "metadata",
+        "q",
+        "sim",
+        "zsim",
+        "zq",
+        "score",
+    }
     assert set(hit.to_dict()) == attributes, set(hit.to_dict()) ^ attributes
     for name in attributes:
         assert getattr(hit, name) == hit.to_dict()[name], name

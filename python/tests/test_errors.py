@@ -82,7 +82,7 @@ BAD_CALLS: list[tuple[str, Callable[[memrl.Bank], Any], type[BaseException], str
             ["a", "b"], ["x", "y"], embeddings=np.vstack([unit(1, 8, 1), np.full((1, 8), np.nan)])
         ),
         memrl.InvalidInputError,
-        "#1",
+        "index 1",
     ),
     # wrong dtype or type
     (
