@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Our CUDA sources in kernels/, each compiled to `OUT_DIR/<name>.ptx`.
-const KERNELS: [&str; 2] = ["topk", "rank"];
+const KERNELS: [&str; 1] = ["topk"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

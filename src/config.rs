@@ -1,9 +1,13 @@
 //! Retrieval, learning and bank configuration, validated before use.
 //!
 //! Defaults are the paper's (v2, Table 8) as listed in the spec: alpha 0.3, lambda 0.5, k1 10,
-//! k2 5, delta 0.5, q_init 0, dedup_sim 0.90, pool z-scores, z-clip 3, epsilon 0, q_min off.
-//! Every config is a plain struct with public fields; `validate()` is called by every operation
-//! that takes one, so an invalid value is an error at the call, never a wrong result.
+//! k2 5, delta 0.5, q_init 0, dedup_sim 0.90, pool z-scores, z-clip 3 (on zq), epsilon 0, q_min
+//! off. Every config is a plain struct with public fields; `validate()` is called by every
+//! operation that takes one, so an invalid value is an error at the call, never a wrong result.
+//!
+//! Retrieval and learning configs are stored as JSON in snapshots and log records. Every field
+//! added later has a serde default (`#[serde(default)]` on the struct: a missing field takes its
+//! `Default` value), so the files of older versions still load.
 
 use serde::{Deserialize, Serialize};
 
@@ -45,8 +49,13 @@ pub struct RetrievalConfig {
     pub lambda: f32,
     /// How similarity is standardised.
     pub zsim: ZSim,
-    /// Both z-scores are clipped to [-z_clip, z_clip]. Must be > 0.
+    /// zq is clipped to [-z_clip, z_clip] (and zsim too with `clip_zsim`). Must be > 0.
     pub z_clip: f32,
+    /// Also clip zsim to [-z_clip, z_clip]. Off by default: the spec and the authors' code clip
+    /// only zq. Banks written before this field existed clipped both, and read as off. A pool of
+    /// more than 10 members (intent sharing, or a k1 above 10) can hold a |zsim| above 3, where
+    /// the two differ.
+    pub clip_zsim: bool,
     /// Drop pool members whose Q is below this before ranking. `None` = keep all.
     pub q_min: Option<f32>,
     /// Probability, per query, of returning k2 pool members drawn uniformly instead. In [0, 1].
@@ -66,6 +75,7 @@ impl Default for RetrievalConfig {
             lambda: 0.5,
             zsim: ZSim::Pool,
             z_clip: 3.0,
+            clip_zsim: false,
             q_min: None,
             epsilon: 0.0,
             seed: 0,
@@ -73,14 +83,32 @@ impl Default for RetrievalConfig {
     }
 }
 
+/// Largest k1 and k2 a retrieval accepts: 2^20. Phase A keeps up to k1 keys per query and
+/// Phase B returns up to k2 hits, and both size buffers per query, so an unchecked value (a
+/// `--k1` of 2^64 - 1) would reach an allocator; a million keys or hits per query is already far
+/// beyond any agent's context, and a bank's keys are a bound below it anyway.
+pub const MAX_K: usize = 1 << 20;
+
+/// Largest `z_clip`: a clip at a million standard deviations clips nothing a z-score over a
+/// pool can reach, and keeps every mixed score finite.
+pub const MAX_Z_CLIP: f32 = 1e6;
+
 impl RetrievalConfig {
     /// Checks every field; the error names the first invalid one.
     pub fn validate(&self) -> Result<()> {
-        if self.k1 == 0 {
-            return Err(Error::config("k1", self.k1, "must be at least 1"));
+        if !(1..=MAX_K).contains(&self.k1) {
+            return Err(Error::config(
+                "k1",
+                self.k1,
+                "must be between 1 and 1048576 (2^20)",
+            ));
         }
-        if self.k2 == 0 {
-            return Err(Error::config("k2", self.k2, "must be at least 1"));
+        if !(1..=MAX_K).contains(&self.k2) {
+            return Err(Error::config(
+                "k2",
+                self.k2,
+                "must be between 1 and 1048576 (2^20)",
+            ));
         }
         if !self.delta.is_finite() {
             return Err(Error::config(
@@ -93,22 +121,30 @@ impl RetrievalConfig {
             return Err(Error::config("lambda", self.lambda, "must be in [0, 1]"));
         }
         if let ZSim::Fixed { mean, std } = self.zsim {
-            if !mean.is_finite() {
-                return Err(Error::config("zsim.mean", mean, "must be a finite number"));
+            // A mean of cosine similarities: with it in [-1, 1] and std a normal number, every
+            // standardised similarity is finite.
+            if !(-1.0..=1.0).contains(&mean) {
+                return Err(Error::config(
+                    "zsim.mean",
+                    mean,
+                    "must be in [-1, 1] (a mean of cosine similarities)",
+                ));
             }
-            if !(std.is_finite() && std > 0.0) {
+            // Below the smallest normal f32, 1 / std overflows and a similarity equal to the
+            // mean would score NaN.
+            if !(std.is_finite() && std >= f32::MIN_POSITIVE) {
                 return Err(Error::config(
                     "zsim.std",
                     std,
-                    "must be a finite number > 0",
+                    "must be a finite number > 0 (at least 1.2e-38)",
                 ));
             }
         }
-        if !(self.z_clip.is_finite() && self.z_clip > 0.0) {
+        if !(self.z_clip > 0.0 && self.z_clip <= MAX_Z_CLIP) {
             return Err(Error::config(
                 "z_clip",
                 self.z_clip,
-                "must be a finite number > 0",
+                "must be a number > 0 and at most 1e6",
             ));
         }
         if let Some(q_min) = self.q_min {
@@ -148,8 +184,9 @@ pub struct RewardRange {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LearningConfig {
-    /// Learning rate, in (0, 1]. (MemP, the no-learning baseline, is simply not calling
-    /// `apply_outcomes`.)
+    /// Learning rate, in [0, 1]. 0 means Q never moves (MemP, the paper's baseline that
+    /// retrieves with lambda but does not learn): outcomes are still applied, so visits and the
+    /// last reward are recorded, and every Q stays exactly where it was.
     pub alpha: f32,
     /// Q of a newly written memory, successes and failures alike.
     pub q_init: f32,
@@ -170,8 +207,8 @@ impl Default for LearningConfig {
 impl LearningConfig {
     /// Checks every field; the error names the first invalid one.
     pub fn validate(&self) -> Result<()> {
-        if !(self.alpha > 0.0 && self.alpha <= 1.0) {
-            return Err(Error::config("alpha", self.alpha, "must be in (0, 1]"));
+        if !(0.0..=1.0).contains(&self.alpha) {
+            return Err(Error::config("alpha", self.alpha, "must be in [0, 1]"));
         }
         if !self.q_init.is_finite() {
             return Err(Error::config(
@@ -256,7 +293,7 @@ pub struct BankConfig {
     /// Storage precision of intent keys.
     pub dtype: KeyDType,
     /// A new memory whose intent has cosine >= this with an existing key is filed under that key.
-    /// 1.0 or more turns sharing off (one key per memory).
+    /// At least 0; 1.0 or more turns sharing off (one key per memory).
     pub dedup_sim: f32,
     /// Identifier of the embedding model that produced the keys; snapshots of another model are
     /// refused on load.
@@ -284,11 +321,16 @@ impl BankConfig {
                 "must be between 1 and 65536",
             ));
         }
-        if self.dedup_sim.is_nan() {
+        // Sharing files two intents under one key when they mean the same task: a cosine of 0
+        // is already unrelated text, and a negative one would put opposite intents (and, at -1
+        // or below, every intent) under one key. At 1 or above (cosines stop at 1) only
+        // identical intents could share, which is what "off" means; values above 1 stay valid,
+        // as they always were, so banks made with them still open.
+        if self.dedup_sim.is_nan() || self.dedup_sim < 0.0 {
             return Err(Error::config(
                 "dedup_sim",
                 self.dedup_sim,
-                "must be a number",
+                "must be a number >= 0 (cosine; 1 or more turns sharing off)",
             ));
         }
         Ok(())
@@ -397,6 +439,17 @@ mod tests {
         assert_eq!(bad(|c| c.delta = f32::NAN), "delta");
         assert_eq!(bad(|c| c.epsilon = 2.0), "epsilon");
         assert_eq!(bad(|c| c.z_clip = 0.0), "z_clip");
+        assert_eq!(bad(|c| c.z_clip = f32::NAN), "z_clip");
+        assert_eq!(bad(|c| c.z_clip = 1e7), "z_clip");
+        assert_eq!(bad(|c| c.k1 = MAX_K + 1), "k1");
+        assert_eq!(bad(|c| c.k2 = usize::MAX), "k2");
+        assert!(RetrievalConfig {
+            k1: MAX_K,
+            k2: MAX_K,
+            ..Default::default()
+        }
+        .validate()
+        .is_ok());
         assert_eq!(
             bad(|c| c.zsim = ZSim::Fixed {
                 mean: 0.1,
@@ -414,14 +467,42 @@ mod tests {
                 .unwrap_err(),
             )
         };
-        assert_eq!(bad_alpha(0.0), "alpha");
+        assert_eq!(bad_alpha(-0.1), "alpha");
         assert_eq!(bad_alpha(1.01), "alpha");
         assert_eq!(bad_alpha(f32::NAN), "alpha");
-        assert!(LearningConfig {
-            alpha: 1.0,
-            ..Default::default()
+        for alpha in [0.0, 1.0] {
+            assert!(LearningConfig {
+                alpha,
+                ..Default::default()
+            }
+            .validate()
+            .is_ok());
         }
-        .validate()
-        .is_ok());
+    }
+
+    #[test]
+    fn configs_stored_by_older_versions_still_parse() {
+        // A retrieval config as the first release wrote it into snapshots and log records:
+        // no clip_zsim (it clipped zsim then; unclipped is the spec).
+        let old = r#"{"k1":10,"k2":5,"delta":0.25,"lambda":0.5,"zsim":{"mode":"pool"},"z_clip":3.0,"q_min":null,"epsilon":0.0,"seed":0}"#;
+        let r: RetrievalConfig = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            r,
+            RetrievalConfig {
+                delta: 0.25,
+                ..RetrievalConfig::default()
+            }
+        );
+        assert!(!r.clip_zsim);
+        let old = r#"{"alpha":0.3,"q_init":0.0,"reward_range":{"min":-1.0,"max":1.0,"out_of_range":"clamp"}}"#;
+        let l: LearningConfig = serde_json::from_str(old).unwrap();
+        assert_eq!(l.alpha, 0.3);
+        // What is written now reads back the same.
+        let now = RetrievalConfig {
+            clip_zsim: true,
+            ..RetrievalConfig::default()
+        };
+        let json = serde_json::to_string(&now).unwrap();
+        assert_eq!(serde_json::from_str::<RetrievalConfig>(&json).unwrap(), now);
     }
 }

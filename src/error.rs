@@ -80,11 +80,11 @@ pub enum Error {
     },
 
     /// An embedding contains NaN or an infinite value, or has zero norm.
-    #[error("{what} #{index}: {problem}")]
+    #[error("{what} at index {index} of the batch: {problem}")]
     InvalidEmbedding {
         /// What was being checked ("query", "intent embedding").
         what: &'static str,
-        /// Row within the batch.
+        /// Row within the batch, 0-based.
         index: usize,
         /// What is wrong with it.
         problem: String,
@@ -92,9 +92,9 @@ pub enum Error {
 
     /// A reward is NaN or infinite, outside the configured reward range, or would make a Q
     /// non-finite.
-    #[error("outcome #{outcome}: reward {reward} is {problem}")]
+    #[error("outcome at index {outcome} of the batch: reward {reward} is {problem}")]
     InvalidReward {
-        /// Index of the outcome within its batch.
+        /// Index of the outcome within its batch, 0-based.
         outcome: usize,
         /// The offending reward.
         reward: f32,
@@ -149,11 +149,11 @@ pub enum Error {
     },
 
     /// A text of one memory in a batch is longer than [`crate::Limits::max_text_bytes`].
-    #[error("memory #{index} of the batch: {what}: {got} exceeds the limit of {limit}")]
+    #[error("memory at index {index} of the batch: {what}: {got} exceeds the limit of {limit}")]
     TextTooLong {
         /// Which text ("intent bytes", "experience bytes", "metadata bytes (as JSON)").
         what: &'static str,
-        /// The memory's index within its batch.
+        /// The memory's index within its batch, 0-based.
         index: usize,
         /// The configured limit.
         limit: usize,
@@ -213,9 +213,9 @@ pub enum Error {
     },
 
     /// An outcome names a memory the bank does not hold; the whole batch is rejected.
-    #[error("outcome #{outcome}: unknown memory id {id} (the whole batch was rejected, nothing changed)")]
+    #[error("outcome at index {outcome} of the batch: unknown memory id {id} (the whole batch was rejected, nothing changed)")]
     UnknownMemory {
-        /// Index of the outcome within its batch.
+        /// Index of the outcome within its batch, 0-based.
         outcome: usize,
         /// The unknown id.
         id: u64,
@@ -328,6 +328,32 @@ pub enum Error {
         problem: String,
     },
 
+    /// A write-ahead log damaged in the middle: the frame at `offset` is unreadable and valid
+    /// records follow it, so it is not a torn tail (which is only ever the last frame) and
+    /// nothing is cut. The log is kept as it is; `OpenOptions::truncate_corrupt_log` (or
+    /// `memrl repair`) cuts it at `offset`, on request.
+    #[error("log {}: {problem}", path.display())]
+    CorruptLog {
+        /// The log file.
+        path: PathBuf,
+        /// Byte offset of the damaged frame (everything before it is intact).
+        offset: u64,
+        /// What is wrong, and what follows the damage.
+        problem: String,
+    },
+
+    /// A write whose outcome is unknown: it failed after its record could have reached the
+    /// log (and cutting the record off again failed too), or after a new snapshot was put in
+    /// place whose folder could not be synced. Reopening the bank shows whether it was applied;
+    /// until then the bank refuses writes.
+    #[error("{}: {problem}", path.display())]
+    OutcomeUnknown {
+        /// The file concerned (the log, or the snapshot).
+        path: PathBuf,
+        /// What failed, and what is unknown.
+        problem: String,
+    },
+
     /// A model file is missing or malformed, or a model source failed.
     #[error("{path}: {problem}")]
     Model {
@@ -421,11 +447,40 @@ impl Error {
             CorruptSnapshot { .. }
             | UnsupportedVersion { .. }
             | Log { .. }
+            | CorruptLog { .. }
             | Model { .. }
             | Checksum { .. } => ErrorKind::Corrupt,
-            Io { .. } | ModelUnavailable { .. } => ErrorKind::Io,
+            Io { .. } | OutcomeUnknown { .. } | ModelUnavailable { .. } => ErrorKind::Io,
             Batch(inner) => inner.kind(),
             QueueStopped | Poisoned(_) | Internal(_) | Candle(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// For an error about one item of a batch (a memory of an add, an outcome of an outcome
+    /// batch, a query of a retrieval), that item's 0-based index in the batch: what a caller
+    /// maps back to its own numbering (a line of a file, an element of a request). `None` for
+    /// every other error (a duplicate id names the id instead: [`Error::DuplicateId`]).
+    ///
+    /// ```
+    /// use memrl::{Bank, BankConfig, Outcome};
+    /// let bank = Bank::in_memory(BankConfig::new(2, "toy"))?;
+    /// let outcomes = [
+    ///     Outcome { memory_ids: vec![], reward: 1.0 },
+    ///     Outcome { memory_ids: vec![], reward: f32::NAN },
+    /// ];
+    /// assert_eq!(bank.apply_outcomes(&outcomes).unwrap_err().batch_index(), Some(1));
+    /// # Ok::<(), memrl::Error>(())
+    /// ```
+    pub fn batch_index(&self) -> Option<usize> {
+        match self {
+            Error::InvalidEmbedding { index, .. } | Error::TextTooLong { index, .. } => {
+                Some(*index)
+            }
+            Error::InvalidReward { outcome, .. } | Error::UnknownMemory { outcome, .. } => {
+                Some(*outcome)
+            }
+            // A batch's shared error: its index is of the coalesced batch, not the caller's.
+            _ => None,
         }
     }
 

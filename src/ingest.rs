@@ -1,10 +1,17 @@
 //! Reading memories, queries, outcomes and task corpora from JSON Lines files.
 //!
-//! Why it lives in the library: the CLI's `index`, `query --input` and `feedback` read these
-//! files, and so does any program that loads a bank from the same data; one reader means one set
-//! of rules and one set of error messages. Files are streamed line by line (a multi-gigabyte file
-//! is never held whole), blank lines are skipped, and every problem is an [`Error::Input`] that
-//! names the file, the 1-based line and, where one is at fault, the field.
+//! Why it lives in the library: the CLI's `index`, `add --input`, `query --input` and `feedback`
+//! read these files, and so does any program that loads a bank from the same data; one reader
+//! means one set of rules and one set of error messages. Files are streamed line by line (a
+//! multi-gigabyte file is never held whole), blank lines are skipped, a UTF-8 byte order mark
+//! at the start of the file is skipped, and every problem is an [`Error::Input`] that names the
+//! file, the 1-based line and, where one is at fault, the field.
+//!
+//! Nothing is dropped silently: a field a record type does not know (`"sucess"`, `"Q"`) is an
+//! error naming it, with the fields the line may carry and the likeliest one meant.
+//! [`Records::warn_unknown_fields`] turns that into a warning handed to the caller, and the line
+//! is read without the field. (The one-field reader, [`read_jsonl_field`], takes one field of
+//! lines that may hold anything else.)
 //!
 //! ```no_run
 //! use memrl::ingest::{read_jsonl, MemoryRecord};
@@ -25,7 +32,8 @@ use crate::error::{Error, Result};
 use crate::learn::Outcome;
 use crate::store::NewMemory;
 
-/// One line of a memories file: `{intent, experience, q?, success?, id?, metadata?}`.
+/// One line of a memories file: `{intent, experience, q?, success?, id?, metadata?,
+/// embedding?}`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MemoryRecord {
     /// Caller-chosen id; the bank assigns one when absent.
@@ -40,15 +48,19 @@ pub struct MemoryRecord {
     pub success: bool,
     /// Free-form user data, kept as given.
     pub metadata: Option<Value>,
+    /// The intent's embedding, used instead of embedding `intent` (vectors of another model, or
+    /// computed once for many banks): finite numbers, not all zero; the bank checks that it has
+    /// its dimension and normalises it.
+    pub embedding: Option<Vec<f32>>,
 }
 
 impl MemoryRecord {
-    /// The bank's input for this record; `embedding: None` lets the bank embed the intent.
-    pub fn into_new_memory(self, embedding: Option<Vec<f32>>) -> NewMemory {
+    /// The bank's input for this record: with no `embedding`, the bank embeds the intent.
+    pub fn into_new_memory(self) -> NewMemory {
         NewMemory {
             id: self.id,
             intent: self.intent,
-            embedding,
+            embedding: self.embedding,
             experience: self.experience,
             success: self.success,
             q: self.q,
@@ -57,15 +69,21 @@ impl MemoryRecord {
     }
 }
 
-/// One line of a queries file: `{text}` (any other fields are ignored).
+/// One line of a queries file: `{text?, embedding?, id?}`, with a text, an embedding or both.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueryRecord {
-    /// The query text, embedded like an intent.
+    /// The query text, embedded like an intent (when there is no `embedding`). Empty when the
+    /// line has only an embedding.
     pub text: String,
+    /// The query's embedding, used instead of embedding `text`: finite numbers, not all zero.
+    pub embedding: Option<Vec<f32>>,
+    /// Any JSON value, passed through to the query's results so they can be joined to their
+    /// input.
+    pub id: Option<Value>,
 }
 
 /// One line of a task corpus (the simulation's tasks): `{text, source}`, where `source` names the
-/// task family the text comes from (any other fields are ignored).
+/// task family the text comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskRecord {
     /// The task text.
@@ -76,8 +94,59 @@ pub struct TaskRecord {
 
 /// A record type that one JSON object per line can be read into.
 pub trait Record: Sized {
+    /// Every field a line of this type may carry: any other is an unknown field.
+    const FIELDS: &'static [&'static str];
+
     /// Builds the record from one line's object; `Err((field, problem))` names the field at fault.
     fn from_object(object: &Map<String, Value>) -> std::result::Result<Self, (String, String)>;
+}
+
+/// The field of `known` most likely meant by the unknown `field`: the same name in another case,
+/// or one a typo away (`sucess`, `rewrd`): one edit, two for names of six letters or more.
+fn likely_meant(field: &str, known: &[&'static str]) -> Option<&'static str> {
+    if let Some(&k) = known.iter().find(|k| k.eq_ignore_ascii_case(field)) {
+        return Some(k);
+    }
+    let allowed = if field.chars().count() >= 6 { 2 } else { 1 };
+    known
+        .iter()
+        .map(|&k| (edit_distance(field, k), k))
+        .filter(|&(d, _)| d <= allowed)
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance over chars (names are short).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// The problem of an unknown field, for the error or the warning.
+fn unknown_field_problem(field: &str, known: &[&'static str]) -> String {
+    let hint = likely_meant(field, known)
+        .map(|k| format!("; did you mean `{k}`?"))
+        .unwrap_or_default();
+    format!(
+        "unknown field (the known ones: {}){hint}",
+        known
+            .iter()
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 fn field_error(field: &str, problem: impl Into<String>) -> (String, String) {
@@ -120,6 +189,51 @@ fn optional_f32(object: &Map<String, Value>, field: &str) -> Result<Option<f32>,
     }
 }
 
+/// An optional embedding: an array of finite f32 values, not empty and not all zero.
+fn optional_embedding(
+    object: &Map<String, Value>,
+    field: &str,
+) -> Result<Option<Vec<f32>>, (String, String)> {
+    let values = match object.get(field) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(values)) => values,
+        Some(other) => {
+            return Err(field_error(
+                field,
+                format!("expected an array of numbers, found {}", kind(other)),
+            ))
+        }
+    };
+    if values.is_empty() {
+        return Err(field_error(field, "is empty"));
+    }
+    let mut vector = Vec::with_capacity(values.len());
+    for (i, v) in values.iter().enumerate() {
+        match v.as_f64() {
+            Some(x) if x.is_finite() && (x as f32).is_finite() => vector.push(x as f32),
+            Some(_) => {
+                return Err(field_error(
+                    field,
+                    format!("component {i} ({v}) is not a finite f32"),
+                ))
+            }
+            None => {
+                return Err(field_error(
+                    field,
+                    format!("component {i} is {}, not a number", kind(v)),
+                ))
+            }
+        }
+    }
+    if vector.iter().all(|&x| x == 0.0) {
+        return Err(field_error(
+            field,
+            "every component is 0: the vector has no direction",
+        ));
+    }
+    Ok(Some(vector))
+}
+
 fn id_value(value: &Value, field: &str) -> Result<u64, (String, String)> {
     value.as_u64().ok_or_else(|| {
         field_error(
@@ -130,6 +244,16 @@ fn id_value(value: &Value, field: &str) -> Result<u64, (String, String)> {
 }
 
 impl Record for MemoryRecord {
+    const FIELDS: &'static [&'static str] = &[
+        "intent",
+        "experience",
+        "q",
+        "success",
+        "id",
+        "metadata",
+        "embedding",
+    ];
+
     fn from_object(object: &Map<String, Value>) -> std::result::Result<Self, (String, String)> {
         let intent = required_string(object, "intent")?;
         let experience = required_string(object, "experience")?;
@@ -155,19 +279,37 @@ impl Record for MemoryRecord {
             q,
             success,
             metadata: object.get("metadata").filter(|v| !v.is_null()).cloned(),
+            embedding: optional_embedding(object, "embedding")?,
         })
     }
 }
 
 impl Record for QueryRecord {
+    const FIELDS: &'static [&'static str] = &["text", "embedding", "id"];
+
     fn from_object(object: &Map<String, Value>) -> std::result::Result<Self, (String, String)> {
+        let embedding = optional_embedding(object, "embedding")?;
+        let text = match (object.get("text"), &embedding) {
+            (None | Some(Value::Null), Some(_)) => String::new(),
+            (None, None) => {
+                return Err(field_error(
+                    "text",
+                    "missing (a query needs a text or an embedding)",
+                ))
+            }
+            _ => required_string(object, "text")?,
+        };
         Ok(Self {
-            text: required_string(object, "text")?,
+            text,
+            embedding,
+            id: object.get("id").cloned(),
         })
     }
 }
 
 impl Record for TaskRecord {
+    const FIELDS: &'static [&'static str] = &["text", "source"];
+
     fn from_object(object: &Map<String, Value>) -> std::result::Result<Self, (String, String)> {
         Ok(Self {
             text: required_string(object, "text")?,
@@ -177,6 +319,8 @@ impl Record for TaskRecord {
 }
 
 impl Record for Outcome {
+    const FIELDS: &'static [&'static str] = &["memory_ids", "reward"];
+
     /// `{memory_ids: [...], reward}`.
     fn from_object(object: &Map<String, Value>) -> std::result::Result<Self, (String, String)> {
         let memory_ids = match object.get("memory_ids") {
@@ -201,7 +345,7 @@ impl Record for Outcome {
 /// Streams the records of a JSON Lines file (see the module docs). The file is opened here, so
 /// a missing file is an error at once; each later item is one non-blank line.
 pub fn read_jsonl<T: Record + 'static>(path: &Path) -> Result<Records<T>> {
-    open_records(path, Box::new(T::from_object))
+    Ok(open_records(path, Box::new(T::from_object))?.known_fields(T::FIELDS))
 }
 
 /// Streams one string field of every line of a JSON Lines file (`memrl embed --field`), e.g. the
@@ -219,7 +363,31 @@ pub fn read_jsonl_from<T: Record + 'static>(
     reader: impl BufRead + 'static,
     name: &Path,
 ) -> Records<T> {
-    records(Box::new(reader), name, Box::new(T::from_object))
+    records(Box::new(reader), name, Box::new(T::from_object)).known_fields(T::FIELDS)
+}
+
+/// Parses one JSON object (a line of a JSON Lines file, or an object nested in a request) as a
+/// `T`, refusing fields `T` does not know. `Err((field, problem))` names the field at fault.
+pub fn parse_object<T: Record>(
+    object: &Map<String, Value>,
+) -> std::result::Result<T, (String, String)> {
+    if let Some(unknown) = unknown_field(object, T::FIELDS) {
+        return Err(unknown);
+    }
+    T::from_object(object)
+}
+
+/// The first field of `object` (in name order) that is not in `known`, with the problem to
+/// report: the fields that are known, and the one most likely meant (`sucess` -> `success`).
+/// What the readers use, for callers that check objects of their own (a request of a protocol).
+pub fn unknown_field(
+    object: &Map<String, Value>,
+    known: &[&'static str],
+) -> Option<(String, String)> {
+    object
+        .keys()
+        .find(|k| !known.contains(&k.as_str()))
+        .map(|field| (field.clone(), unknown_field_problem(field, known)))
 }
 
 /// The longest line a reader accepts by default (64 MiB): a longer one is an error naming its
@@ -227,6 +395,9 @@ pub fn read_jsonl_from<T: Record + 'static>(
 pub const MAX_LINE_BYTES: usize = 64 << 20;
 
 type Parser<T> = Box<dyn Fn(&Map<String, Value>) -> std::result::Result<T, (String, String)>>;
+
+/// Where warnings about unknown fields go, when they are warnings.
+type WarningSink = Box<dyn FnMut(Error)>;
 
 fn open_records<T>(path: &Path, parse: Parser<T>) -> Result<Records<T>> {
     let file = File::open(path).map_err(|source| Error::Io {
@@ -245,6 +416,8 @@ fn records<T>(reader: Box<dyn BufRead>, path: &Path, parse: Parser<T>) -> Record
         max_line_bytes: MAX_LINE_BYTES,
         done: false,
         parse,
+        known: None,
+        warn: None,
     }
 }
 
@@ -258,6 +431,10 @@ pub struct Records<T> {
     max_line_bytes: usize,
     done: bool,
     parse: Parser<T>,
+    /// The fields a line may carry (`None`: any, for the one-field reader).
+    known: Option<&'static [&'static str]>,
+    /// `Some`: unknown fields are warnings handed here, not errors.
+    warn: Option<WarningSink>,
 }
 
 impl<T> Records<T> {
@@ -267,9 +444,26 @@ impl<T> Records<T> {
         self.line
     }
 
+    /// The path errors name.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Refuse lines longer than `bytes` (default [`MAX_LINE_BYTES`]).
     pub fn max_line_bytes(mut self, bytes: usize) -> Self {
         self.max_line_bytes = bytes;
+        self
+    }
+
+    /// Makes an unknown field a warning instead of an error: `sink` receives an
+    /// [`Error::Input`] naming the file, line and field, and the line is read without it.
+    pub fn warn_unknown_fields(mut self, sink: impl FnMut(Error) + 'static) -> Self {
+        self.warn = Some(Box::new(sink));
+        self
+    }
+
+    fn known_fields(mut self, fields: &'static [&'static str]) -> Self {
+        self.known = Some(fields);
         self
     }
 
@@ -313,7 +507,12 @@ impl<T> Iterator for Records<T> {
                 );
                 return self.error(None, problem);
             }
-            let text = match std::str::from_utf8(&self.buffer) {
+            // A byte order mark some editors write at the start of a UTF-8 file.
+            let bytes = match self.buffer.strip_prefix("\u{feff}".as_bytes()) {
+                Some(rest) if self.line == 1 => rest,
+                _ => &self.buffer[..],
+            };
+            let text = match std::str::from_utf8(bytes) {
                 Ok(text) => text.trim(),
                 Err(e) => {
                     let problem = format!("not valid UTF-8 (byte {})", e.valid_up_to());
@@ -327,10 +526,30 @@ impl<T> Iterator for Records<T> {
                 Ok(value) => value,
                 Err(e) => return self.error(None, format!("not valid JSON: {e}")),
             };
-            let Value::Object(object) = value else {
+            let Value::Object(mut object) = value else {
                 let problem = format!("expected a JSON object, found {}", kind(&value));
                 return self.error(None, problem);
             };
+            if let Some(known) = self.known {
+                let unknown: Vec<String> = object
+                    .keys()
+                    .filter(|k| !known.contains(&k.as_str()))
+                    .cloned()
+                    .collect();
+                for field in unknown {
+                    let problem = unknown_field_problem(&field, known);
+                    let Some(sink) = self.warn.as_mut() else {
+                        return self.error(Some(field), problem);
+                    };
+                    object.remove(&field);
+                    sink(Error::Input {
+                        path: self.path.clone(),
+                        line: self.line,
+                        field: Some(field),
+                        problem,
+                    });
+                }
+            }
             return match (self.parse)(&object) {
                 Ok(record) => Some(Ok(record)),
                 Err((field, problem)) => self.error(Some(field), problem),
@@ -498,8 +717,163 @@ mod tests {
         assert_eq!((line, field.as_deref()), (1, Some("memory_ids[1]")));
         let (_, field, _) = input_error::<Outcome>(b"{\"memory_ids\": [1]}");
         assert_eq!(field.as_deref(), Some("reward"));
-        let (_, field, _) = input_error::<QueryRecord>(b"{\"query\": \"a\"}");
+        let (_, field, problem) = input_error::<QueryRecord>(b"{\"query\": \"a\"}");
+        assert_eq!(field.as_deref(), Some("query"), "{problem}");
+        let (_, field, _) = input_error::<QueryRecord>(b"{\"id\": 3}");
         assert_eq!(field.as_deref(), Some("text"));
+        // A query of an embedding alone, and an id of any JSON passed through.
+        let (_dir, path) = write(
+            b"{\"embedding\": [0.5, 0.5], \"id\": {\"run\": 1}}\n{\"text\": \"t\", \"id\": 9}\n",
+        );
+        let got: Vec<QueryRecord> = read_jsonl(&path).unwrap().map(|r| r.unwrap()).collect();
+        assert_eq!(
+            (
+                got[0].text.as_str(),
+                got[0].embedding.as_deref(),
+                &got[0].id
+            ),
+            (
+                "",
+                Some(&[0.5f32, 0.5][..]),
+                &Some(serde_json::json!({"run": 1}))
+            )
+        );
+        assert_eq!(
+            (got[1].text.as_str(), &got[1].id),
+            ("t", &Some(serde_json::json!(9)))
+        );
+    }
+
+    #[test]
+    fn every_unknown_field_of_every_record_type_is_named() {
+        // One misspelling per record type, each on line 2 after a good line.
+        fn check<T: Record + std::fmt::Debug + 'static>(
+            good: &str,
+            bad: &str,
+            field: &str,
+            meant: Option<&str>,
+        ) {
+            let content = format!("{good}\n{bad}\n");
+            let (line, f, problem) = input_error::<T>(content.as_bytes());
+            assert_eq!((line, f.as_deref()), (2, Some(field)), "{problem}");
+            assert!(problem.contains("unknown field"), "{problem}");
+            match meant {
+                Some(m) => assert!(
+                    problem.contains(&format!("did you mean `{m}`")),
+                    "{problem}"
+                ),
+                None => assert!(!problem.contains("did you mean"), "{problem}"),
+            }
+        }
+        let memory = r#"{"intent": "a", "experience": "x"}"#;
+        check::<MemoryRecord>(
+            memory,
+            r#"{"intent": "a", "experience": "x", "sucess": true}"#,
+            "sucess",
+            Some("success"),
+        );
+        check::<MemoryRecord>(
+            memory,
+            r#"{"intent": "a", "experience": "x", "Q": 0.9}"#,
+            "Q",
+            Some("q"),
+        );
+        check::<MemoryRecord>(
+            memory,
+            r#"{"intent": "a", "experience": "x", "note": 1}"#,
+            "note",
+            None,
+        );
+        check::<MemoryRecord>(
+            memory,
+            r#"{"intent": "a", "experience": "x", "embeding": [1]}"#,
+            "embeding",
+            Some("embedding"),
+        );
+        let outcome = r#"{"memory_ids": [1], "reward": 1}"#;
+        check::<Outcome>(
+            outcome,
+            r#"{"memory_ids": [1], "reward": 1, "rewrd": 2}"#,
+            "rewrd",
+            Some("reward"),
+        );
+        check::<Outcome>(
+            outcome,
+            r#"{"memory_id": [1], "reward": 1, "memory_ids": [1]}"#,
+            "memory_id",
+            Some("memory_ids"),
+        );
+        let query = r#"{"text": "a"}"#;
+        check::<QueryRecord>(query, r#"{"text": "a", "k2": 3}"#, "k2", None);
+        check::<QueryRecord>(query, r#"{"txt": "a"}"#, "txt", Some("text"));
+        let task = r#"{"text": "a", "source": "s"}"#;
+        check::<TaskRecord>(
+            task,
+            r#"{"text": "a", "source": "s", "sources": "t"}"#,
+            "sources",
+            Some("source"),
+        );
+    }
+
+    #[test]
+    fn unknown_fields_can_be_warnings_instead() {
+        let (_dir, path) = write(
+            b"{\"intent\": \"a\", \"experience\": \"x\", \"sucess\": true, \"Q\": 1}\n{\"intent\": \"b\", \"experience\": \"y\"}\n",
+        );
+        let warnings = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let sink = warnings.clone();
+        let got: Vec<MemoryRecord> = read_jsonl(&path)
+            .unwrap()
+            .warn_unknown_fields(move |w| sink.borrow_mut().push(w.to_string()))
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(got.len(), 2);
+        assert!(!got[0].success && got[0].q.is_none());
+        let warnings = warnings.borrow();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains(":1: field `sucess`: unknown field")),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains(":1: field `Q`: unknown field")),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_skipped_and_only_there() {
+        let (_dir, path) = write(b"\xef\xbb\xbf{\"text\": \"a\"}\n{\"text\": \"b\"}\n");
+        let got: Vec<QueryRecord> = read_jsonl(&path).unwrap().map(|r| r.unwrap()).collect();
+        assert_eq!(got.len(), 2);
+        let (line, _, problem) =
+            input_error::<QueryRecord>(b"{\"text\": \"a\"}\n\xef\xbb\xbf{\"text\": \"b\"}\n");
+        assert_eq!(line, 2, "{problem}");
+    }
+
+    #[test]
+    fn embeddings_are_checked_where_they_are_read() {
+        let ok = r#"{"intent": "a", "experience": "x", "embedding": [0.25, -1, 3e-3]}"#;
+        let (_dir, path) = write(ok.as_bytes());
+        let got: Vec<MemoryRecord> = read_jsonl(&path).unwrap().map(|r| r.unwrap()).collect();
+        assert_eq!(got[0].embedding, Some(vec![0.25, -1.0, 3e-3]));
+        assert_eq!(got[0].clone().into_new_memory().embedding, got[0].embedding);
+        for (bad, needle) in [
+            (r#""embedding": []"#, "empty"),
+            (r#""embedding": [0, 0]"#, "no direction"),
+            (r#""embedding": [1, "x"]"#, "component 1 is a string"),
+            (r#""embedding": [1, 1e39]"#, "component 1"),
+            (r#""embedding": "1,2""#, "expected an array"),
+        ] {
+            let line = format!(r#"{{"intent": "a", "experience": "x", {bad}}}"#);
+            let (l, f, problem) = input_error::<MemoryRecord>(line.as_bytes());
+            assert_eq!((l, f.as_deref()), (1, Some("embedding")), "{problem}");
+            assert!(problem.contains(needle), "{problem} lacks {needle}");
+        }
     }
 
     #[test]

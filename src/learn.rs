@@ -42,9 +42,13 @@ pub struct OutcomeReport {
     pub skipped: usize,
 }
 
-/// One step of the update rule.
+/// One step of the update rule. With alpha 0 (MemP) Q is returned exactly as it was, even where
+/// `reward - q` would overflow.
 #[inline]
 pub fn update_q(q: f32, reward: f32, alpha: f32) -> f32 {
+    if alpha == 0.0 {
+        return q;
+    }
     q + alpha * (reward - q)
 }
 

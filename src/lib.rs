@@ -57,6 +57,7 @@ mod device;
 #[cfg(feature = "embed")]
 pub mod embed;
 mod error;
+mod fault;
 mod index;
 pub mod ingest;
 mod kernels;

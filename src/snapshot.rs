@@ -44,6 +44,7 @@ use safetensors::tensor::{Dtype, SafeTensors, View};
 
 use crate::config::{BankConfig, KeyDType, LearningConfig, RetrievalConfig};
 use crate::error::{Error, Result};
+use crate::fault;
 use crate::index::KeyId;
 use crate::store::{Memory, Store, StoreParts};
 
@@ -206,15 +207,48 @@ pub(crate) fn save(store: &Store, path: &Path) -> Result<u64> {
 pub(crate) fn save_with_id(store: &Store, path: &Path, bank_id: u64) -> Result<u64> {
     let encoded = encode(store, bank_id)?;
     tracing::debug!(path = %path.display(), memories = store.len(), "saving bank");
-    write_atomically(path, |tmp| {
-        safetensors::serialize_to_file(
-            encoded.tensors.iter().map(|(n, b)| (n.as_str(), b)),
-            Some(encoded.metadata.clone()),
-            tmp,
-        )
-        .map_err(|e| Error::io(tmp, std::io::Error::other(e.to_string())))
-    })?;
+    write_atomically(path, |file, tmp| write_safetensors(file, tmp, &encoded))?;
     Ok(fs::metadata(path).map(|m| m.len()).unwrap_or(0))
+}
+
+/// Writes `encoded` in the safetensors format to `file` (named `tmp` in errors), straight from
+/// its buffers. Not `safetensors::serialize_to_file`: that writes through a temporary file of
+/// its own (`.tmpXXXXXX`, renamed onto the given path), which a crash leaves behind under a name
+/// nothing of ours would recognise; `serialize` would build a second copy of the bank in memory.
+fn write_safetensors(file: &mut File, tmp: &Path, encoded: &Encoded) -> Result<()> {
+    use std::io::Write;
+    let io = |e| Error::io(tmp, e);
+    // safetensors' own order: alignment descending, then name (so files are what its
+    // serializer would write).
+    let mut tensors: Vec<(&String, &Bytes)> = encoded.tensors.iter().collect();
+    tensors.sort_by(|(a_name, a), (b_name, b)| b.dtype.cmp(&a.dtype).then(a_name.cmp(b_name)));
+    let mut offset = 0;
+    let mut infos = Vec::with_capacity(tensors.len());
+    for (name, bytes) in &tensors {
+        let end = offset + bytes.data.len();
+        infos.push((
+            name.to_string(),
+            safetensors::tensor::TensorInfo {
+                dtype: bytes.dtype,
+                shape: bytes.shape.clone(),
+                data_offsets: (offset, end),
+            },
+        ));
+        offset = end;
+    }
+    let header = safetensors::tensor::Metadata::new(Some(encoded.metadata.clone()), infos)
+        .map_err(|e| Error::Internal(format!("a snapshot header is not valid: {e}")))?;
+    let mut header = serde_json::to_vec(&header)
+        .map_err(|e| Error::Internal(format!("a snapshot header cannot be serialised: {e}")))?;
+    // The data starts 8-byte aligned; the padding is spaces, as safetensors writes it.
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    fault::write_all(&mut out, &(header.len() as u64).to_le_bytes(), "save.write").map_err(io)?;
+    out.write_all(&header).map_err(io)?;
+    for (_, bytes) in &tensors {
+        out.write_all(&bytes.data).map_err(io)?;
+    }
+    out.flush().map_err(io)
 }
 
 fn encode(store: &Store, bank_id: u64) -> Result<Encoded> {
@@ -338,34 +372,64 @@ fn to_json(value: &impl serde::Serialize) -> Result<String> {
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Runs `write(tmp)` on a temporary file beside `path`, then fsyncs it, renames it over `path`
-/// and fsyncs the directory. On any error the temporary file is removed and `path` is untouched.
-pub(crate) fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+/// The temporary file of a save of `path` by this process: `.<name>.tmp-<pid>-<n>` beside it
+/// (the name a writer's clean-up of interrupted saves recognises).
+pub(crate) fn temp_prefix(path: &Path) -> Option<String> {
+    path.file_name()
+        .map(|name| format!(".{}.tmp-", name.to_string_lossy()))
+}
+
+/// Creates a temporary file beside `path`, runs `write(file, tmp)` on it, then fsyncs it,
+/// renames it over `path` and fsyncs the directory. On an error before the rename the
+/// temporary file is removed and `path` is untouched. An error after it (the directory fsync)
+/// is [`Error::OutcomeUnknown`]: the new file is in place but may not survive a power loss.
+pub(crate) fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut File, &Path) -> Result<()>,
+) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path
-        .file_name()
+    let prefix = temp_prefix(path)
         .ok_or_else(|| Error::io(path, std::io::Error::other("not a file path")))?;
     let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
+        "{prefix}{}-{}",
         std::process::id(),
         TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
+    let mut created = false;
     let result = (|| {
-        write(&tmp)?;
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
+        let mut file = fault::step("save.create")
+            .and_then(|()| {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp)
+            })
             .map_err(|e| Error::io(&tmp, e))?;
-        fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        created = true;
+        write(&mut file, &tmp)?;
+        fault::step("save.fsync")
+            .and_then(|()| file.sync_all())
+            .map_err(|e| Error::io(&tmp, e))?;
+        drop(file);
+        fault::step("save.rename")
+            .and_then(|()| fs::rename(&tmp, path))
+            .map_err(|e| Error::io(path, e))?;
+        created = false;
         // Make the rename itself durable.
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io(&dir, e))
+        fault::step("save.dir_sync")
+            .and_then(|()| File::open(&dir).and_then(|d| d.sync_all()))
+            .map_err(|e| Error::OutcomeUnknown {
+                path: path.to_path_buf(),
+                problem: format!(
+                    "the new file is in place, but syncing its folder {} failed ({e}): it may not survive a power loss",
+                    dir.display()
+                ),
+            })
     })();
-    if result.is_err() {
+    if result.is_err() && created {
         let _ = fs::remove_file(&tmp);
     }
     result
@@ -374,25 +438,11 @@ pub(crate) fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<
 /// The bank config a snapshot's header records (dimension, dtype, sharing, model), read
 /// without loading the rest of the file, and without checking it: loading does that.
 pub(crate) fn peek_config(path: &Path) -> Result<BankConfig> {
-    use std::io::Read;
     let corrupt = |problem: String| Error::CorruptSnapshot {
         path: path.to_path_buf(),
         problem,
     };
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len)
-        .map_err(|_| corrupt("shorter than a safetensors header".into()))?;
-    let len = u64::from_le_bytes(len);
-    // safetensors caps its header at 100 MB.
-    if len > 100_000_000 {
-        return Err(corrupt(format!("a header of {len} bytes")));
-    }
-    let mut header = vec![0u8; len as usize];
-    file.read_exact(&mut header)
-        .map_err(|_| corrupt("the header is cut short".into()))?;
-    let header: serde_json::Value = serde_json::from_slice(&header)
-        .map_err(|e| corrupt(format!("the header is not JSON: {e}")))?;
+    let header = read_header(path)?;
     let field = |name: &str| -> Result<&str> {
         header
             .get("__metadata__")
@@ -416,6 +466,54 @@ pub(crate) fn peek_config(path: &Path) -> Result<BankConfig> {
         model_id: field("model_id")?.to_string(),
     };
     Ok(config)
+}
+
+/// The JSON header of the safetensors file at `path`, read without the rest of the file.
+pub(crate) fn read_header(path: &Path) -> Result<serde_json::Value> {
+    use std::io::Read;
+    let corrupt = |problem: String| Error::CorruptSnapshot {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .map_err(|_| corrupt("shorter than a safetensors header".into()))?;
+    let len = u64::from_le_bytes(len);
+    // safetensors caps its header at 100 MB; nothing is reserved beyond what the file holds.
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    if len > 100_000_000 || len > file_len.saturating_sub(8) {
+        return Err(corrupt(format!(
+            "a header of {len} bytes in a file of {file_len}"
+        )));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header)
+        .map_err(|_| corrupt("the header is cut short".into()))?;
+    serde_json::from_slice(&header).map_err(|e| corrupt(format!("the header is not JSON: {e}")))
+}
+
+/// The identity recorded in the header of the file at `path` when it is a memrl bank
+/// snapshot (whole or not: only the header is read), else `None`.
+pub(crate) fn peek_bank_id(path: &Path) -> Option<u64> {
+    let header = read_header(path).ok()?;
+    let metadata = header.get("__metadata__")?;
+    if metadata.get("format")?.as_str()? != FORMAT_NAME {
+        return None;
+    }
+    u64::from_str_radix(metadata.get("bank_id")?.as_str()?, 16).ok()
+}
+
+/// Whether the file at `path` starts like a memrl bank snapshot (its header says so).
+#[cfg(feature = "embed")]
+pub(crate) fn is_bank_file(path: &Path) -> bool {
+    read_header(path).is_ok_and(|header| {
+        header
+            .get("__metadata__")
+            .and_then(|m| m.get("format"))
+            .and_then(|f| f.as_str())
+            == Some(FORMAT_NAME)
+    })
 }
 
 /// Reads and fully validates a snapshot, then builds the bank's state on `device`.

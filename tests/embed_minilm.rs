@@ -157,3 +157,30 @@ fn the_portable_path_agrees_with_the_fused_cpu_kernels() {
         assert!(diff <= 1e-5, "text {i}: fused vs portable differ by {diff}");
     }
 }
+
+/// The registry model reached through the folder that holds it is the same model: banks record
+/// its registry name, so a bank made with `--model all-MiniLM-L6-v2` opens with `--model <dir>`.
+#[test]
+fn a_registry_model_by_path_has_its_registry_name() {
+    let by_name = resolve(MODEL, &ResolveOptions::default(), &mut |_| {}).unwrap();
+    let dir = by_name.dir.to_string_lossy().into_owned();
+    let by_path = resolve(&dir, &ResolveOptions::default(), &mut |_| {}).unwrap();
+    assert_eq!(by_path.name, MODEL);
+    assert!(by_path.verified && by_path.spec.is_some());
+    let embedder = Embedder::load(&by_path, &memrl::Device::Cpu).unwrap();
+    assert_eq!(embedder.name(), MODEL);
+    // A bank that recorded the folder (as memrl did before) opens with the model by name.
+    let banks = tempfile::tempdir().unwrap();
+    let path = banks.path().join("bank.safetensors");
+    memrl::Bank::options()
+        .dim(384)
+        .model_id(dir.clone())
+        .open(&path)
+        .unwrap();
+    let bank = memrl::Bank::options()
+        .embedder(embedder)
+        .create(false)
+        .open(&path)
+        .unwrap();
+    assert_eq!(bank.config().model_id, dir);
+}

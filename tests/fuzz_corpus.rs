@@ -156,6 +156,14 @@ fn write_seed_corpora() {
     fs::write(root.join("log/seed-v2-all-records"), &log).unwrap();
     fs::write(root.join("log/seed-v2-header-only"), &log[..32]).unwrap();
     fs::write(root.join("log/seed-v2-torn"), &log[..log.len() - 5]).unwrap();
+    // Damage in the middle (the first frame's length runs past the end, intact frames follow:
+    // the search for intact frames), and zeros after the last frame (a torn tail).
+    let mut damaged = log.clone();
+    damaged[32..36].copy_from_slice(&0xFFFF_0000u32.to_le_bytes());
+    fs::write(root.join("log/seed-v2-damaged-length"), &damaged).unwrap();
+    let mut zeros = log.clone();
+    zeros.extend_from_slice(&[0u8; 64]);
+    fs::write(root.join("log/seed-v2-zero-tail"), &zeros).unwrap();
     // Snapshots: empty, and with shared keys in each dtype.
     engine.checkpoint().unwrap();
     fs::copy(&path, root.join("snapshot/seed-v2-shared-f32")).unwrap();

@@ -182,10 +182,12 @@ fn a_bad_batch_changes_nothing() {
     for (batch, is_expected) in cases {
         let err = bank.apply_outcomes(&batch).unwrap_err();
         assert!(is_expected(&err), "unexpected error: {err}");
+        // Which outcome was at fault, for a caller to map to its own numbering.
+        assert_eq!(err.batch_index(), Some(1), "{err}");
         assert_eq!(state(&bank), before, "the bank changed after: {err}");
         bank.debug_check().unwrap();
     }
-    for alpha in [0.0, -0.1, 1.5, f32::NAN] {
+    for alpha in [-0.1, 1.5, f32::NAN] {
         let err = bank
             .set_learning_config(LearningConfig {
                 alpha,
@@ -198,4 +200,87 @@ fn a_bad_batch_changes_nothing() {
         );
         assert_eq!(state(&bank), before);
     }
+}
+
+proptest! {
+    /// MemP is alpha 0: outcomes are applied (visits, last reward) and every Q stays bit for bit
+    /// where it was, whatever the rewards, including rewards so far from Q that `r - Q`
+    /// overflows f32.
+    #[test]
+    fn alpha_zero_never_moves_q(
+        q0 in prop::sample::select(vec![0.0f32, -0.0, 0.3, -1.0, 3e38, -3e38]),
+        rewards in prop::collection::vec(prop::sample::select(vec![1.0f32, -1.0, 0.0, 3e38, -3e38, 1e-30]), 1..20),
+    ) {
+        let (bank, ids) = bank_with(2, q0);
+        bank.set_learning_config(LearningConfig { alpha: 0.0, ..Default::default() }).unwrap();
+        for &reward in &rewards {
+            bank.apply_outcomes(&[Outcome { memory_ids: vec![ids[0]], reward }]).unwrap();
+        }
+        let m = bank.get(ids[0]).unwrap();
+        prop_assert_eq!(m.q.to_bits(), q0.to_bits());
+        prop_assert_eq!(m.visits, rewards.len() as u64);
+        prop_assert_eq!(m.last_reward, rewards.last().copied());
+        prop_assert_eq!(bank.get(ids[1]).unwrap().visits, 0);
+    }
+}
+
+#[test]
+fn a_learning_config_for_one_batch_leaves_the_stored_one() {
+    let (bank, ids) = bank_with(2, 0.0);
+    let stored = bank.learning_config();
+    let once = LearningConfig {
+        alpha: 0.5,
+        reward_range: Some(memrl::RewardRange {
+            min: -1.0,
+            max: 1.0,
+            out_of_range: memrl::OutOfRange::Clamp,
+        }),
+        ..Default::default()
+    };
+    let report = bank
+        .apply_outcomes_with(
+            &[Outcome {
+                memory_ids: vec![ids[0]],
+                reward: 3.0,
+            }],
+            &once,
+        )
+        .unwrap();
+    assert_eq!(report.clamped, 1);
+    assert_eq!(bank.get(ids[0]).unwrap().q, 0.5); // 0 + 0.5 * (clamp(3) - 0)
+    assert_eq!(bank.learning_config(), stored);
+    // By retrieval id, the same.
+    let r = bank.retrieve(&[vec![1.0, 1.0]][..]).unwrap().remove(0);
+    let injected: Vec<u64> = r.hits.iter().map(|h| h.id).collect();
+    assert!(!injected.is_empty());
+    let before: Vec<f32> = injected.iter().map(|&id| bank.get(id).unwrap().q).collect();
+    let frozen = LearningConfig {
+        alpha: 0.0,
+        ..Default::default()
+    };
+    bank.feedback_many_with(&[(r.id, 1.0)], &frozen).unwrap();
+    for (&id, q) in injected.iter().zip(before) {
+        let m = bank.get(id).unwrap();
+        assert_eq!((m.q, m.last_reward), (q, Some(1.0)));
+    }
+    // An invalid one-batch config is refused before anything changes.
+    let bad = LearningConfig {
+        alpha: 2.0,
+        ..Default::default()
+    };
+    let before = state(&bank);
+    let err = bank
+        .apply_outcomes_with(
+            &[Outcome {
+                memory_ids: vec![ids[0]],
+                reward: 1.0,
+            }],
+            &bad,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidConfig { field: "alpha", .. }),
+        "{err}"
+    );
+    assert_eq!(state(&bank), before);
 }

@@ -82,7 +82,7 @@ fn round_trip_is_bit_exact() {
     let dir = tempfile::tempdir().unwrap();
     for dtype in [KeyDType::F32, KeyDType::F16, KeyDType::Bf16] {
         let bank = small_bank(dtype);
-        let path = save_to(&bank, &dir, "bank.safetensors");
+        let path = save_to(&bank, &dir, &format!("bank-{dtype:?}.safetensors"));
         let loaded = load(&path).unwrap();
         loaded.debug_check().unwrap();
         assert_eq!(state(&loaded), state(&bank));

@@ -13,7 +13,7 @@ use candle_core::Device;
 use super::pending::random_u64;
 use crate::config::{BankConfig, Limits};
 use crate::error::{Error, Result};
-use crate::snapshot::{self, LoadOptions};
+use crate::snapshot::{self, write_atomically, LoadOptions};
 use crate::store::Store;
 use crate::wal::{self, LogHeader, LogWriter, Recovery, SyncPolicy};
 
@@ -55,29 +55,107 @@ pub(crate) fn exists(path: &Path) -> bool {
     path.is_file()
 }
 
+/// How many times a reader starts again when checkpoints keep replacing the snapshot while it
+/// reads, before it gives up.
+const READ_ATTEMPTS: usize = 1000;
+
 /// Loads the snapshot and replays the log without a lock, changing no file (a reader's view:
 /// a torn tail is skipped and left for the next writer).
+///
+/// A reader never misses an acknowledged write, even while a writer checkpoints. A checkpoint
+/// renames the new snapshot into place and only then empties the log, so a reader that read the
+/// old snapshot and then the emptied (or emptied and refilled) log would miss the records in
+/// between. It detects that race instead of locking: after reading the log it checks that the
+/// snapshot path still names the very file it read (same device and inode, the file held open
+/// meanwhile so its inode cannot be reused); if a checkpoint replaced it, the reader starts
+/// again (the new snapshot holds everything the emptied log held). Whatever a reader observed of
+/// an emptied log happened after the rename, so the check after the log read always sees the new
+/// file. Why not a shared lock: writers hold the log's lock for as long as they are open, so a
+/// reader's lock would have to be a second lock file taken by every checkpoint, making readers
+/// wait for checkpoints and need a writable folder; the check costs one `stat` and a rare retry.
 pub(crate) fn read(path: &Path, device: &Device, limits: Limits) -> Result<(Store, Recovery)> {
     if !exists(path) {
         return Err(Error::NoBank {
             path: path.to_path_buf(),
         });
     }
-    let mut store = snapshot::load(path, device, &LoadOptions::default())?;
-    store.set_limits(limits)?;
     let log = wal::log_path(path);
-    let bytes = wal::read_log(&log)?;
-    let recovery = wal::replay_bytes(&mut store, &bytes, &log)?;
+    for _ in 0..READ_ATTEMPTS {
+        let (snapshot, identity) = open_snapshot(path)?;
+        let read = read_once(path, &snapshot, &log, device, limits);
+        // Still the file we read: the log we read follows it.
+        if file_identity(&fs::metadata(path).map_err(|e| Error::io(path, e))?) == identity {
+            return read;
+        }
+        drop(snapshot);
+        tracing::debug!(bank = %path.display(), "a checkpoint replaced the snapshot while it was read: reading again");
+    }
+    Err(Error::Log {
+        path: log,
+        problem: format!(
+            "checkpoints replaced the snapshot {READ_ATTEMPTS} times while it was being read; try again"
+        ),
+    })
+}
+
+fn read_once(
+    path: &Path,
+    mut snapshot: &fs::File,
+    log: &Path,
+    device: &Device,
+    limits: Limits,
+) -> Result<(Store, Recovery)> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    snapshot
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    let mut store = snapshot::load_bytes(path, &bytes, device, &LoadOptions::default())?;
+    drop(bytes);
+    store.set_limits(limits)?;
+    let log_bytes = wal::read_log(log)?;
+    let recovery = wal::replay_bytes(&mut store, &log_bytes, log)?;
     Ok((store, recovery))
 }
 
+/// The snapshot file, open, and its identity.
+fn open_snapshot(path: &Path) -> Result<(fs::File, FileIdentity)> {
+    let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    Ok((file, file_identity(&meta)))
+}
+
+/// What tells two files apart: device and inode on Unix (a rename puts a new inode at the
+/// path), size and modification time elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity(u64, u64, u128);
+
+#[cfg(unix)]
+fn file_identity(meta: &fs::Metadata) -> FileIdentity {
+    use std::os::unix::fs::MetadataExt;
+    FileIdentity(meta.dev(), meta.ino(), 0)
+}
+
+#[cfg(not(unix))]
+fn file_identity(meta: &fs::Metadata) -> FileIdentity {
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    FileIdentity(meta.len(), 0, modified)
+}
+
 /// Locks the log of the existing bank at `path`, loads the snapshot, replays, cuts a torn
-/// tail, upgrades an older format, and leaves the log ready for appends.
+/// tail, upgrades an older format, and leaves the log ready for appends. With `repair`, a log
+/// damaged in the middle is cut at the damage too (the cut bytes saved beside it first) instead
+/// of being an error.
 pub(crate) fn open(
     path: &Path,
     device: &Device,
     sync: SyncPolicy,
     limits: Limits,
+    repair: bool,
 ) -> Result<(Store, LogWriter, Recovery)> {
     let log_path = wal::log_path(path);
     // Lock first: the snapshot read after it cannot be replaced by another writer's checkpoint.
@@ -89,15 +167,42 @@ pub(crate) fn open(
         LogHeader::new(config.dim, &config.model_id, store.bank_id()),
         &bytes,
     )?;
-    let mut recovery = wal::replay_bytes(&mut store, &bytes, &log_path)?;
+    let mut recovery = wal::replay(
+        &mut store,
+        &bytes,
+        wal::ReplayOptions {
+            path: &log_path,
+            cut_corruption: repair,
+        },
+    )?;
     if let Some(tail) = &recovery.tail {
-        tracing::warn!(
-            log = %log_path.display(),
-            offset = tail.offset,
-            bytes = tail.bytes,
-            reason = %tail.reason,
-            "dropping the log's torn tail"
-        );
+        if recovery.repaired {
+            // The cut drops acknowledged records: keep their bytes.
+            let saved = saved_tail_path(&log_path);
+            write_atomically(&saved, |file, tmp| {
+                use std::io::Write;
+                file.write_all(&bytes[tail.offset as usize..])
+                    .map_err(|e| Error::io(tmp, e))
+            })?;
+            tracing::warn!(
+                log = %log_path.display(),
+                offset = tail.offset,
+                bytes = tail.bytes,
+                records = tail.records,
+                saved = %saved.display(),
+                reason = %tail.reason,
+                "cutting the damaged log at the damage, as asked"
+            );
+            recovery.saved_tail = Some(saved);
+        } else {
+            tracing::warn!(
+                log = %log_path.display(),
+                offset = tail.offset,
+                bytes = tail.bytes,
+                reason = %tail.reason,
+                "dropping the log's torn tail"
+            );
+        }
     }
     if store.bank_id() == 0 {
         // A version-1 bank: give it an identity and write it in the current format. The new
@@ -119,8 +224,15 @@ pub(crate) fn open(
         recovery.valid_bytes = wal::HEADER_LEN as u64;
     }
     log.start(recovery.valid_bytes, store.log_seq() + 1)?;
-    recovery.stale_temp_files = remove_stale_temp_files(path);
+    recovery.stale_temp_files = remove_stale_temp_files(path, store.bank_id());
     Ok((store, log, recovery))
+}
+
+/// Where a repair saves the bytes it cuts off the log: `<log>.cut-<unix ms>` beside it.
+fn saved_tail_path(log: &Path) -> PathBuf {
+    let mut name = log.as_os_str().to_owned();
+    name.push(format!(".cut-{}", crate::store::now_ms()));
+    PathBuf::from(name)
 }
 
 /// Creates a bank at `path`: locks its (new) log, writes an empty snapshot and the log's
@@ -187,25 +299,37 @@ pub(crate) fn create_copy(path: &Path, store: &Store) -> Result<()> {
     Ok(())
 }
 
-/// Removes the temporary files of interrupted saves of `path` (`.<name>.tmp-*`, see
-/// `snapshot::write_atomically`). Only a writer holding the log's lock calls this, so no save of
-/// this bank is in flight elsewhere. Best effort: returns how many were removed.
-fn remove_stale_temp_files(path: &Path) -> usize {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+/// Removes the temporary files of interrupted saves of the bank at `path`: ours
+/// (`.<name>.tmp-*`, see `snapshot::write_atomically`), and those an older memrl left through
+/// safetensors' own writer (`.tmpXXXXXX`), recognised by the header they start with: a
+/// snapshot of this very bank (its identity). Only a writer holding the log's lock calls this,
+/// so no save of this bank is in flight elsewhere. Best effort: returns how many were removed.
+fn remove_stale_temp_files(path: &Path, bank_id: u64) -> usize {
+    let Some(prefix) = snapshot::temp_prefix(path) else {
         return 0;
     };
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
     };
-    let prefix = format!(".{}.tmp-", name.to_string_lossy());
     let Ok(entries) = fs::read_dir(dir) else {
         return 0;
     };
+    let is_legacy_temp = |name: &str| {
+        name.len() == 10
+            && name.starts_with(".tmp")
+            && name[4..].bytes().all(|b| b.is_ascii_alphanumeric())
+    };
     entries
         .filter_map(|entry| entry.ok())
-        .filter(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
+        .filter(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with(&prefix)
+                || (is_legacy_temp(&name)
+                    && entry.file_type().is_ok_and(|t| t.is_file())
+                    && snapshot::peek_bank_id(&entry.path()) == Some(bank_id))
+        })
         .filter(|entry| fs::remove_file(entry.path()).is_ok())
         .count()
 }

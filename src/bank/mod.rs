@@ -24,6 +24,8 @@ mod files;
 mod options;
 mod pending;
 
+#[cfg(feature = "embed")]
+pub(crate) use files::canonical;
 pub use options::{CheckpointPolicy, OpenOptions, Retention};
 pub use pending::RetrievalId;
 
@@ -241,6 +243,18 @@ impl Bank {
         let path = files::canonical(path)?;
         #[cfg(feature = "embed")]
         let embedder = load_embedder(options)?;
+        if options.sync == crate::wal::SyncPolicy::Interval(std::time::Duration::ZERO) {
+            return Err(Error::value(
+                "SyncPolicy::Interval",
+                "the interval must be longer than zero (SyncPolicy::EveryBatch syncs every write)",
+            ));
+        }
+        if options.read_only && options.truncate_corrupt_log {
+            return Err(Error::value(
+                "OpenOptions",
+                "truncate_corrupt_log repairs a log, which a read-only open cannot do",
+            ));
+        }
         let (store, log, recovery) = if options.read_only {
             let (store, recovery) = files::read(&path, &options.device, options.limits)?;
             (store, None, recovery)
@@ -264,8 +278,13 @@ impl Bank {
             match opened {
                 Some(opened) => opened,
                 None => {
-                    let (store, log, recovery) =
-                        files::open(&path, &options.device, options.sync, options.limits)?;
+                    let (store, log, recovery) = files::open(
+                        &path,
+                        &options.device,
+                        options.sync,
+                        options.limits,
+                        options.truncate_corrupt_log,
+                    )?;
                     (store, Some(log), recovery)
                 }
             }
@@ -459,6 +478,10 @@ impl Bank {
         queries: Queries<'_>,
         config: Option<&RetrievalConfig>,
     ) -> Result<Vec<Retrieval>> {
+        // Before any text is embedded: a bad setting costs nothing.
+        if let Some(config) = config {
+            config.validate()?;
+        }
         let dim = self.read().config().dim;
         let embedded;
         let rows: &[f32] = match queries {
@@ -557,11 +580,30 @@ impl Bank {
     /// in an episode, `Q <- Q + alpha (r - Q)`, visits + 1, last reward recorded. All or
     /// nothing: an unknown id or a bad reward rejects the whole batch. One record in the log.
     pub fn apply_outcomes(&self, outcomes: &[Outcome]) -> Result<OutcomeReport> {
+        self.apply_outcomes_inner(outcomes, None)
+    }
+
+    /// [`Bank::apply_outcomes`] with an explicit learning config for this batch alone (alpha,
+    /// the reward range); the stored one is unchanged. The log records the resulting values, so
+    /// a replay gives the same bank whatever config is stored then.
+    pub fn apply_outcomes_with(
+        &self,
+        outcomes: &[Outcome],
+        config: &LearningConfig,
+    ) -> Result<OutcomeReport> {
+        self.apply_outcomes_inner(outcomes, Some(config))
+    }
+
+    fn apply_outcomes_inner(
+        &self,
+        outcomes: &[Outcome],
+        config: Option<&LearningConfig>,
+    ) -> Result<OutcomeReport> {
         self.check_writable("apply outcomes")?;
         let (report, commit) = {
             let mut store = self.write();
             check_usable(&store)?;
-            let config = store.learning_config().clone();
+            let config = config.unwrap_or(store.learning_config()).clone();
             let (plan, report) = store.plan_outcomes(outcomes, &config, now_ms())?;
             let ((), commit) = self.logged(&mut store, RecordRef::Outcomes(&plan), |store| {
                 store.apply_outcomes(&plan)
@@ -582,6 +624,24 @@ impl Bank {
 
     /// [`Bank::feedback`] for several retrievals as one atomic batch.
     pub fn feedback_many(&self, rewards: &[(RetrievalId, f32)]) -> Result<OutcomeReport> {
+        self.feedback_inner(rewards, None)
+    }
+
+    /// [`Bank::feedback_many`] with an explicit learning config for this batch alone (see
+    /// [`Bank::apply_outcomes_with`]).
+    pub fn feedback_many_with(
+        &self,
+        rewards: &[(RetrievalId, f32)],
+        config: &LearningConfig,
+    ) -> Result<OutcomeReport> {
+        self.feedback_inner(rewards, Some(config))
+    }
+
+    fn feedback_inner(
+        &self,
+        rewards: &[(RetrievalId, f32)],
+        config: Option<&LearningConfig>,
+    ) -> Result<OutcomeReport> {
         self.check_writable("apply feedback")?;
         let ids: Vec<RetrievalId> = rewards.iter().map(|(id, _)| *id).collect();
         let taken = lock(&self.pending).take(&ids)?;
@@ -605,7 +665,7 @@ impl Bank {
                     }
                 })
                 .collect();
-            let config = store.learning_config().clone();
+            let config = config.unwrap_or(store.learning_config()).clone();
             let (plan, mut report) = store.plan_outcomes(&outcomes, &config, now_ms())?;
             report.skipped = skipped;
             let ((), commit) = self.logged(&mut store, RecordRef::Outcomes(&plan), |store| {
@@ -681,15 +741,23 @@ impl Bank {
             if let Some(files) = &self.files {
                 let bytes = snapshot::save(&store, &files.snapshot)?;
                 files.snapshot_bytes.store(bytes, Ordering::Relaxed);
+                // The new snapshot is the commit point: from here the load is in the bank, and
+                // emptying the log (whose records the snapshot holds) is clean-up whose failure
+                // must not report the load as failed.
                 if let Some(mut log) = self.log() {
                     log.durability().covered_by_snapshot(store.log_seq());
-                    log.reset()?;
+                    if let Err(e) = log.reset() {
+                        self.checkpoint_failed(files, &e);
+                    }
                 }
             }
             Ok(value)
         });
-        if result.is_err() {
-            self.restore_after_failed_bulk(&mut store, &added, counters);
+        match &result {
+            // The new snapshot is in place (its folder's fsync failed): memory matches it.
+            Err(Error::OutcomeUnknown { .. }) => {}
+            Err(_) => self.restore_after_failed_bulk(&mut store, &added, counters),
+            Ok(_) => {}
         }
         result
     }
@@ -803,7 +871,7 @@ impl Bank {
             .iter()
             .map(|&i| memories[i].intent.as_str())
             .collect();
-        let operation = format!("embedding the intent of memory #{}", missing[0]);
+        let operation = format!("embedding the intent of the memory at index {}", missing[0]);
         let (rows, truncated) = self.embed_texts(&texts, &operation)?;
         let dim = rows.len() / missing.len();
         for (k, &i) in missing.iter().enumerate() {
@@ -831,10 +899,16 @@ impl Bank {
                 store.set_log_seq(mark.seq);
                 Ok((value, Some(log.commit(mark))))
             }
-            Err(e) => {
-                log.rollback(mark);
-                Err(e)
-            }
+            Err(e) => match log.rollback(mark) {
+                Ok(()) => Err(e),
+                // The record may still be in the file: a replay could apply what failed here.
+                Err(cut) => Err(Error::OutcomeUnknown {
+                    path: self.path().map(crate::wal::log_path).unwrap_or_default(),
+                    problem: format!(
+                        "the write failed to apply ({e}), and its record could not be cut off the log ({cut}); reopen the bank"
+                    ),
+                }),
+            },
         }
     }
 
@@ -868,13 +942,19 @@ impl Bank {
             return;
         }
         if let Err(e) = self.checkpoint() {
-            tracing::warn!(
-                bank = %files.snapshot.display(),
-                error = %e,
-                "checkpoint failed; the writes are safe in the log, the next write tries again"
-            );
-            *lock(&files.checkpoint_error) = Some(e.to_string());
+            self.checkpoint_failed(files, &e);
         }
+    }
+
+    /// A checkpoint after durable writes failed: a warning, kept for
+    /// [`Bank::last_checkpoint_error`], never the writes' error.
+    fn checkpoint_failed(&self, files: &Files, e: &Error) {
+        tracing::warn!(
+            bank = %files.snapshot.display(),
+            error = %e,
+            "checkpoint failed; the writes are safe, the next write tries again"
+        );
+        *lock(&files.checkpoint_error) = Some(e.to_string());
     }
 
     fn restore_after_failed_bulk(&self, store: &mut Store, added: &[u64], counters: (u64, u64)) {
@@ -1061,7 +1141,9 @@ fn check_existing(
     }
     #[cfg(feature = "embed")]
     if let Some(embedder) = embedder {
-        if embedder.name() != config.model_id || embedder.dim() != config.dim {
+        if !crate::models::same_model(embedder.name(), &config.model_id)
+            || embedder.dim() != config.dim
+        {
             return Err(Error::ModelMismatch {
                 bank: path.display().to_string(),
                 bank_model: config.model_id.clone(),
@@ -1073,6 +1155,9 @@ fn check_existing(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod fault_tests;
 
 #[cfg(test)]
 mod tests {

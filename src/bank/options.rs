@@ -74,6 +74,7 @@ pub struct OpenOptions {
     pub(crate) model_id: Option<String>,
     pub(crate) dtype: Option<KeyDType>,
     pub(crate) dedup_sim: Option<f32>,
+    pub(crate) truncate_corrupt_log: bool,
     #[cfg(feature = "embed")]
     pub(crate) embedder: Option<Arc<Embedder>>,
     #[cfg(feature = "embed")]
@@ -95,6 +96,7 @@ impl Default for OpenOptions {
             model_id: None,
             dtype: None,
             dedup_sim: None,
+            truncate_corrupt_log: false,
             #[cfg(feature = "embed")]
             embedder: None,
             #[cfg(feature = "embed")]
@@ -184,6 +186,17 @@ impl OpenOptions {
     /// an existing bank, a different value is an error: it cannot apply.
     pub fn dedup_sim(mut self, dedup_sim: f32) -> Self {
         self.dedup_sim = Some(dedup_sim);
+        self
+    }
+
+    /// Repair a log damaged in the middle (default false). Without it, a log whose damaged frame
+    /// is followed by intact records is [`crate::Error::CorruptLog`], and nothing is changed.
+    /// With it, a writer cuts the log at the damage: the bank opens with the snapshot and the
+    /// records before it, the cut bytes are saved beside the log (`<log>.cut-<unix ms>`), and
+    /// [`crate::Recovery`] says what was cut (`tail`, `repaired`, `saved_tail`). The records
+    /// after the damage are lost to the bank. Not for read-only opens.
+    pub fn truncate_corrupt_log(mut self, repair: bool) -> Self {
+        self.truncate_corrupt_log = repair;
         self
     }
 

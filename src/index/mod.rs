@@ -72,8 +72,7 @@ pub trait KeyIndex: Send + Sync {
     /// similarity at or above `delta`, best first (similarity descending, key id ascending).
     fn search(&self, queries: &[f32], k: usize, delta: f32) -> Result<Vec<Vec<KeyMatch>>>;
 
-    /// The device the keys live on, where the rest of a retrieval's tensor work should run
-    /// (`None`: the CPU).
+    /// The device the keys live on (`None`: the CPU).
     fn device(&self) -> Option<&Device> {
         None
     }

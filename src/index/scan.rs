@@ -66,6 +66,8 @@ pub(crate) fn top_keys(queries: &Tensor, keys: &Tensor, k: usize) -> Result<TopK
     if b == 0 || n == 0 || k == 0 {
         return Ok(TopKeys::empty(b));
     }
+    // Nothing below sizes a buffer by a k beyond the keys there are.
+    let k = k.min(n);
     if b <= FUSED_MAX_QUERIES && keys.device().is_cpu() {
         let (storage, layout) = keys.storage_and_layout();
         let slice = match (&*storage, layout.contiguous_offsets()) {

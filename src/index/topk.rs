@@ -65,7 +65,8 @@ impl RunningTopK {
     pub(crate) fn new(k: usize) -> Self {
         Self {
             k,
-            buffer: Vec::with_capacity(2 * k),
+            // Grown on demand beyond this: a large k over a short row never reserves 2k.
+            buffer: Vec::with_capacity(k.saturating_mul(2).min(1 << 12)),
             threshold: f32::NEG_INFINITY,
             compacted: false,
         }
@@ -101,7 +102,7 @@ impl RunningTopK {
             return;
         }
         self.buffer.push((v, position));
-        if self.buffer.len() == 2 * k {
+        if self.buffer.len() == k.saturating_mul(2) {
             self.buffer.select_nth_unstable_by(k - 1, better);
             self.buffer.truncate(k);
             // select_nth leaves the k-th best at k-1 with only better elements before it, so

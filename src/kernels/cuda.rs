@@ -1,10 +1,10 @@
-//! Launches our CUDA kernels (`kernels/*.cu`, compiled to PTX by `build.rs`): the top-k behind
-//! `index::topk` and Phase B's ranking behind `retrieve::rank`.
+//! Launches our CUDA kernel (`kernels/topk.cu`, compiled to PTX by `build.rs`): the top-k behind
+//! `index::topk`.
 //!
-//! Launch invariants (the kernel files' headers ask for them): block sizes are the kernels'
-//! `TOPK_THREADS`, `TOPK_SORT_THREADS` and `RANK_THREADS`; a row is cut into chunks of `CHUNK`
-//! columns, one block each; `1 <= k <= min(N, SORT_MAX)`; at most `MAX_GRID_Y` rows per launch,
-//! so longer batches go in groups; pools of at most `RANK_MAX` columns.
+//! Launch invariants (the kernel file's header asks for them): block sizes are the kernel's
+//! `TOPK_THREADS` and `TOPK_SORT_THREADS`; a row is cut into chunks of `CHUNK` columns, one block
+//! each; `1 <= k <= min(N, SORT_MAX)`; at most `MAX_GRID_Y` rows per launch, so longer batches go
+//! in groups.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
@@ -17,8 +17,6 @@ use super::{DIGITS_16, DIGITS_32};
 
 const TOPK_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/topk.ptx"));
 const TOPK_MODULE: &str = "memrl_topk";
-const RANK_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/rank.ptx"));
-const RANK_MODULE: &str = "memrl_rank";
 /// `TOPK_THREADS` in the kernel.
 const THREADS: u32 = 256;
 /// `TOPK_SORT_THREADS` in the kernel.
@@ -36,9 +34,6 @@ const BINS: usize = 4096;
 
 /// CUDA's limit on gridDim.y.
 const MAX_GRID_Y: usize = 65_535;
-/// `RANK_THREADS` and `RANK_MAX` in kernels/rank.cu.
-const RANK_THREADS: u32 = 256;
-pub(crate) const RANK_MAX: usize = 1024;
 
 fn config(grid_x: usize, rows: usize, threads: u32) -> LaunchConfig {
     LaunchConfig {
@@ -188,77 +183,6 @@ fn topk_typed<T: CudaDType + DeviceRepr>(
         CudaStorage::wrap_cuda_slice(out, dev),
         Shape::from((rows, k)),
     ))
-}
-
-/// `RankParams` of kernels/rank.cu, field for field.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RankParams {
-    pub(crate) lambda: f32,
-    pub(crate) one_minus_lambda: f32,
-    pub(crate) z_clip: f32,
-    pub(crate) fixed_mul: f32,
-    pub(crate) fixed_add: f32,
-    pub(crate) q_min: f32,
-    pub(crate) fixed: u32,
-    pub(crate) has_q_min: u32,
-    pub(crate) p: u32,
-    pub(crate) k2: u32,
-}
-
-// SAFETY: plain old data with the C layout the kernel declares.
-unsafe impl DeviceRepr for RankParams {}
-
-/// Phase B's padded pools, laid out on the host (see `retrieve::rank`).
-pub(crate) struct Pools<'a> {
-    pub(crate) b: usize,
-    pub(crate) sims: &'a [f32],
-    pub(crate) slots: &'a [u32],
-    pub(crate) lens: &'a [u32],
-    pub(crate) explore: &'a [u32],
-    pub(crate) random_keys: &'a [f32],
-}
-
-/// Runs kernels/rank.cu: for each row, `min(k2, p)` pool positions and, in four planes of the
-/// same shape, their validity, zsim, zq and score. `params.p` must be at most [`RANK_MAX`].
-pub(crate) fn rank(
-    dev: &CudaDevice,
-    utility: &CudaSlice<f32>,
-    utility_range: std::ops::Range<usize>,
-    pools: &Pools<'_>,
-    params: RankParams,
-) -> candle_core::Result<(Vec<u32>, Vec<f32>)> {
-    let p = params.p as usize;
-    if p == 0 || p > RANK_MAX || pools.b > MAX_GRID_Y {
-        candle_core::bail!(
-            "memrl-rank takes 1..={RANK_MAX} pool columns and at most {MAX_GRID_Y} queries"
-        )
-    }
-    let kk = (params.k2 as usize).min(p);
-    let sims = dev.clone_htod(pools.sims)?;
-    let slots = dev.clone_htod(pools.slots)?;
-    let lens = dev.clone_htod(pools.lens)?;
-    let explore = dev.clone_htod(pools.explore)?;
-    let random_keys = dev.clone_htod(pools.random_keys)?;
-    let utility = utility.slice(utility_range);
-    // SAFETY: the kernel writes every one of the b * kk positions and 4 * b * kk fields.
-    let mut pos = unsafe { dev.alloc::<u32>(pools.b * kk)? };
-    let mut fields = unsafe { dev.alloc::<f32>(4 * pools.b * kk)? };
-    let f = dev.get_or_load_custom_func("memrl_rank", RANK_MODULE, RANK_PTX)?;
-    let mut b = f.builder();
-    b.arg(&sims)
-        .arg(&slots)
-        .arg(&lens)
-        .arg(&explore)
-        .arg(&random_keys)
-        .arg(&utility)
-        .arg(&params)
-        .arg(&mut pos)
-        .arg(&mut fields);
-    // SAFETY: one block per row; pools are b x p, slots index the utility slice (the bank
-    // keeps every slot below its length), outputs sized above.
-    unsafe { b.launch(config(1, pools.b, RANK_THREADS)) }.w()?;
-    Ok((dev.clone_dtoh(&pos)?, dev.clone_dtoh(&fields)?))
 }
 
 #[cfg(test)]

@@ -2,8 +2,7 @@
 //! (its README explains the algorithms); this module launches them and keeps a CPU mirror of
 //! each, so their logic is tested on machines without the device.
 //!
-//! - `cuda` (feature `cuda`): the top-k launcher behind `index::topk` and Phase B's kernel behind
-//!   `retrieve::rank`, on CUDA devices.
+//! - `cuda` (feature `cuda`): the top-k launcher behind `index::topk`, on CUDA devices.
 //! - `mirror` (tests): `kernels/topk.cu` step for step on the CPU.
 
 #[cfg(feature = "cuda")]

@@ -144,6 +144,11 @@ pub fn resolve(
     let Some(spec) = registry.get(model) else {
         let path = Path::new(model);
         if path.join("config.json").is_file() {
+            // A registry model's files in a folder of their own: the same model as its name,
+            // so banks record the name, whatever path led to it.
+            if let Some(spec) = registry_model_in(registry, path) {
+                return Ok(found(spec, path.to_path_buf(), Source::LocalDir));
+            }
             // A model outside the registry: nothing to verify against, which the caller sees.
             return Ok(ResolvedModel {
                 name: model.to_string(),
@@ -256,6 +261,49 @@ fn memrl_cache_dir(spec: &ModelSpec, cache_dir: &Path) -> PathBuf {
         .join("models")
         .join(&spec.name)
         .join(&spec.revision)
+}
+
+/// Whether two model ids name the same model: equal, or the same registry model, each given by
+/// its name, its repo id, or a folder holding its verified files. A bank made before model ids
+/// were canonical may record a folder; it still matches the registry name.
+pub(crate) fn same_model(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    let Ok(registry) = Registry::builtin() else {
+        return false;
+    };
+    let name = |id: &str| {
+        registry
+            .get(id)
+            .or_else(|| registry_model_in(registry, Path::new(id)))
+            .map(|spec| spec.name.clone())
+    };
+    matches!((name(a), name(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// The fully pinned registry model whose every file is in `dir` with its pinned sha256, if
+/// one is. Files are hashed smallest first, so a folder of another model is told apart by its
+/// small config files before any weights are read.
+fn registry_model_in<'r>(registry: &'r Registry, dir: &Path) -> Option<&'r ModelSpec> {
+    registry.models().iter().find(|spec| {
+        if !spec.fully_pinned() {
+            return false;
+        }
+        let mut files: Vec<(u64, PathBuf, &String)> = Vec::new();
+        for (file, hash) in &spec.files {
+            let path = dir.join(file);
+            let Ok(meta) = fs::metadata(&path) else {
+                return false;
+            };
+            let Some(hash) = hash else { return false };
+            files.push((meta.len(), path, hash));
+        }
+        files.sort();
+        files
+            .iter()
+            .all(|(_, path, hash)| sha256_file(path).is_ok_and(|found| &found == *hash))
+    })
 }
 
 /// Checks that every registry file is in `dir` with the pinned sha256.
@@ -478,6 +526,29 @@ mod tests {
             files: map,
             mirror: None,
         }
+    }
+
+    #[test]
+    fn a_folder_holding_a_registry_model_is_named_by_the_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: [(&str, &[u8]); 2] = [("config.json", b"{}"), ("model.safetensors", b"w")];
+        for (name, bytes) in files {
+            fs::write(dir.path().join(name), bytes).unwrap();
+        }
+        let spec = spec_for(&files);
+        let registry = Registry {
+            default: spec.name.clone(),
+            models: vec![spec],
+        };
+        assert_eq!(
+            registry_model_in(&registry, dir.path()).map(|s| s.name.as_str()),
+            Some("toy")
+        );
+        // Another model's files (one byte differs), or one missing: not the registry's model.
+        fs::write(dir.path().join("model.safetensors"), b"x").unwrap();
+        assert!(registry_model_in(&registry, dir.path()).is_none());
+        fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+        assert!(registry_model_in(&registry, dir.path()).is_none());
     }
 
     #[test]

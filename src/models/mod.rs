@@ -21,6 +21,7 @@
 
 mod fetch;
 
+pub(crate) use fetch::same_model;
 pub use fetch::{
     default_cache_dir, default_hf_cache, resolve, ResolveOptions, ResolvedModel, Source,
 };

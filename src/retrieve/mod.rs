@@ -3,7 +3,8 @@
 //! `queries -> validate, normalise -> Phase A: a KeyIndex's best k1 keys at or above delta ->
 //! pool expansion (every memory filed under a kept key) -> Phase B: z-scores, mix, top-k2 ->
 //! hits`. Phase A selects on raw similarity (a z-score within a row is monotone) and is asked of
-//! the index through the [`KeyIndex`] trait; statistics come from the small pools only.
+//! the index through the [`KeyIndex`] trait, on its device; Phase B's statistics come from the
+//! small pools only, computed on the host in f64 (`rank.rs` says why, and how ties are exact).
 
 mod rank;
 
@@ -17,22 +18,34 @@ use crate::store::table::MemoryTable;
 
 pub(crate) use rank::Candidate;
 
-/// One retrieved memory with the figures that ranked it.
+/// One retrieved memory: what the agent is given, what the memory is, and the figures that
+/// ranked it. Serialised (JSON), the fields appear in this order; `intent`, `success` and
+/// `metadata` default when absent, so hits written before they existed still parse.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hit {
     /// Memory id.
     pub id: u64,
+    /// The intent the memory was written for.
+    #[serde(default)]
+    pub intent: String,
     /// The experience text to inject.
     pub experience: String,
+    /// Whether the episode that wrote the memory succeeded.
+    #[serde(default)]
+    pub success: bool,
+    /// The memory's user metadata.
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
     /// The memory's utility at retrieval time.
     pub q: f32,
     /// Cosine similarity between the query and the memory's intent key.
     pub sim: f32,
-    /// Standardised similarity (pool or fixed statistics), clipped.
+    /// Standardised similarity (pool or fixed statistics); clipped only with
+    /// [`RetrievalConfig::clip_zsim`].
     pub zsim: f32,
-    /// Standardised utility over the pool, clipped.
+    /// Standardised utility over the pool, clipped to [-z_clip, z_clip].
     pub zq: f32,
-    /// `(1 - lambda) * zsim + lambda * zq`.
+    /// `(1 - lambda) * zsim + lambda * zq`, computed in f64 and rounded.
     pub score: f32,
 }
 
@@ -56,8 +69,8 @@ pub(crate) fn retrieve(
         return Ok(vec![Vec::new(); b]);
     }
 
-    // Phase A.
-    let recalled = index.search(&unit, cfg.k1, cfg.delta)?;
+    // Phase A. No query keeps more keys than there are, however large k1 is.
+    let recalled = index.search(&unit, cfg.k1.min(index.num_keys()), cfg.delta)?;
     let mut pools = Vec::with_capacity(b);
     for matches in &recalled {
         let mut pool = Vec::new();
@@ -78,7 +91,7 @@ pub(crate) fn retrieve(
     }
 
     // Phase B.
-    let ranked = rank::rank(&pools, cfg, index_device(index))?;
+    let ranked = rank::rank(&pools, cfg);
     Ok(ranked
         .into_iter()
         .zip(&pools)
@@ -87,9 +100,13 @@ pub(crate) fn retrieve(
                 .into_iter()
                 .map(|r| {
                     let c = pool[r.position];
+                    let memory = table.at(c.slot);
                     Hit {
                         id: c.id,
-                        experience: table.at(c.slot).experience.clone(),
+                        intent: memory.intent.clone(),
+                        experience: memory.experience.clone(),
+                        success: memory.success,
+                        metadata: memory.metadata.clone(),
                         q: c.q,
                         sim: c.sim,
                         zsim: r.zsim,
@@ -100,9 +117,4 @@ pub(crate) fn retrieve(
                 .collect()
         })
         .collect())
-}
-
-/// The device Phase B runs on: the index's when it is a device index, else the CPU.
-fn index_device(index: &dyn KeyIndex) -> candle_core::Device {
-    index.device().cloned().unwrap_or(candle_core::Device::Cpu)
 }

@@ -1,27 +1,41 @@
-//! Phase B: value-aware selection over each query's candidate pool, as tensor ops.
-//!
-//! The pools of a batch are laid out as a padded `B x P` matrix (P = largest pool) with a
-//! validity mask, similarities and Q values, uploaded to the device (a few kilobytes: pools are
-//! small); both z-scores, the mix and the top-k2 are tensor ops, and only `B x k2` positions and
-//! scores come back.
+//! Phase B: value-aware selection over each query's candidate pool, in f64 on the host.
 //!
 //! Conventions (spec, "Phase B"):
 //! - z-scores use the population std; std is taken as 1 when the pool has one member, when
-//!   std <= 1e-9, or when every value is equal (an exact test, so a pool of equal Q gives zq = 0
-//!   up to rounding however f32 rounds the mean).
-//! - both z-scores are clipped to [-z_clip, z_clip] (in `pool` mode |zsim| <= sqrt(P - 1) anyway).
+//!   std <= 1e-9, or when every value is equal (an exact test on the stored values).
+//! - zq is clipped to [-z_clip, z_clip]; zsim is not, unless `clip_zsim` asks for it (the spec
+//!   and the authors' code clip only zq: a pool of more than 10 members, which intent sharing or
+//!   a k1 above 10 gives, can hold a |zsim| above 3).
 //! - `q_min` removes members before the statistics are taken.
-//! - Columns are in tie-break order (similarity desc, memory id asc), so the top-k's
-//!   "lower position first" on equal scores is the spec's tie rule.
 //! - Exploration: a query explores with probability epsilon; it then ranks its (filtered) pool
 //!   by uniform random keys instead of scores, which picks k2 members uniformly without
 //!   replacement. Its hits still carry their real zsim, zq and score.
+//!
+//! **Ties.** The spec orders by score, then similarity, then lower memory id, and a tie is an
+//! equality in real arithmetic: in a pool of two where the closer memory has the lower Q, both
+//! z-scores are exactly ±1 and at lambda 0.5 both scores are exactly 0. Floating point cannot
+//! see that equality directly (computed, the two scores differ by rounding noise of either sign),
+//! so scores are compared with a tolerance tied to the pool's arithmetic: every score is computed
+//! in f64 from the stored f32 similarities and Q, [`tolerance`] bounds the rounding error of that
+//! computation for this pool (a few units of 2^-53 times the pool's size and the ratio of its
+//! largest value to its spread: below 1e-12 in ordinary pools), and scores that differ by no more
+//! than it count as equal. Sorted by score, runs of scores each within the tolerance of the next
+//! form one tie group, ordered by the tie rule; a run never splits an exact tie (its members are
+//! within the tolerance of each other, and so is everything sorted between them), and it moves a
+//! member ahead of one with a higher real score only when their scores differ by less than the
+//! run's width, a few tolerances.
+//!
+//! **Why on the host.** Phase B's inputs are assembled on the host (pools come from the memory
+//! table, and Q lives there), and they are small: a pool is the members of at most k1 keys. The
+//! decision has to be made by one deterministic computation on the same inputs for CPU, CUDA and
+//! Metal to return the same memories, and a device's f32 reductions round differently from
+//! another's (and Metal has no f64). Pools are a few dozen values: this costs microseconds per
+//! query, against the upload, the launches and the download a device computation needs. Phase A,
+//! the part that grows with the bank, stays on the device.
 
-use candle_core::{DType, Device, Tensor, D};
+use rayon::prelude::*;
 
 use crate::config::{RetrievalConfig, ZSim};
-use crate::error::Result;
-use crate::index::topk::topk_indices;
 use crate::rng::SplitMix64;
 
 /// One candidate: a memory (its table slot for this call, id and Q) and the similarity of its
@@ -35,7 +49,7 @@ pub(crate) struct Candidate {
 }
 
 /// One selected candidate: its position in the pool and its Phase B figures.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Ranked {
     pub(crate) position: usize,
     pub(crate) zsim: f32,
@@ -43,217 +57,309 @@ pub(crate) struct Ranked {
     pub(crate) score: f32,
 }
 
-/// Top-k2 pool positions per query, and four planes (valid, zsim, zq, score) of the same shape.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-type Picks = (Vec<Vec<u32>>, Vec<Vec<Vec<f32>>>);
+/// Half the distance from 1.0 to the next f64: the unit roundoff of one f64 operation.
+const UNIT_ROUNDOFF: f64 = f64::EPSILON / 2.0;
+
+/// The smallest tolerance: a margin, far below any score difference that stored f32 values can
+/// produce outside a tie, for anything the error bound of [`tolerance`] leaves out.
+const TOLERANCE_FLOOR: f64 = 1.0 / (1u64 << 40) as f64;
+
+/// Candidates beyond which a batch's pools are ranked in parallel (below it, threads cost more
+/// than they save).
+const PARALLEL_CANDIDATES: usize = 4096;
 
 /// A random key in [0, 1) exactly representable in f32 (24 bits).
 fn exploration_key(rng: &mut SplitMix64) -> f32 {
     (rng.next_u64() >> 40) as f32 / (1u32 << 24) as f32
 }
 
-/// Ranks each pool (already in tie-break order) on `device` and returns up to k2 picks per
-/// query.
-pub(crate) fn rank(
-    pools: &[Vec<Candidate>],
-    cfg: &RetrievalConfig,
-    device: Device,
-) -> Result<Vec<Vec<Ranked>>> {
-    let b = pools.len();
-    let p = pools.iter().map(Vec::len).max().unwrap_or(0);
-    if p == 0 {
-        return Ok(vec![Vec::new(); b]);
+/// Ranks each pool (already in tie-break order: similarity desc, memory id asc, so a position
+/// stands for the tie rule) and returns up to k2 picks per query, best first.
+pub(crate) fn rank(pools: &[Vec<Candidate>], cfg: &RetrievalConfig) -> Vec<Vec<Ranked>> {
+    let candidates: usize = pools.iter().map(Vec::len).sum();
+    if candidates >= PARALLEL_CANDIDATES {
+        pools
+            .par_iter()
+            .enumerate()
+            .map(|(i, pool)| rank_pool(pool, i, cfg))
+            .collect()
+    } else {
+        pools
+            .iter()
+            .enumerate()
+            .map(|(i, pool)| rank_pool(pool, i, cfg))
+            .collect()
     }
-    let device = &device;
+}
 
-    // Host layout: padded Q, sims, validity and (when exploring) random keys.
-    let mut qs = vec![0f32; b * p];
-    let mut sims = vec![0f32; b * p];
-    let mut valid = vec![0f32; b * p];
-    let mut explore = vec![0u8; b * p];
-    let mut random_keys = vec![0f32; b * p];
-    let mut any_exploring = false;
-    let mut explore_rows = vec![0u32; b];
-    for (i, pool) in pools.iter().enumerate() {
-        for (j, c) in pool.iter().enumerate() {
-            qs[i * p + j] = c.q;
-            sims[i * p + j] = c.sim;
-            valid[i * p + j] = 1.0;
-        }
-        if cfg.epsilon > 0.0 && !pool.is_empty() {
-            let mut rng = SplitMix64::for_item(cfg.seed, i as u64);
-            if rng.next_f64() < cfg.epsilon as f64 {
-                any_exploring = true;
-                explore_rows[i] = 1;
-                for j in 0..pool.len() {
-                    explore[i * p + j] = 1;
-                    random_keys[i * p + j] = exploration_key(&mut rng);
-                }
-            }
-        }
-    }
-    #[cfg(feature = "cuda")]
-    if let Device::Cuda(dev) = device {
-        if p <= crate::kernels::cuda::RANK_MAX && b <= 65_535 {
-            let lens: Vec<u32> = pools.iter().map(|pool| pool.len() as u32).collect();
-            // The kernel gathers Q through an index: Q is uploaded padded, in pool order, so
-            // candidate (i, j) reads entry i * p + j.
-            let slots: Vec<u32> = (0..(b * p) as u32).collect();
-            let utility = Tensor::from_slice(&qs, b * p, device)?;
-            let host = crate::kernels::cuda::Pools {
-                b,
-                sims: &sims,
-                slots: &slots,
-                lens: &lens,
-                explore: &explore_rows,
-                random_keys: &random_keys,
-            };
-            let (pos, picked) = cuda::rank(dev, &utility, p, &host, cfg)?;
-            return Ok(hits(&pos, &picked));
-        }
-    }
-    let sims = Tensor::from_vec(sims, (b, p), device)?;
-    let mut valid = Tensor::from_vec(valid, (b, p), device)?;
-    let q = Tensor::from_vec(qs, (b, p), device)?;
-    if let Some(q_min) = cfg.q_min {
-        valid = (valid * q.ge(q_min as f64)?.to_dtype(DType::F32)?)?;
-    }
-    let count = valid.sum_keepdim(D::Minus1)?;
+/// Mean and the std a z-score divides by (see the module docs), over `values`.
+#[derive(Debug, Clone, Copy)]
+struct Spread {
+    mean: f64,
+    std: f64,
+    /// Largest |value|.
+    max_abs: f64,
+}
 
-    let zq = pool_zscore(&q, &valid, &count, cfg.z_clip)?;
-    let zsim = match cfg.zsim {
-        ZSim::Pool => pool_zscore(&sims, &valid, &count, cfg.z_clip)?,
-        ZSim::Fixed { mean, std } => sims
-            .affine(1.0 / std as f64, -(mean as f64) / std as f64)?
-            .clamp(-cfg.z_clip, cfg.z_clip)?,
+fn spread(values: &[f64]) -> Spread {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+    let std = var.sqrt();
+    let (lo, hi) = values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    let degenerate = values.len() == 1 || std <= 1e-9 || lo == hi;
+    Spread {
+        mean,
+        std: if degenerate { 1.0 } else { std },
+        max_abs: lo.abs().max(hi.abs()),
+    }
+}
+
+/// A bound on the absolute rounding error of each z-score `(x - mean) / std` computed by
+/// [`spread`] over `n` values: the mean's error (n + 1 roundings of values at most `max_abs`)
+/// divided by the std, and the relative error of the std, the subtraction and the division
+/// applied to the largest |z|. The mean's error is shared by every member and cancels in their
+/// differences, but clipping can cut one member and not another, so it is counted.
+fn pool_error(s: &Spread, n: usize, max_z: f64) -> f64 {
+    let n = n as f64;
+    UNIT_ROUNDOFF * ((n + 2.0) * s.max_abs / s.std + (n + 6.0) * max_z)
+}
+
+/// The largest difference between two computed scores of a pool that may hide a tie in real
+/// arithmetic: twice the per-score error bound (the scores' errors may have opposite signs),
+/// doubled again as a margin, and never below [`TOLERANCE_FLOOR`].
+fn tolerance(zsim_error: f64, zq_error: f64, lambda: f64, max_score: f64) -> f64 {
+    let per_score =
+        (1.0 - lambda) * zsim_error + lambda * zq_error + 3.0 * UNIT_ROUNDOFF * max_score;
+    (4.0 * per_score).max(TOLERANCE_FLOOR)
+}
+
+fn rank_pool(pool: &[Candidate], index: usize, cfg: &RetrievalConfig) -> Vec<Ranked> {
+    // Exploration draws come first and cover the whole pool, so they do not depend on Q.
+    let mut explore_keys: Option<Vec<f32>> = None;
+    if cfg.epsilon > 0.0 && !pool.is_empty() {
+        let mut rng = SplitMix64::for_item(cfg.seed, index as u64);
+        if rng.next_f64() < cfg.epsilon as f64 {
+            explore_keys = Some(pool.iter().map(|_| exploration_key(&mut rng)).collect());
+        }
+    }
+    let members: Vec<usize> = (0..pool.len())
+        .filter(|&j| cfg.q_min.is_none_or(|q_min| pool[j].q >= q_min))
+        .collect();
+    let n = members.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let z_clip = cfg.z_clip as f64;
+    let qs: Vec<f64> = members.iter().map(|&j| pool[j].q as f64).collect();
+    let sims: Vec<f64> = members.iter().map(|&j| pool[j].sim as f64).collect();
+
+    let q_spread = spread(&qs);
+    let raw_zq: Vec<f64> = qs
+        .iter()
+        .map(|q| (q - q_spread.mean) / q_spread.std)
+        .collect();
+    let max_zq = raw_zq.iter().fold(0.0f64, |m, z| m.max(z.abs()));
+    let zq_error = pool_error(&q_spread, n, max_zq);
+    let zq: Vec<f64> = raw_zq.iter().map(|z| z.clamp(-z_clip, z_clip)).collect();
+
+    let (raw_zsim, zsim_error) = match cfg.zsim {
+        ZSim::Pool => {
+            let s = spread(&sims);
+            let z: Vec<f64> = sims.iter().map(|v| (v - s.mean) / s.std).collect();
+            let max_z = z.iter().fold(0.0f64, |m, z| m.max(z.abs()));
+            let error = pool_error(&s, n, max_z);
+            (z, error)
+        }
+        ZSim::Fixed { mean, std } => {
+            let (mean, std) = (mean as f64, std as f64);
+            let z: Vec<f64> = sims.iter().map(|v| (v - mean) / std).collect();
+            let max_z = z.iter().fold(0.0f64, |m, z| m.max(z.abs()));
+            let max_sim = sims.iter().fold(0.0f64, |m, s| m.max(s.abs()));
+            // One subtraction and one division, each rounded once.
+            let error = 2.0 * UNIT_ROUNDOFF * ((max_sim + mean.abs()) / std + max_z);
+            (z, error)
+        }
     };
+    let zsim: Vec<f64> = if cfg.clip_zsim {
+        raw_zsim.iter().map(|z| z.clamp(-z_clip, z_clip)).collect()
+    } else {
+        raw_zsim
+    };
+
     let lambda = cfg.lambda as f64;
-    let score = (zsim.affine(1.0 - lambda, 0.0)? + zq.affine(lambda, 0.0)?)?;
-    let is_valid = valid.gt(0.0)?;
-    let neg_inf = Tensor::full(f32::NEG_INFINITY, (b, p), device)?;
-    let mut key = is_valid.where_cond(&score, &neg_inf)?;
-    if any_exploring {
-        let explore = Tensor::from_vec(explore, (b, p), device)?;
-        let random_keys = Tensor::from_vec(random_keys, (b, p), device)?;
-        key = is_valid.where_cond(&explore.where_cond(&random_keys, &score)?, &neg_inf)?;
+    let scores: Vec<f64> = (0..n)
+        .map(|m| (1.0 - lambda) * zsim[m] + lambda * zq[m])
+        .collect();
+    let figures = |m: usize| Ranked {
+        position: members[m],
+        zsim: zsim[m] as f32,
+        zq: zq[m] as f32,
+        score: scores[m] as f32,
+    };
+    let k2 = cfg.k2.min(n);
+
+    if let Some(keys) = explore_keys {
+        // Random keys have no ties in real arithmetic to respect: order by key, then position.
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| {
+            keys[members[b]]
+                .total_cmp(&keys[members[a]])
+                .then(members[a].cmp(&members[b]))
+        });
+        return order.into_iter().take(k2).map(figures).collect();
     }
 
-    let pos = topk_indices(&key, cfg.k2)?;
-    let picked = Tensor::stack(
-        &[
-            valid.gather(&pos, 1)?,
-            zsim.gather(&pos, 1)?,
-            zq.gather(&pos, 1)?,
-            score.gather(&pos, 1)?,
-        ],
-        0,
-    )?
-    .to_device(&Device::Cpu)?;
-    let picked: Vec<Vec<Vec<f32>>> = picked.to_vec3()?;
-    let pos: Vec<Vec<u32>> = pos.to_vec2()?;
-    Ok(hits(&pos, &picked))
-}
-
-/// Each query's picks from the top-k2 positions and the four planes (valid, zsim, zq, score)
-/// at those positions; invalid picks (a pool smaller than k2) are dropped.
-fn hits(pos: &[Vec<u32>], picked: &[Vec<Vec<f32>>]) -> Vec<Vec<Ranked>> {
-    let mut out = Vec::with_capacity(pos.len());
-    for (i, row) in pos.iter().enumerate() {
-        let mut picks = Vec::with_capacity(row.len());
-        for (j, &position) in row.iter().enumerate() {
-            if picked[0][i][j] > 0.0 {
-                picks.push(Ranked {
-                    position: position as usize,
-                    zsim: picked[1][i][j],
-                    zq: picked[2][i][j],
-                    score: picked[3][i][j],
-                });
-            }
+    let max_score = scores.iter().fold(0.0f64, |m, s| m.max(s.abs()));
+    let tol = tolerance(zsim_error, zq_error, lambda, max_score);
+    // Members ordered by score desc, then position: a total order. `m` indexes `members`, whose
+    // positions increase with m, so comparing m is comparing positions.
+    let by_score = |&a: &usize, &b: &usize| scores[b].total_cmp(&scores[a]).then(a.cmp(&b));
+    let mut order: Vec<usize> = (0..n).collect();
+    if k2 < n {
+        // Only members that can share a tie group with one of the best k2 need sorting: a group
+        // reaches at most (n - 1) tolerances below the k2-th best score.
+        order.select_nth_unstable_by(k2 - 1, by_score);
+        let floor = scores[order[k2 - 1]] - n as f64 * tol;
+        order.retain(|&m| scores[m] >= floor);
+    }
+    order.sort_by(by_score);
+    // Tie groups: runs of scores each within the tolerance of the next, ordered by position.
+    let mut start = 0;
+    while start < order.len() && start < k2 {
+        let mut end = start + 1;
+        while end < order.len() && scores[order[end - 1]] - scores[order[end]] <= tol {
+            end += 1;
         }
-        out.push(picks);
+        order[start..end].sort_unstable();
+        start = end;
     }
-    out
+    order.into_iter().take(k2).map(figures).collect()
 }
 
-/// Phase B as one CUDA kernel (kernels/rank.cu) instead of some forty tensor ops.
-#[cfg(feature = "cuda")]
-mod cuda {
-    use candle_core::{CudaDevice, Storage, Tensor};
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    use crate::config::{RetrievalConfig, ZSim};
-    use crate::error::Result;
-    use crate::kernels::cuda::{rank as launch, Pools, RankParams};
-
-    /// Positions `b x kk` and planes `4 x b x kk`, as the tensor path returns them.
-    pub(super) fn rank(
-        dev: &CudaDevice,
-        utility: &Tensor,
-        p: usize,
-        pools: &Pools<'_>,
-        cfg: &RetrievalConfig,
-    ) -> Result<super::Picks> {
-        let (fixed, fixed_mul, fixed_add) = match cfg.zsim {
-            ZSim::Pool => (0, 1.0, 0.0),
-            ZSim::Fixed { mean, std } => (
-                1,
-                (1.0 / std as f64) as f32,
-                (-(mean as f64) / std as f64) as f32,
-            ),
-        };
-        let params = RankParams {
-            lambda: cfg.lambda,
-            one_minus_lambda: (1.0 - cfg.lambda as f64) as f32,
-            z_clip: cfg.z_clip,
-            fixed_mul,
-            fixed_add,
-            q_min: cfg.q_min.unwrap_or(0.0),
-            fixed,
-            has_q_min: u32::from(cfg.q_min.is_some()),
-            p: p as u32,
-            k2: cfg.k2 as u32,
-        };
-        let utility = utility.contiguous()?;
-        let (storage, layout) = utility.storage_and_layout();
-        let Storage::Cuda(storage) = &*storage else {
-            return Err(
-                candle_core::Error::Msg("memrl-rank: Q is not on the CUDA device".into()).into(),
-            );
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            return Err(candle_core::Error::Msg("memrl-rank: Q is not contiguous".into()).into());
-        };
-        let q = storage.as_cuda_slice::<f32>()?;
-        let (pos, fields) = launch(dev, q, start..end, pools, params)?;
-        let kk = cfg.k2.min(p);
-        let pos = pos.chunks(kk).map(<[u32]>::to_vec).collect();
-        let planes = fields
-            .chunks(pools.b * kk)
-            .map(|plane| plane.chunks(kk).map(<[f32]>::to_vec).collect())
+    fn pool(members: &[(u64, f32, f32)]) -> Vec<Candidate> {
+        let mut pool: Vec<Candidate> = members
+            .iter()
+            .enumerate()
+            .map(|(slot, &(id, sim, q))| Candidate {
+                slot: slot as u32,
+                id,
+                sim,
+                q,
+            })
             .collect();
-        Ok((pos, planes))
+        pool.sort_by(|a, b| b.sim.total_cmp(&a.sim).then(a.id.cmp(&b.id)));
+        pool
     }
-}
 
-/// Row-wise z-score of `x` over the entries where `valid` is 1 (see the module docs).
-fn pool_zscore(x: &Tensor, valid: &Tensor, count: &Tensor, clip: f32) -> Result<Tensor> {
-    let denom = count.clamp(1.0, f64::INFINITY)?;
-    let mean = (x * valid)?.sum_keepdim(D::Minus1)?.broadcast_div(&denom)?;
-    let centred = (x.broadcast_sub(&mean)? * valid)?;
-    let var = centred
-        .sqr()?
-        .sum_keepdim(D::Minus1)?
-        .broadcast_div(&denom)?;
-    let std = var.sqrt()?;
-    let is_valid = valid.gt(0.0)?;
-    let big = Tensor::full(f32::MAX, x.shape(), x.device())?;
-    let max = is_valid
-        .where_cond(x, &big.neg()?)?
-        .max_keepdim(D::Minus1)?;
-    let min = is_valid.where_cond(x, &big)?.min_keepdim(D::Minus1)?;
-    let spread = (std.gt(1e-9)?.to_dtype(DType::F32)?
-        * count.gt(1.0)?.to_dtype(DType::F32)?
-        * max.gt(&min)?.to_dtype(DType::F32)?)?;
-    // std where it is meaningful, 1 elsewhere.
-    let std = ((std * &spread)? + (1.0 - spread)?)?;
-    Ok(centred.broadcast_div(&std)?.clamp(-clip, clip)?)
+    fn ids(pool: &[Candidate], cfg: &RetrievalConfig) -> Vec<u64> {
+        rank(std::slice::from_ref(&pool.to_vec()), cfg)[0]
+            .iter()
+            .map(|r| pool[r.position].id)
+            .collect()
+    }
+
+    #[test]
+    fn a_pool_of_two_ties_at_lambda_half_and_the_closer_memory_wins() {
+        // z = +-1 for both figures, so both scores are exactly 0: similarity decides, whatever
+        // rounding the similarities carry.
+        let mut rng = SplitMix64::new(3);
+        for _ in 0..2000 {
+            let a = rng.next_f64() as f32;
+            let b = rng.next_f64() as f32;
+            let (qa, qb) = (rng.gaussian(), rng.gaussian());
+            if a == b || qa == qb {
+                continue;
+            }
+            // The closer memory gets the lower Q.
+            let (close, far) = if a > b { (a, b) } else { (b, a) };
+            let (low, high) = if qa < qb { (qa, qb) } else { (qb, qa) };
+            let pool = pool(&[(7, far, high), (9, close, low)]);
+            let cfg = RetrievalConfig::default();
+            assert_eq!(ids(&pool, &cfg), vec![9, 7], "{pool:?}");
+        }
+    }
+
+    #[test]
+    fn an_anti_affine_pool_ties_everywhere_and_ranks_by_similarity() {
+        // Q = c - k * sim exactly (dyadic values): at lambda 0.5 every score is 0 in real
+        // arithmetic, so the order is the tie rule's alone.
+        let members: Vec<(u64, f32, f32)> = (0..9u64)
+            .map(|i| {
+                let sim = 0.25 + i as f32 / 32.0;
+                (100 - i, sim, 0.5 - 2.0 * sim)
+            })
+            .collect();
+        let pool = pool(&members);
+        let cfg = RetrievalConfig {
+            k2: 9,
+            ..RetrievalConfig::default()
+        };
+        let want: Vec<u64> = pool.iter().map(|c| c.id).collect();
+        assert_eq!(ids(&pool, &cfg), want);
+        // k2 below the pool cuts the same order.
+        let cfg = RetrievalConfig { k2: 4, ..cfg };
+        assert_eq!(ids(&pool, &cfg), want[..4].to_vec());
+    }
+
+    #[test]
+    fn zsim_is_not_clipped_unless_asked() {
+        // 15 memories under one key and one under a farther key: the lone one's zsim is
+        // -15 / sqrt(15) = -3.87.
+        let mut members: Vec<(u64, f32, f32)> = (0..15u64).map(|i| (i, 0.9, 0.0)).collect();
+        members.push((99, 0.5, 1.0));
+        let pool = pool(&members);
+        let cfg = RetrievalConfig {
+            k2: 16,
+            ..RetrievalConfig::default()
+        };
+        let ranked = &rank(std::slice::from_ref(&pool), &cfg)[0];
+        let lone = ranked.iter().find(|r| pool[r.position].id == 99).unwrap();
+        assert!((lone.zsim as f64 + 15f64.sqrt()).abs() < 1e-6, "{lone:?}");
+        assert_eq!(lone.zq, 3.0, "zq is clipped: 15 / sqrt(15) = 3.87 > 3");
+        let clipped = RetrievalConfig {
+            clip_zsim: true,
+            ..cfg
+        };
+        let ranked = &rank(std::slice::from_ref(&pool), &clipped)[0];
+        let lone = ranked.iter().find(|r| pool[r.position].id == 99).unwrap();
+        assert_eq!(lone.zsim, -3.0);
+    }
+
+    #[test]
+    fn large_pools_select_the_same_as_a_full_sort() {
+        let mut rng = SplitMix64::new(11);
+        for round in 0..200 {
+            let n = 1 + rng.below(300) as usize;
+            let levels = 1 + rng.below(6) as u32; // few levels: many exact ties
+            let members: Vec<(u64, f32, f32)> = (0..n as u64)
+                .map(|i| {
+                    let sim = rng.below(levels as u64) as f32 / levels as f32;
+                    let q = rng.below(levels as u64) as f32 / levels as f32 - 0.5;
+                    (rng.below(1000) * 1000 + i, sim, q)
+                })
+                .collect();
+            let pool = pool(&members);
+            let k2 = 1 + rng.below(n as u64 + 3) as usize;
+            let cfg = RetrievalConfig {
+                k2,
+                lambda: [0.0, 0.25, 0.5, 1.0][round % 4],
+                ..RetrievalConfig::default()
+            };
+            let everything = RetrievalConfig {
+                k2: n,
+                ..cfg.clone()
+            };
+            let all = ids(&pool, &everything);
+            assert_eq!(ids(&pool, &cfg), all[..k2.min(n)].to_vec(), "round {round}");
+        }
+    }
 }

@@ -471,7 +471,7 @@ impl Store {
         let mut flat = Vec::with_capacity(batch.len() * dim);
         for (index, m) in batch.iter().enumerate() {
             let embedding = m.embedding.as_ref().ok_or_else(|| Error::NoEmbedder {
-                operation: format!("embedding the intent of memory #{index}"),
+                operation: format!("embedding the intent of the memory at index {index}"),
             })?;
             if embedding.len() != dim {
                 return Err(Error::DimensionMismatch {
@@ -483,7 +483,7 @@ impl Store {
             if let Some(q) = m.q {
                 if !q.is_finite() {
                     return Err(Error::value(
-                        format!("memory #{index}: q"),
+                        format!("memory at index {index} of the batch: q"),
                         format!("initial Q {q} is not a finite number"),
                     ));
                 }
@@ -664,7 +664,7 @@ impl Store {
             }
             if !m.q.is_finite() {
                 return Err(Error::value(
-                    format!("memory #{i}: q"),
+                    format!("memory at index {i} of the batch: q"),
                     format!("initial Q {} is not a finite number", m.q),
                 ));
             }

@@ -262,11 +262,39 @@ fn put_str(out: &mut Vec<u8>, s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Why a frame could not be read: the end of the file cuts it (`torn`) or its bytes are wrong.
+/// Why a frame could not be read.
+#[derive(Debug)]
 pub(crate) enum FrameError {
+    /// The end of the file cuts it: fewer bytes than a frame prefix, or than its length says.
     Torn(String),
-    Corrupt(String),
+    /// Its checksum does not match: bytes written in part, or damaged.
+    Checksum(String),
+    /// Its checksum matches but its body is not a record this memrl reads (a newer format, or
+    /// a bug): never the trace of a write cut short.
+    Invalid(String),
 }
+
+impl FrameError {
+    /// What is wrong, in words.
+    pub(crate) fn reason(&self) -> &str {
+        match self {
+            FrameError::Torn(r) | FrameError::Checksum(r) | FrameError::Invalid(r) => r,
+        }
+    }
+}
+
+/// The sequence number a frame at the start of `bytes` would carry (unchecked: for the search
+/// of intact frames after damage), if there are bytes enough.
+pub(crate) fn peek_seq(bytes: &[u8]) -> Option<u64> {
+    let field = bytes.get(FRAME_PREFIX..FRAME_PREFIX + 8)?;
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(field);
+    Some(u64::from_le_bytes(seq))
+}
+
+/// Bytes of the smallest frame that decodes: prefix, sequence number, tag, and a config of
+/// `{}` (a 4-byte length and 2 bytes).
+pub(crate) const MIN_FRAME: usize = FRAME_PREFIX + 15;
 
 /// Reads the frame at the start of `bytes`: `(frame length, seq, record)`.
 pub(crate) fn decode_frame(bytes: &[u8]) -> Result<(usize, u64, Record), FrameError> {
@@ -287,15 +315,15 @@ pub(crate) fn decode_frame(bytes: &[u8]) -> Result<(usize, u64, Record), FrameEr
     let body = &bytes[FRAME_PREFIX..FRAME_PREFIX + len];
     // Fuzzing builds skip the CRC so the fuzzer reaches the decoder behind it.
     if !cfg!(fuzzing) && frame_crc(&bytes[..4], body) != stored {
-        return Err(FrameError::Corrupt("checksum mismatch".into()));
+        return Err(FrameError::Checksum("checksum mismatch".into()));
     }
     let mut cursor = Cursor {
         bytes: body,
         pos: 0,
     };
-    let (seq, record) = decode_body(&mut cursor).map_err(FrameError::Corrupt)?;
+    let (seq, record) = decode_body(&mut cursor).map_err(FrameError::Invalid)?;
     if cursor.pos != body.len() {
-        return Err(FrameError::Corrupt(format!(
+        return Err(FrameError::Invalid(format!(
             "{} bytes after the record's end",
             body.len() - cursor.pos
         )));

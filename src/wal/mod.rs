@@ -33,10 +33,15 @@
 //!   sequence number of the last record it reflects; replay skips records at or below it, so a
 //!   crash between writing the snapshot and emptying the log replays nothing twice. Emptying the
 //!   log is a truncation to its header.
-//! - **A torn or corrupt tail is dropped, never applied.** Replay stops at the first frame that
-//!   is cut short, fails its CRC32C, does not decode, or breaks the sequence; everything before it
-//!   is kept, and [`Recovery::tail`] says what was dropped. A writer truncates the file there
-//!   before appending.
+//! - **A torn tail is dropped, never applied; damage in the middle is an error.** A torn tail
+//!   is what a write cut short leaves at the end: the last frame cut off by the end of the file,
+//!   or bytes after the last intact frame in which no intact frame can be found. Replay stops
+//!   there, everything before it is kept, [`Recovery::tail`] says what was dropped, and a writer
+//!   truncates the file there before appending. A frame that fails its CRC32C with an intact
+//!   record of the sequence after it, an intact frame that does not decode, or one out of
+//!   sequence is corruption: [`Error::CorruptLog`] names its offset and the log is left as it
+//!   is, for readers and writers alike, until a repair is asked for
+//!   (`OpenOptions::truncate_corrupt_log`), which cuts there and saves what it cut.
 //! - **One writer.** A bank opened for writing takes an exclusive lock on the log file; a second
 //!   writer (another process, or the same one) gets [`Error::Locked`]. Readers take no lock and
 //!   change no file.
@@ -142,6 +147,9 @@ pub struct Tail {
     pub bytes: u64,
     /// Why the frame at `offset` was not accepted.
     pub reason: String,
+    /// Intact records in the dropped part: 0 for a torn tail; more when a damaged log was cut
+    /// on request (the records after the damage, lost to the bank).
+    pub records: u64,
 }
 
 /// What opening a bank found and did.
@@ -157,8 +165,14 @@ pub struct Recovery {
     pub log_seq: u64,
     /// Bytes of valid records in the log (header included).
     pub valid_bytes: u64,
-    /// The torn or corrupt tail that was dropped, if any.
+    /// The torn tail that was dropped, if any; or, when `repaired`, the damaged end of the log
+    /// that was cut on request.
     pub tail: Option<Tail>,
+    /// Whether `tail` is corruption cut on request (`OpenOptions::truncate_corrupt_log`), not a
+    /// torn tail.
+    pub repaired: bool,
+    /// Where the bytes cut by a repair were saved (beside the log), if they were.
+    pub saved_tail: Option<PathBuf>,
     /// Temporary files of interrupted snapshot saves that were removed (writers only).
     pub stale_temp_files: usize,
     /// The format version of the log that was read (0: there was none).
@@ -182,14 +196,47 @@ pub(crate) fn header_incomplete(bytes: &[u8]) -> bool {
     }
 }
 
+/// How [`replay`] treats a log.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReplayOptions<'a> {
+    /// Names the log in errors.
+    pub(crate) path: &'a Path,
+    /// Corruption (damage followed by intact records) ends the replay there, reported as the
+    /// tail to cut, instead of being an error: the repair a caller asked for.
+    pub(crate) cut_corruption: bool,
+}
+
+/// [`replay`] of a log named `path`, corruption an error.
+pub(crate) fn replay_bytes(store: &mut Store, bytes: &[u8], path: &Path) -> Result<Recovery> {
+    replay(
+        store,
+        bytes,
+        ReplayOptions {
+            path,
+            cut_corruption: false,
+        },
+    )
+}
+
 /// Replays log bytes onto `store` (which was just loaded from the snapshot the log follows).
-/// `path` only names the log in errors.
 ///
 /// Errors: a header of another bank or another format, a log that starts after the snapshot
-/// ends (records missing), or a valid record that does not apply. A log shorter than its header
-/// (a crash while creating it) is empty. A torn or corrupt tail is not an error: it is reported
-/// in [`Recovery::tail`].
-pub(crate) fn replay_bytes(store: &mut Store, bytes: &[u8], path: &Path) -> Result<Recovery> {
+/// ends (records missing), a valid record that does not apply, and corruption
+/// ([`Error::CorruptLog`], unless the options cut it). A log shorter than its header (a crash
+/// while creating it) is empty.
+///
+/// A torn tail is not an error: it is reported in [`Recovery::tail`] and never applied. A torn
+/// tail is the last frame cut short (the file ends inside it) or bytes after the last intact
+/// frame that hold no intact frame (a write whose data did not all reach the disk: zeros, part
+/// of a frame). Damage followed by an intact record that could continue the sequence is
+/// corruption, not a tail: cutting there would drop acknowledged records. So is an intact
+/// frame (its checksum matches) that does not decode, and an intact frame out of sequence.
+pub(crate) fn replay(
+    store: &mut Store,
+    bytes: &[u8],
+    options: ReplayOptions<'_>,
+) -> Result<Recovery> {
+    let path = options.path;
     let log_error = |problem: String| Error::Log {
         path: path.to_path_buf(),
         problem,
@@ -227,12 +274,37 @@ pub(crate) fn replay_bytes(store: &mut Store, bytes: &[u8], path: &Path) -> Resu
     while pos < bytes.len() {
         let (len, seq, record) = match format::decode_frame(&bytes[pos..]) {
             Ok(frame) => frame,
-            Err(format::FrameError::Torn(reason)) => {
-                recovery.tail = Some(tail(pos, bytes.len(), format!("torn record: {reason}")));
-                break;
-            }
-            Err(format::FrameError::Corrupt(reason)) => {
-                recovery.tail = Some(tail(pos, bytes.len(), format!("corrupt record: {reason}")));
+            Err(problem) => {
+                // Damage followed by an intact record is corruption; damage with nothing intact
+                // after it is a torn tail.
+                let expected = previous.map_or(1, |p| p.saturating_add(1));
+                let damage = match (&problem, next_intact_frame(bytes, pos + 1, expected)) {
+                    (format::FrameError::Invalid(_), _) => None,
+                    (_, None) => {
+                        let what = match problem {
+                            format::FrameError::Torn(_) => "torn record",
+                            _ => "corrupt record",
+                        };
+                        recovery.tail = Some(tail(
+                            pos,
+                            bytes.len(),
+                            format!("{what}: {}", problem.reason()),
+                        ));
+                        break;
+                    }
+                    (_, Some(found)) => Some(found),
+                };
+                let problem = match damage {
+                    None => format!(
+                        "the record at byte {pos} is intact (its checksum matches) but cannot be read: {}",
+                        problem.reason()
+                    ),
+                    Some((at, next, _)) => format!(
+                        "the record at byte {pos} is damaged ({}), and an intact record (number {next}) follows at byte {at}: this is corruption, not a torn tail",
+                        problem.reason()
+                    ),
+                };
+                corrupt(&mut recovery, bytes, pos, expected, problem, options)?;
                 break;
             }
         };
@@ -246,11 +318,17 @@ pub(crate) fn replay_bytes(store: &mut Store, bytes: &[u8], path: &Path) -> Resu
                 )));
             }
             Some(prev) if Some(seq) != prev.checked_add(1) => {
-                recovery.tail = Some(tail(
+                let problem = format!(
+                    "the record at byte {pos} is number {seq} but follows number {prev}: the sequence is broken"
+                );
+                corrupt(
+                    &mut recovery,
+                    bytes,
                     pos,
-                    bytes.len(),
-                    format!("record {seq} follows record {prev}: the sequence is broken"),
-                ));
+                    prev.saturating_add(1),
+                    problem,
+                    options,
+                )?;
                 break;
             }
             _ => {}
@@ -285,7 +363,83 @@ fn tail(offset: usize, end: usize, reason: String) -> Tail {
         offset: offset as u64,
         bytes: (end - offset) as u64,
         reason,
+        records: 0,
     }
+}
+
+/// The first intact frame at or after `from` whose sequence number could follow the records
+/// before the damage (at least `expected`, and no further on than the bytes left could hold):
+/// `(offset, seq)`. Frames are found by their sequence number first (cheap), then checked whole
+/// (length, checksum, body), so a stale or random byte pattern is not taken for a record.
+fn next_intact_frame(bytes: &[u8], from: usize, expected: u64) -> Option<(usize, u64, usize)> {
+    let mut at = from;
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        let furthest = expected.saturating_add((rest.len() / format::MIN_FRAME) as u64);
+        match format::peek_seq(rest) {
+            None => return None,
+            Some(seq) if (expected..=furthest).contains(&seq) => {
+                if let Ok((len, found, _)) = format::decode_frame(rest) {
+                    if found == seq {
+                        return Some((at, seq, len));
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+        at += 1;
+    }
+    None
+}
+
+/// How many intact records lie in `bytes` from `from` on (what cutting there drops).
+fn intact_records_from(bytes: &[u8], from: usize, expected: u64) -> u64 {
+    let mut count = 0;
+    let mut at = from;
+    let mut expected = expected;
+    while let Some((found, seq, len)) = next_intact_frame(bytes, at, expected) {
+        count += 1;
+        expected = seq.saturating_add(1);
+        at = found + len;
+    }
+    count
+}
+
+/// Damage at `pos` that is not a torn tail: an error naming the offset, or, when the caller
+/// asked for a repair, a tail to cut there (with the intact records it drops counted).
+fn corrupt(
+    recovery: &mut Recovery,
+    bytes: &[u8],
+    pos: usize,
+    expected: u64,
+    problem: String,
+    options: ReplayOptions<'_>,
+) -> Result<()> {
+    if !options.cut_corruption {
+        return Err(Error::CorruptLog {
+            path: options.path.to_path_buf(),
+            offset: pos as u64,
+            problem: format!(
+                "{problem}; the log is kept as it is (OpenOptions::truncate_corrupt_log or `memrl repair` cuts it there, dropping {} bytes)",
+                bytes.len() - pos
+            ),
+        });
+    }
+    let mut cut = tail(pos, bytes.len(), problem);
+    cut.records = intact_records_from(bytes, pos, expected);
+    recovery.tail = Some(cut);
+    recovery.repaired = true;
+    Ok(())
+}
+
+/// Whether the file at `path` starts like a memrl log (its magic bytes).
+#[cfg(feature = "embed")]
+pub(crate) fn is_log_file(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 8];
+    fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok_and(|()| &magic == format::MAGIC)
 }
 
 /// The bytes of the log at `path`, or none when there is no log.

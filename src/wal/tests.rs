@@ -313,19 +313,123 @@ fn a_torn_tail_is_dropped_and_everything_before_it_kept() {
     assert_eq!(state(&bank), live);
 }
 
+/// Every single-bit flip anywhere after the header: in the last frame it is a torn tail (a
+/// damaged last record cannot be told from a write cut short), anywhere before it is
+/// corruption, an error naming the damaged frame's offset, never a silent cut.
 #[test]
-fn a_corrupt_record_ends_the_replay_there() {
+fn damage_before_the_last_frame_is_an_error_naming_its_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, log) = logged_bank(dir.path());
+    let starts = frame_starts(&log);
+    let last = starts[starts.len() - 2];
+    let snapshot_bytes = fs::read(&path).unwrap();
+    let fresh = || {
+        snapshot::load_bytes(
+            &path,
+            &snapshot_bytes,
+            &Device::Cpu,
+            &LoadOptions::default(),
+        )
+        .unwrap()
+    };
+    for byte in HEADER_LEN..log.len() {
+        let frame = starts.iter().rposition(|&s| s <= byte).unwrap();
+        for bit in [0x01u8, 0x80] {
+            let mut damaged = log.clone();
+            damaged[byte] ^= bit;
+            let mut store = fresh();
+            let result = replay_bytes(&mut store, &damaged, Path::new("log"));
+            if starts[frame] == last {
+                let recovery = result.unwrap_or_else(|e| panic!("byte {byte}: {e}"));
+                assert_eq!(recovery.replayed as usize, frame, "byte {byte}");
+                let tail = recovery.tail.unwrap();
+                assert_eq!((tail.offset as usize, tail.records), (last, 0));
+                store.debug_check().unwrap();
+            } else {
+                match result {
+                    Err(Error::CorruptLog {
+                        offset, problem, ..
+                    }) => {
+                        assert_eq!(offset as usize, starts[frame], "byte {byte}: {problem}");
+                        assert!(
+                            problem.contains(&format!("byte {}", starts[frame])),
+                            "{problem}"
+                        );
+                    }
+                    other => panic!("byte {byte} bit {bit}: expected corruption, got {other:?}"),
+                }
+            }
+        }
+    }
+    // Zeros after the last frame (a file extended by a write whose data never reached the
+    // disk) hold no frame: a torn tail.
+    let mut zeros = log.clone();
+    zeros.extend_from_slice(&[0u8; 100]);
+    let recovery = replay_bytes(&mut fresh(), &zeros, Path::new("log")).unwrap();
+    assert_eq!(recovery.replayed as usize, starts.len() - 1);
+    assert_eq!(recovery.tail.unwrap().offset as usize, log.len());
+    // A frame out of sequence (here the last one duplicated) is corruption too.
+    let mut repeated = log.clone();
+    repeated.extend_from_slice(&log[last..]);
+    assert!(matches!(
+        replay_bytes(&mut fresh(), &repeated, Path::new("log")),
+        Err(Error::CorruptLog { offset, .. }) if offset as usize == log.len()
+    ));
+}
+
+/// A damaged log is kept as it is by readers and writers alike; a repair, asked for, cuts it
+/// at the damage, saves what it cut, and says how many records it dropped.
+#[test]
+fn a_damaged_log_is_kept_until_a_repair_cuts_it() {
     let dir = tempfile::tempdir().unwrap();
     let (path, mut log) = logged_bank(dir.path());
     let starts = frame_starts(&log);
-    log[starts[6] + 12] ^= 0x40;
-    let mut bank = snapshot::load(&path, &Device::Cpu, &LoadOptions::default()).unwrap();
-    let recovery = replay_bytes(&mut bank, &log, Path::new("log")).unwrap();
-    assert_eq!(recovery.replayed, 6);
+    log[starts[2] + 12] ^= 0x40;
+    fs::write(log_path(&path), &log).unwrap();
+    let err = Bank::options().read_only(true).open(&path).unwrap_err();
+    assert!(
+        matches!(err, Error::CorruptLog { offset, .. } if offset as usize == starts[2]),
+        "{err}"
+    );
+    assert_eq!(err.kind(), crate::ErrorKind::Corrupt);
+    let err = writer().create(false).open(&path).unwrap_err();
+    assert!(matches!(err, Error::CorruptLog { .. }), "{err}");
+    assert!(err.to_string().contains("truncate_corrupt_log"), "{err}");
+    assert_eq!(
+        fs::read(log_path(&path)).unwrap(),
+        log,
+        "the log was changed"
+    );
+    // A repair is for writers.
+    assert!(Bank::options()
+        .read_only(true)
+        .truncate_corrupt_log(true)
+        .open(&path)
+        .is_err());
+    let engine = writer()
+        .create(false)
+        .truncate_corrupt_log(true)
+        .open(&path)
+        .unwrap();
+    let recovery = engine.recovery().clone();
+    assert!(recovery.repaired);
+    assert_eq!(recovery.replayed, 2);
     let tail = recovery.tail.unwrap();
-    assert_eq!(tail.offset, starts[6] as u64);
-    assert_eq!(tail.bytes as usize, log.len() - starts[6]);
-    assert!(tail.reason.contains("checksum"), "{}", tail.reason);
+    assert_eq!(tail.offset as usize, starts[2]);
+    assert_eq!(tail.bytes as usize, log.len() - starts[2]);
+    assert_eq!(tail.records as usize, starts.len() - 1 - 3);
+    let saved = recovery.saved_tail.unwrap();
+    assert_eq!(fs::read(&saved).unwrap(), &log[starts[2]..]);
+    assert_eq!(
+        fs::metadata(log_path(&path)).unwrap().len() as usize,
+        starts[2]
+    );
+    engine.add(memory(None, [0.0, 0.0, -1.0], "after")).unwrap();
+    let live = state(&engine);
+    drop(engine);
+    let bank = reader(&path);
+    assert_eq!(state(&bank), live);
+    assert_eq!(bank.recovery().tail, None);
 }
 
 #[test]
@@ -511,7 +615,29 @@ fn stale_temporary_files_of_interrupted_saves_are_removed() {
     )
     .unwrap();
     fs::write(dir.path().join("unrelated"), b"x").unwrap();
+    // What an older memrl left through safetensors' own temporary file: this bank's snapshot
+    // under `.tmpXXXXXX` is removed; another bank's, or anything else, is not ours to remove.
+    fs::copy(&path, dir.path().join(".tmpAbC123")).unwrap();
+    let other = dir.path().join("other.safetensors");
+    writer().open(&other).unwrap();
+    fs::copy(&other, dir.path().join(".tmpQwErTy")).unwrap();
+    fs::write(dir.path().join(".tmpZzZzZz"), b"someone else's").unwrap();
     let engine = Bank::open(&path).unwrap();
-    assert_eq!(engine.recovery().stale_temp_files, 1);
-    assert!(dir.path().join("unrelated").exists());
+    assert_eq!(engine.recovery().stale_temp_files, 2);
+    for kept in ["unrelated", ".tmpQwErTy", ".tmpZzZzZz"] {
+        assert!(dir.path().join(kept).exists(), "{kept}");
+    }
+    assert!(!dir.path().join(".tmpAbC123").exists());
+    // Saves leave no temporary file of any name behind.
+    for _ in 0..3 {
+        engine.add(memory(None, [0.0, 1.0, 1.0], "x")).unwrap();
+        engine.checkpoint().unwrap();
+    }
+    let mut names: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.') && n != ".tmpQwErTy" && n != ".tmpZzZzZz")
+        .collect();
+    names.sort();
+    assert!(names.is_empty(), "{names:?}");
 }

@@ -12,7 +12,7 @@
 //! have dropped the dirty pages, so a retry that succeeds proves nothing).
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::fault;
 
 use super::format::{self, LogHeader, HEADER_LEN};
 use super::header_incomplete;
@@ -99,10 +100,14 @@ impl LogWriter {
             return Ok(());
         }
         let io = |e| Error::io(&self.path, e);
-        self.file.set_len(0).map_err(io)?;
+        fault::step("log.header.truncate")
+            .and_then(|()| self.file.set_len(0))
+            .map_err(io)?;
         self.file.seek(SeekFrom::Start(0)).map_err(io)?;
-        self.file.write_all(&header.encode()).map_err(io)?;
-        self.file.sync_all().map_err(io)?;
+        fault::write_all(&mut self.file, &header.encode(), "log.header.write").map_err(io)?;
+        fault::step("log.header.sync")
+            .and_then(|()| self.file.sync_all())
+            .map_err(io)?;
         sync_dir(&self.path)?;
         self.len = HEADER_LEN as u64;
         self.header_len = HEADER_LEN as u64;
@@ -113,8 +118,8 @@ impl LogWriter {
     /// `next_seq`.
     pub(crate) fn start(&mut self, valid_len: u64, next_seq: u64) -> Result<()> {
         if valid_len != self.len {
-            self.file
-                .set_len(valid_len)
+            fault::step("log.start.truncate")
+                .and_then(|()| self.file.set_len(valid_len))
                 .and_then(|()| self.file.sync_all())
                 .map_err(|e| Error::io(&self.path, e))?;
             self.len = valid_len;
@@ -149,6 +154,10 @@ impl LogWriter {
     /// Writes one record (not synced: see the module docs). Nothing is acknowledged yet: the
     /// caller applies the mutation, then keeps the record ([`LogWriter::commit`]) or cuts it off
     /// ([`LogWriter::rollback`]).
+    ///
+    /// On an error the record is cut off again, so the log holds nothing of it, and the error
+    /// is the I/O failure. Should the cut fail too, the writer is broken: every later append
+    /// fails until the bank is reopened (the part written is a torn tail, which replay drops).
     pub(crate) fn append(&mut self, record: RecordRef<'_>) -> Result<Mark> {
         if let Some(problem) = self.durability.failure() {
             self.broken = Some(problem);
@@ -170,11 +179,16 @@ impl LogWriter {
         };
         self.frame.clear();
         format::encode_frame(mark.seq, record, &mut self.frame).map_err(|p| self.error(p))?;
-        if let Err(e) = self.file.write_all(&self.frame) {
-            // The frame may be partly on disk: cut it off so the log never holds a record
-            // that was not acknowledged.
-            self.cut(mark);
-            return Err(Error::io(&self.path, e));
+        if let Err(e) = fault::write_all(&mut self.file, &self.frame, "log.append.write") {
+            // The frame may be partly on disk (at most a part of it: replay never applies a
+            // torn tail): cut it off so the log never holds a record that was not acknowledged.
+            return Err(match self.cut(mark, self.policy == SyncPolicy::EveryBatch) {
+                Ok(()) => Error::io(&self.path, e),
+                Err(cut) => self.error(format!(
+                    "appending record {} failed ({e}) and the part written could not be cut off again ({cut}): the record is not in the log, but every write fails until the bank is reopened",
+                    mark.seq
+                )),
+            });
         }
         if let Some(flusher) = &self.flusher {
             flusher.dirty.store(true, Ordering::Release);
@@ -198,43 +212,48 @@ impl LogWriter {
         }
     }
 
-    /// Removes the record appended at `mark` (its mutation failed to apply).
-    pub(crate) fn rollback(&mut self, mark: Mark) {
-        self.cut(mark);
+    /// Removes the record appended at `mark` (its mutation failed to apply). An error means
+    /// the record may still be in the file; the writer then refuses every append.
+    pub(crate) fn rollback(&mut self, mark: Mark) -> std::result::Result<(), String> {
+        self.cut(mark, self.policy == SyncPolicy::EveryBatch)
     }
 
-    fn cut(&mut self, mark: Mark) {
-        let cut = self
-            .file
-            .set_len(mark.offset)
-            .and_then(|()| self.file.seek(SeekFrom::Start(mark.offset)).map(drop))
-            .and_then(|()| match self.policy {
-                SyncPolicy::EveryBatch => self.file.sync_data(),
-                _ => Ok(()),
+    /// Truncates the file at `mark`, synced when `sync`. On failure the writer is broken (the
+    /// file may not end where it thinks) and the problem is returned.
+    fn cut(&mut self, mark: Mark, sync: bool) -> std::result::Result<(), String> {
+        let file = &mut self.file;
+        let cut = fault::step("log.cut.truncate")
+            .and_then(|()| file.set_len(mark.offset))
+            .and_then(|()| file.seek(SeekFrom::Start(mark.offset)).map(drop))
+            .and_then(|()| match sync {
+                true => fault::step("log.cut.sync").and_then(|()| file.sync_data()),
+                false => Ok(()),
             });
         match cut {
             Ok(()) => {
                 self.len = mark.offset;
                 self.next_seq = mark.seq;
+                Ok(())
             }
             Err(e) => {
-                self.broken = Some(format!(
-                    "a failed record could not be cut off the log ({e})"
-                ));
+                let problem = format!(
+                    "the log could not be cut back to byte {} ({e})",
+                    mark.offset
+                );
+                self.broken = Some(problem.clone());
+                Err(problem)
             }
         }
     }
 
-    /// Empties the log (after a snapshot that holds everything in it was written).
+    /// Empties the log (after a snapshot that holds everything in it was written). A failure
+    /// leaves the writer broken: every later append fails until the bank is reopened.
     pub(crate) fn reset(&mut self) -> Result<()> {
-        self.cut(Mark {
+        let mark = Mark {
             seq: self.next_seq,
             offset: self.header_len,
-        });
-        match &self.broken {
-            Some(problem) => Err(self.error(problem.clone())),
-            None => self.file.sync_data().map_err(|e| Error::io(&self.path, e)),
-        }
+        };
+        self.cut(mark, true).map_err(|problem| self.error(problem))
     }
 
     /// Empties the log and writes `header` (a new bank over whatever log was there, or a bank
@@ -265,7 +284,8 @@ fn sync_dir(path: &Path) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    File::open(&dir)
+    fault::step("log.dir_sync")
+        .and_then(|()| File::open(&dir))
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(&dir, e))
 }
@@ -379,7 +399,7 @@ impl Durability {
             hook()?;
         }
         self.syncs.fetch_add(1, Ordering::Relaxed);
-        self.file.sync_data()
+        fault::step("log.append.sync").and_then(|()| self.file.sync_data())
     }
 
     /// Returns once record `seq` is durable: as the leader of a sync, or covered by another's.
@@ -390,10 +410,13 @@ impl Durability {
                 return Ok(());
             }
             if let Some(problem) = &state.failed {
-                let problem = format!(
-                    "{problem}: this write may or may not be on disk; reopen the bank (it replays what is on disk)"
-                );
-                return Err(Error::io(&self.path, std::io::Error::other(problem)));
+                // Applied in memory, but maybe not on disk: neither success nor failure.
+                return Err(Error::OutcomeUnknown {
+                    path: self.path.clone(),
+                    problem: format!(
+                        "{problem}: this write may or may not be on disk; every write fails until the bank is reopened (it replays what is on disk)"
+                    ),
+                });
             }
             if state.syncing {
                 state = self

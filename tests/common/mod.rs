@@ -119,7 +119,8 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
 }
 
-fn zscores(x: &[f64], clip: f64) -> Vec<f64> {
+/// Population z-scores, std taken as 1 for one value or a spread of at most 1e-9 (unclipped).
+fn zscores(x: &[f64]) -> Vec<f64> {
     let n = x.len() as f64;
     let mean = x.iter().sum::<f64>() / n;
     let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
@@ -127,10 +128,13 @@ fn zscores(x: &[f64], clip: f64) -> Vec<f64> {
     if x.len() == 1 || std <= 1e-9 {
         std = 1.0;
     }
-    x.iter()
-        .map(|v| ((v - mean) / std).clamp(-clip, clip))
-        .collect()
+    x.iter().map(|v| (v - mean) / std).collect()
 }
+
+/// Scores closer than this are ties in the reference: f64 rounding of these small pools is
+/// far below it, and scores of different memories that are not tied in real arithmetic are far
+/// above it.
+pub const REFERENCE_TIE: f64 = 1e-9;
 
 impl RefBank {
     pub fn new(dedup_sim: f32) -> Self {
@@ -210,17 +214,26 @@ impl RefBank {
         if survivors.is_empty() {
             return (Vec::new(), Vec::new());
         }
+        // The spec: zq clipped to [-z_clip, z_clip]; zsim clipped only when asked.
         let clip = cfg.z_clip as f64;
         let sims: Vec<f64> = survivors.iter().map(|&i| pool[i].0).collect();
         let qs: Vec<f64> = survivors.iter().map(|&i| pool[i].1.q as f64).collect();
-        let zsim = match cfg.zsim {
-            ZSim::Pool => zscores(&sims, clip),
+        let zsim: Vec<f64> = match cfg.zsim {
+            ZSim::Pool => zscores(&sims),
             ZSim::Fixed { mean, std } => sims
                 .iter()
-                .map(|s| ((s - mean as f64) / std as f64).clamp(-clip, clip))
+                .map(|s| (s - mean as f64) / std as f64)
                 .collect(),
         };
-        let zq = zscores(&qs, clip);
+        let zsim: Vec<f64> = if cfg.clip_zsim {
+            zsim.into_iter().map(|z| z.clamp(-clip, clip)).collect()
+        } else {
+            zsim
+        };
+        let zq: Vec<f64> = zscores(&qs)
+            .into_iter()
+            .map(|z| z.clamp(-clip, clip))
+            .collect();
         let lambda = cfg.lambda as f64;
         let mut ranked: Vec<(usize, RefHit)> = survivors
             .iter()
@@ -240,8 +253,20 @@ impl RefBank {
                 )
             })
             .collect();
-        // Score desc; ties by pool position (similarity desc, id asc).
+        // Score desc; ties (scores within REFERENCE_TIE of the next, in runs) by pool position
+        // (similarity desc, id asc).
         ranked.sort_by(|a, b| b.1.score.total_cmp(&a.1.score).then(a.0.cmp(&b.0)));
+        let mut start = 0;
+        while start < ranked.len() {
+            let mut end = start + 1;
+            while end < ranked.len()
+                && ranked[end - 1].1.score - ranked[end].1.score <= REFERENCE_TIE
+            {
+                end += 1;
+            }
+            ranked[start..end].sort_by_key(|(position, _)| *position);
+            start = end;
+        }
         let all: Vec<RefHit> = ranked.iter().map(|(_, h)| h.clone()).collect();
         let hits = match explore_keys {
             None => all.iter().take(cfg.k2).cloned().collect(),
@@ -255,12 +280,37 @@ impl RefBank {
     }
 }
 
-/// Checks one query's hits against the reference: same length, every figure within `tol`, and
-/// the same ranking up to float near-ties: hits are in descending reference score (within
-/// `tol`), memories with identical inputs keep id order, and a reference pick left out must be
-/// a near-tie of the lowest pick kept. Float rounding may reorder scores that differ by 1e-16 in
-/// f64, and one near-tie can shift a whole run of picks, so positions are not compared one by
-/// one. An exploring query (random keys, no near-ties) must match position for position.
+/// Checks one query's hits against the reference where both computed from the same exact
+/// inputs (dyadic vectors, so every similarity is exact): the same memories in the same order,
+/// exact ties included, and every figure within `tol`.
+pub fn assert_same_hits(ours: &[Hit], want: &[RefHit], tol: f64, ctx: &str) {
+    let ids: Vec<u64> = ours.iter().map(|h| h.id).collect();
+    let want_ids: Vec<u64> = want.iter().map(|h| h.id).collect();
+    assert_eq!(ids, want_ids, "{ctx}\nours {ours:#?}\nwant {want:#?}");
+    for (o, r) in ours.iter().zip(want) {
+        for (name, a, b) in [
+            ("sim", o.sim as f64, r.sim),
+            ("zsim", o.zsim as f64, r.zsim),
+            ("zq", o.zq as f64, r.zq),
+            ("score", o.score as f64, r.score),
+            ("q", o.q as f64, r.q as f64),
+        ] {
+            assert!(
+                (a - b).abs() <= tol * b.abs().max(1.0),
+                "{ctx}: hit {} {name} {a} vs reference {b}",
+                o.id
+            );
+        }
+    }
+}
+
+/// Checks one query's hits against the reference where the inputs are not exact (real-valued
+/// vectors: the engine's f32 similarities and the reference's f64 ones differ in their last
+/// bits): same length, every figure within `tol`, and the same ranking up to near-ties within
+/// `tol`: hits are in descending reference score (within `tol`), memories with identical inputs
+/// keep id order, and a reference pick left out must be a near-tie of the lowest pick kept. One
+/// near-tie can shift a whole run of picks, so positions are not compared one by one. An
+/// exploring query (random keys, no near-ties) must match position for position.
 pub fn assert_hits_match(
     ours: &[Hit],
     all: &[RefHit],

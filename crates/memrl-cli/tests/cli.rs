@@ -2,89 +2,13 @@
 //! this file covers, and its error paths (exit code, a message naming file, line and field, and
 //! the bank on disk untouched).
 
-#[path = "../../../tests/common/mod.rs"]
-mod common;
+mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Command;
 
-use common::tiny_model::{self, TinyPooling};
-
-struct Setup {
-    dir: tempfile::TempDir,
-    model: PathBuf,
-}
-
-impl Setup {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let model = dir.path().join("tiny-model");
-        tiny_model::write(&model, TinyPooling::Mean, Some(24), 42);
-        Self { dir, model }
-    }
-
-    /// `memrl index --input INPUT --bank BANK`, which must succeed; returns its stdout.
-    fn index(&self, input: &Path, bank: &Path, with_model: bool) -> String {
-        ok(&self.run(
-            &["index", "--input", s(input), "--bank", s(bank)],
-            with_model,
-        ))
-    }
-
-    /// `memrl query --bank BANK ARGS` (the bank's own model), which must succeed.
-    fn query(&self, bank: &Path, args: &[&str]) -> String {
-        let mut all = vec!["query", "--bank", s(bank)];
-        all.extend_from_slice(args);
-        ok(&self.run(&all, false))
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn write(&self, name: &str, content: &str) -> PathBuf {
-        let path = self.path(name);
-        std::fs::write(&path, content).unwrap();
-        path
-    }
-
-    /// Runs `memrl ARGS` with `--model` pointing at the tiny model where the command takes one.
-    fn run(&self, args: &[&str], with_model: bool) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_memrl"));
-        cmd.args(args);
-        if with_model {
-            cmd.arg("--model").arg(&self.model);
-        }
-        cmd.output().unwrap()
-    }
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn failed(out: &Output) -> String {
-    assert!(!out.status.success(), "expected a failure, got success");
-    assert!(out.stdout.is_empty(), "a failure printed to stdout");
-    String::from_utf8(out.stderr.clone()).unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-const MEMORIES: &str = r#"{"intent": "parse the date", "experience": "use the iso format", "q": 0.5, "success": true}
-{"intent": "fix the bug in the test", "experience": "read the failing assertion first"}
-
-{"intent": "hello world", "experience": "print it", "id": 100, "metadata": {"source": "tests"}}
-"#;
+use support::common::tiny_model::{self, TinyPooling};
+use support::{common, failed, ok, s, Setup, MEMORIES};
 
 #[test]
 fn index_then_query_then_extend() {
@@ -289,7 +213,8 @@ fn query_errors_are_clear() {
         false,
     ));
     assert!(
-        err.contains("queries.jsonl:2: field `text`: missing"),
+        err.contains("queries.jsonl:2: field `txt`: unknown field")
+            && err.contains("did you mean `text`?"),
         "{err}"
     );
     let err = failed(&t.run(

@@ -183,7 +183,7 @@ fn check_count(limits: &RequestLimits, what: &str, n: usize) -> Result<(), ApiEr
 }
 
 impl AppState {
-    fn count_tokens(&self, texts: &[&str]) {
+    pub(crate) fn count_tokens(&self, texts: &[&str]) {
         if let Some(embed) = &self.embed {
             let tokens: usize = texts
                 .iter()

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use super::read_bank;
+use super::{read_bank, JsonObject};
 
 pub(crate) const INSPECT_HELP: &str = "\
 Show what a bank holds: memories, intent keys and shared keys, the model, dimension and key \
@@ -36,16 +36,16 @@ pub(crate) fn inspect(args: &InspectArgs) -> Result<()> {
     let summary = bank.stats(args.bins as usize, args.top);
     let config = bank.config();
     if args.json {
-        let line = serde_json::json!({
-            "bank": args.bank.display().to_string(),
-            "model": config.model_id,
-            "dim": config.dim,
-            "dtype": config.dtype.as_str(),
-            "dedup_sim": config.dedup_sim,
-            "retrieval": bank.retrieval_config(),
-            "learning": bank.learning_config(),
-            "summary": summary,
-        });
+        let line = JsonObject::new()
+            .field("bank", &args.bank.display().to_string())?
+            .field("model", &config.model_id)?
+            .field("dim", &config.dim)?
+            .field("dtype", config.dtype.as_str())?
+            .field("dedup_sim", &config.dedup_sim)?
+            .field("retrieval", &bank.retrieval_config())?
+            .field("learning", &bank.learning_config())?
+            .field("summary", &summary)?
+            .finish();
         println!("{line}");
         return Ok(());
     }

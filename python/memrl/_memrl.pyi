@@ -1,0 +1,382 @@
+"""Type stubs of the extension module memrl._memrl (the Rust engine)."""
+
+from collections.abc import Iterable, Mapping, Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any, Literal, TypedDict, overload
+
+import numpy as np
+import numpy.typing as npt
+from typing_extensions import Unpack
+
+__version__: str
+RETRIEVAL_OPTIONS: list[str]
+LEARNING_OPTIONS: list[str]
+
+#: One vector (shape ``(dim,)``) or several (``(n, dim)``); float32 C-contiguous is read in place.
+ArrayLike = npt.ArrayLike
+FloatArray = npt.NDArray[np.float32]
+StrPath = str | PathLike[str]
+ZSim = Literal["pool"] | tuple[float, float]
+
+class BankConfig(TypedDict):
+    dim: int
+    dtype: Literal["f32", "f16", "bf16"]
+    dedup_sim: float
+    model_id: str
+
+class RetrievalConfig(TypedDict):
+    k1: int
+    k2: int
+    delta: float
+    lambda_: float
+    zsim: ZSim
+    z_clip: float
+    q_min: float | None
+    epsilon: float
+    seed: int
+
+class LearningConfig(TypedDict):
+    alpha: float
+    q_init: float
+    reward_range: tuple[float, float] | None
+    out_of_range: Literal["clamp", "reject"] | None
+
+class RetrievalOptions(TypedDict, total=False):
+    """The options of ``Bank.retrieve`` and ``Bank.set_retrieval_config``."""
+
+    k1: int
+    k2: int
+    delta: float
+    lambda_: float
+    zsim: ZSim
+    z_clip: float
+    q_min: float | None
+    epsilon: float
+    seed: int
+
+class LearningOptions(TypedDict, total=False):
+    """The options of ``Bank.set_learning_config``."""
+
+    alpha: float
+    q_init: float
+    reward_range: tuple[float, float] | None
+    out_of_range: Literal["clamp", "reject"] | None
+
+class Tail(TypedDict):
+    offset: int
+    bytes: int
+    reason: str
+
+class Recovery(TypedDict):
+    snapshot_seq: int
+    replayed: int
+    skipped: int
+    log_seq: int
+    valid_bytes: int
+    tail: Tail | None
+    stale_temp_files: int
+    log_version: int
+    upgraded: bool
+
+class Retention(TypedDict, total=False):
+    capacity: int
+    ttl: float
+
+class Limits(TypedDict, total=False):
+    max_text_bytes: int
+    max_batch: int
+    max_memories: int
+
+class Batching(TypedDict, total=False):
+    max_batch: int
+    max_batch_tokens: int
+    capacity: int
+
+class Batch(TypedDict, total=False):
+    """One batch of ``Bank.bulk``: the arguments of ``Bank.add`` for several memories."""
+
+    intents: Sequence[str]
+    experiences: Sequence[str]
+    embeddings: ArrayLike | None
+    success: bool | Sequence[bool] | None
+    q: float | Sequence[float | None] | None
+    ids: Sequence[int | None] | None
+    metadata: Sequence[Mapping[str, Any] | None] | None
+
+class Hit:
+    """One retrieved memory and the figures that ranked it."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def experience(self) -> str: ...
+    @property
+    def q(self) -> float: ...
+    @property
+    def sim(self) -> float: ...
+    @property
+    def zsim(self) -> float: ...
+    @property
+    def zq(self) -> float: ...
+    @property
+    def score(self) -> float: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+class Retrieval:
+    """The hits of one query, and the id to report the episode's reward with."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def hits(self) -> list[Hit]: ...
+    @property
+    def memory_ids(self) -> list[int]: ...
+    def __len__(self) -> int: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+class Memory:
+    """One stored memory: intent, experience, utility Q and bookkeeping."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def intent(self) -> str: ...
+    @property
+    def experience(self) -> str: ...
+    @property
+    def q(self) -> float: ...
+    @property
+    def visits(self) -> int: ...
+    @property
+    def last_reward(self) -> float | None: ...
+    @property
+    def success(self) -> bool: ...
+    @property
+    def created_ms(self) -> int: ...
+    @property
+    def updated_ms(self) -> int: ...
+    @property
+    def metadata(self) -> dict[str, Any] | None: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+class Stats:
+    """Counts and Q telemetry of a bank (what ``memrl inspect`` prints)."""
+
+    @property
+    def memories(self) -> int: ...
+    @property
+    def intents(self) -> int: ...
+    @property
+    def shared_intents(self) -> int: ...
+    @property
+    def q_quantiles(self) -> tuple[float, float, float, float, float] | None: ...
+    @property
+    def q_signs(self) -> tuple[int, int, int]: ...
+    @property
+    def q_histogram(self) -> list[int]: ...
+    @property
+    def top(self) -> list[tuple[int, float]]: ...
+    @property
+    def bottom(self) -> list[tuple[int, float]]: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+class Calibration:
+    """The similarity gate and fixed-zsim statistics ``Bank.calibrate`` found."""
+
+    @property
+    def delta(self) -> float: ...
+    @property
+    def mean(self) -> float: ...
+    @property
+    def std(self) -> float: ...
+    @property
+    def intents(self) -> int: ...
+    @property
+    def pairs(self) -> int: ...
+    @property
+    def sampled(self) -> bool: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+class OutcomeReport:
+    """What a batch of outcomes (feedback) changed."""
+
+    @property
+    def outcomes(self) -> int: ...
+    @property
+    def updates(self) -> int: ...
+    @property
+    def memories(self) -> int: ...
+    @property
+    def clamped(self) -> int: ...
+    @property
+    def skipped(self) -> int: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+class Embedder:
+    """A local sentence-embedding model, shareable between banks and threads."""
+
+    def __init__(
+        self,
+        model: str = "all-MiniLM-L6-v2",
+        *,
+        device: str = "cpu",
+        batch_tokens: int | None = None,
+    ) -> None: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def max_tokens(self) -> int: ...
+    @property
+    def batch_tokens(self) -> int: ...
+    @property
+    def device(self) -> str: ...
+    @overload
+    def embed(self, texts: str) -> FloatArray: ...
+    @overload
+    def embed(self, texts: Sequence[str]) -> FloatArray: ...
+    def token_count(self, text: str) -> int: ...
+
+class Bank:
+    """One bank of memories (intent, experience, utility Q), durable or in memory."""
+
+    @staticmethod
+    def open(
+        path: StrPath,
+        *,
+        model: str | None = None,
+        embedder: Embedder | None = None,
+        dim: int | None = None,
+        model_id: str | None = None,
+        dtype: Literal["f32", "f16", "bf16"] | None = None,
+        dedup_sim: float | None = None,
+        create: bool = True,
+        create_new: bool = False,
+        read_only: bool = False,
+        sync: Literal["every_batch", "never"] | float | None = None,
+        checkpoint: Literal["log_outgrows_snapshot", "manual"] | int | None = None,
+        device: str | None = None,
+        retention: Retention | None = None,
+        limits: Limits | None = None,
+        batching: Batching | None = None,
+    ) -> Bank: ...
+    @staticmethod
+    def in_memory(
+        *,
+        model: str | None = None,
+        embedder: Embedder | None = None,
+        dim: int | None = None,
+        model_id: str | None = None,
+        dtype: Literal["f32", "f16", "bf16"] | None = None,
+        dedup_sim: float | None = None,
+        device: str | None = None,
+        retention: Retention | None = None,
+        limits: Limits | None = None,
+        batching: Batching | None = None,
+    ) -> Bank: ...
+    @staticmethod
+    def peek_config(path: StrPath) -> BankConfig: ...
+    @property
+    def path(self) -> Path | None: ...
+    @property
+    def is_durable(self) -> bool: ...
+    @property
+    def read_only(self) -> bool: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def config(self) -> BankConfig: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def model_id(self) -> str: ...
+    @property
+    def embedder(self) -> Embedder | None: ...
+    @property
+    def recovery(self) -> Recovery: ...
+    @property
+    def retrieval_config(self) -> RetrievalConfig: ...
+    @property
+    def learning_config(self) -> LearningConfig: ...
+    @property
+    def num_intents(self) -> int: ...
+    @property
+    def next_id(self) -> int: ...
+    @property
+    def log_seq(self) -> int: ...
+    @property
+    def log_bytes(self) -> int | None: ...
+    @property
+    def last_checkpoint_error(self) -> str | None: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, id: object) -> bool: ...
+    def __getitem__(self, id: int) -> Memory: ...
+    def get(self, id: int) -> Memory | None: ...
+    def memories(self) -> list[Memory]: ...
+    def intent_key(self, id: int) -> FloatArray: ...
+    def intent_members(self, id: int) -> list[int]: ...
+    def stats(self, bins: int = 10, extremes: int = 5) -> Stats: ...
+    def calibrate(self, max_pairs: int = 1000000, seed: int = 0) -> Calibration: ...
+    @overload
+    def retrieve(
+        self,
+        queries: str,
+        **options: Unpack[RetrievalOptions],
+    ) -> Retrieval: ...
+    @overload
+    def retrieve(
+        self,
+        queries: Sequence[str] | ArrayLike,
+        **options: Unpack[RetrievalOptions],
+    ) -> Retrieval | list[Retrieval]: ...
+    def set_retrieval_config(
+        self,
+        **options: Unpack[RetrievalOptions],
+    ) -> None: ...
+    def set_learning_config(self, **options: Unpack[LearningOptions]) -> None: ...
+    @overload
+    def add(  # type: ignore[overload-overlap]  # a str is also a Sequence[str]
+        self,
+        intents: str,
+        experiences: str,
+        *,
+        embeddings: ArrayLike | None = None,
+        success: bool | None = None,
+        q: float | None = None,
+        ids: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> int: ...
+    @overload
+    def add(
+        self,
+        intents: Sequence[str],
+        experiences: Sequence[str],
+        *,
+        embeddings: ArrayLike | None = None,
+        success: bool | Sequence[bool] | None = None,
+        q: float | Sequence[float | None] | None = None,
+        ids: Sequence[int | None] | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> list[int]: ...
+    def bulk(self, batches: Iterable[Batch]) -> list[int]: ...
+    def remove(self, id: int) -> Memory: ...
+    def feedback(
+        self,
+        retrieval: int | Retrieval | None = None,
+        *,
+        reward: float,
+        memory_ids: Sequence[int] | None = None,
+    ) -> OutcomeReport: ...
+    def feedback_many(self, rewards: Sequence[tuple[int | Retrieval, float]]) -> OutcomeReport: ...
+    def apply_outcomes(self, outcomes: Sequence[tuple[Sequence[int], float]]) -> OutcomeReport: ...
+    @overload
+    def embed(self, texts: str) -> FloatArray: ...
+    @overload
+    def embed(self, texts: Sequence[str]) -> FloatArray: ...
+    def checkpoint(self) -> None: ...
+    def save_as(self, path: StrPath) -> None: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Bank: ...
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> bool: ...

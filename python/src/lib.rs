@@ -1,0 +1,28 @@
+//! The `memrl._memrl` extension module: memrl's front door (`memrl::Bank`), its embedder and
+//! its result types, for Python. The Python package `memrl` (in `python/memrl/`) re-exports it
+//! with the exception hierarchy and the LangGraph store.
+
+mod bank;
+mod convert;
+mod embedder;
+mod errors;
+mod options;
+mod records;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _memrl(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<bank::PyBank>()?;
+    m.add_class::<embedder::PyEmbedder>()?;
+    m.add_class::<records::PyHit>()?;
+    m.add_class::<records::PyRetrieval>()?;
+    m.add_class::<records::PyMemory>()?;
+    m.add_class::<records::PyStats>()?;
+    m.add_class::<records::PyCalibration>()?;
+    m.add_class::<records::PyOutcomeReport>()?;
+    m.add("RETRIEVAL_OPTIONS", options::RETRIEVAL.to_vec())?;
+    m.add("LEARNING_OPTIONS", options::LEARNING.to_vec())?;
+    Ok(())
+}
