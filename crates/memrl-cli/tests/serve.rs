@@ -114,7 +114,8 @@ fn every_route_answers() {
         "POST",
         "/v1/namespaces/ns/retrieve",
         None,
-        Some(&json!({"text": "parse a date", "delta": -1.0, "k2": 3})),
+        // lambda 0: by similarity alone (memory 2's Q of 0.5 would lead the z-scored mix).
+        Some(&json!({"text": "parse a date", "delta": -1.0, "k2": 3, "lambda": 0.0})),
     );
     let rid = r["retrieval_id"].as_str().unwrap().to_string();
     assert!(rid.parse::<u64>().is_ok());
@@ -140,7 +141,7 @@ fn every_route_answers() {
         "POST",
         "/v1/namespaces/ns/retrieve",
         None,
-        Some(&json!({"vectors": [vector(1), vector(2)], "delta": -1.0, "k2": 1})),
+        Some(&json!({"vectors": [vector(1), vector(2)], "delta": -1.0, "k2": 1, "lambda": 0.0})),
     );
     assert_eq!(vs["results"][1]["hits"][0]["id"], 101);
 
@@ -189,7 +190,9 @@ fn every_route_answers() {
     );
     assert_eq!(both["outcomes"], 2);
     let m100 = c.ok("GET", "/v1/namespaces/ns/memories/100", None, None);
-    assert_eq!(m100["visits"], 2);
+    // Two outcomes by id, then both retrievals of `rs` (each returned all five memories).
+    assert_eq!(rs["results"][0]["hits"].as_array().unwrap().len(), 5);
+    assert_eq!(m100["visits"], 4);
 
     // Stats and calibration.
     let stats = c.ok("GET", "/v1/namespaces/ns/stats?bins=4&extremes=2", None, None);

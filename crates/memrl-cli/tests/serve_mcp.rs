@@ -1,10 +1,11 @@
 //! MCP with a real client: the official Python SDK (`mcp` from PyPI, pinned) drives `memrl mcp`
 //! over stdio and `memrl serve` over streamable HTTP (`tests/mcp_client.py`), on the tiny model.
 //!
-//! The client lives in a virtual environment under cargo's target directory, made on the first
-//! run (`python3 -m venv`, then `pip install mcp==MCP_VERSION`); `MEMRL_TEST_PYTHON` names an
-//! interpreter that already has the package instead. Without Python or PyPI the test fails: it
-//! never skips.
+//! The SDK's version is pinned once, in `python/requirements.txt` (the project's Python test
+//! environment). `./test.sh` makes that environment before `cargo test` and names its
+//! interpreter in `MEMRL_TEST_PYTHON`; a bare `cargo test` makes a virtual environment of its own
+//! under cargo's target directory on the first run (`python3 -m venv`, then `pip install` of the
+//! pinned `mcp`). Without Python, PyPI or the package the test fails: it never skips.
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
@@ -16,8 +17,17 @@ use std::process::Command;
 use common::tiny_model::{self, TinyPooling};
 use server::Server;
 
-/// The SDK release the test is written against.
-const MCP_VERSION: &str = "2.3.0";
+/// The pinned SDK requirement (`mcp==X.Y.Z`) of the project's Python test environment.
+fn mcp_requirement() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../python/requirements.txt");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines()
+        .map(str::trim)
+        .find(|line| line.starts_with("mcp=="))
+        .unwrap_or_else(|| panic!("{}: no `mcp==` pin", path.display()))
+        .to_string()
+}
 
 fn run(cmd: &mut Command) -> std::process::Output {
     let out = cmd
@@ -35,10 +45,17 @@ fn run(cmd: &mut Command) -> std::process::Output {
 
 /// An interpreter with the `mcp` package.
 fn python() -> PathBuf {
+    let requirement = mcp_requirement();
     if let Ok(python) = std::env::var("MEMRL_TEST_PYTHON") {
+        // The environment must have exactly the pinned SDK: fail, never skip, otherwise.
+        let version = requirement.trim_start_matches("mcp==");
+        run(Command::new(&python).args([
+            "-c",
+            &format!("import importlib.metadata as m, mcp; v = m.version('mcp'); assert v == '{version}', v"),
+        ]));
         return PathBuf::from(python);
     }
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("mcp-{MCP_VERSION}-venv"));
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{requirement}-venv"));
     let python = venv.join("bin").join("python");
     let ready = python.is_file()
         && Command::new(&python)
@@ -53,7 +70,7 @@ fn python() -> PathBuf {
             "install",
             "--quiet",
             "--disable-pip-version-check",
-            &format!("mcp=={MCP_VERSION}"),
+            &requirement,
         ]));
     }
     python

@@ -47,9 +47,6 @@ pub(crate) struct DataArgs {
     /// The data directory: one folder per namespace (created if missing).
     #[arg(long)]
     data: PathBuf,
-    /// Serve vectors only: load no embedding model.
-    #[arg(long)]
-    no_model: bool,
     /// Dimension of namespaces created by a first write (with --no-model; else the model's).
     #[arg(long, requires = "model_id")]
     dim: Option<usize>,
@@ -139,7 +136,7 @@ fn parse_sync(s: &str) -> Result<SyncPolicy> {
 
 fn bank_settings(args: &DataArgs, batch: Option<BatchConfig>) -> Result<BankSettings> {
     let device = args.model.device()?;
-    let embedder = if args.no_model {
+    let embedder = if args.model.no_model {
         None
     } else {
         if args.dim.is_some() {
