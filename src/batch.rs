@@ -85,7 +85,9 @@ impl BatchStats {
     fn record(&mut self, size: usize) {
         self.batches += 1;
         self.requests = self.requests.saturating_add(size as u64);
-        let bucket = (size.max(1) - 1).checked_ilog2().map_or(0, |b| b as usize + 1);
+        let bucket = (size.max(1) - 1)
+            .checked_ilog2()
+            .map_or(0, |b| b as usize + 1);
         self.sizes[bucket.min(16)] += 1;
     }
 }

@@ -151,7 +151,10 @@ fn build_bank(data: &Path, name: &str, n: usize, model_id: &str) {
         Ok(())
     })
     .unwrap();
-    eprintln!("built {name}: {n} memories in {:.0} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "built {name}: {n} memories in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 fn retrieve_body(rng_seed: u64, texts: Option<&[String]>) -> Vec<u8> {
@@ -188,7 +191,12 @@ fn retrieval_table(
                     let r = conns[c]
                         .lock()
                         .unwrap()
-                        .send("POST", &path, &[("content-type", "application/json")], Some(&body))
+                        .send(
+                            "POST",
+                            &path,
+                            &[("content-type", "application/json")],
+                            Some(&body),
+                        )
                         .unwrap();
                     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
                 })
@@ -289,11 +297,17 @@ fn feedback_table(dir: &Path, seconds: f64) {
     let server = Server::start(dir, &["--no-model"], &[]);
     let fb = |conn: &Mutex<Http>, c: usize, i: usize| {
         let o = outcome(c, i);
-        let body = serde_json::to_vec(&json!({"memory_ids": o.memory_ids, "reward": o.reward})).unwrap();
+        let body =
+            serde_json::to_vec(&json!({"memory_ids": o.memory_ids, "reward": o.reward})).unwrap();
         let r = conn
             .lock()
             .unwrap()
-            .send("POST", "/v1/namespaces/feedback/feedback", &[("content-type", "application/json")], Some(&body))
+            .send(
+                "POST",
+                "/v1/namespaces/feedback/feedback",
+                &[("content-type", "application/json")],
+                Some(&body),
+            )
             .unwrap();
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     };
@@ -307,7 +321,10 @@ fn feedback_table(dir: &Path, seconds: f64) {
     println!("|---|---|---|---|---|");
     let base = turns.rate();
     for (name, cell) in [
-        ("in process, 64 threads, one fsync per request (taking turns)", &turns),
+        (
+            "in process, 64 threads, one fsync per request (taking turns)",
+            &turns,
+        ),
         ("in process, 64 threads, group commit", &group),
         ("server, 1 client", &http_one),
         ("server, 64 clients, group commit", &http_group),
@@ -337,9 +354,9 @@ fn main() {
         .map(|c| c.trim().parse().unwrap())
         .collect();
     let only = std::env::var("MEMRL_LOAD_ONLY").ok();
-    let data: PathBuf = std::env::var("MEMRL_LOAD_DATA").map(PathBuf::from).unwrap_or_else(|_| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/serve-load")
-    });
+    let data: PathBuf = std::env::var("MEMRL_LOAD_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/serve-load"));
     std::fs::create_dir_all(&data).unwrap();
     let want = |what: &str| only.as_deref().is_none_or(|o| o == what);
     println!(
@@ -350,7 +367,9 @@ fn main() {
         let dir = data.join("vectors");
         build_bank(&dir, "v", vectors, "bench-vectors");
         retrieval_table(
-            &format!("Single retrievals over {vectors} vectors (d = {DIM}, f32, k1 10, k2 5, delta -1)"),
+            &format!(
+                "Single retrievals over {vectors} vectors (d = {DIM}, f32, k1 10, k2 5, delta -1)"
+            ),
             &dir,
             "v",
             None,
@@ -363,7 +382,9 @@ fn main() {
         build_bank(&dir, "t", texts_n, MODEL);
         let corpus = corpus();
         retrieval_table(
-            &format!("Single text retrievals over {texts_n} memories (embedding included, {MODEL})"),
+            &format!(
+                "Single text retrievals over {texts_n} memories (embedding included, {MODEL})"
+            ),
             &dir,
             "t",
             Some(&corpus),

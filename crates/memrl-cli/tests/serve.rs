@@ -25,7 +25,12 @@ struct Setup {
 impl Setup {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        tiny_model::write(&dir.path().join("tiny-model"), TinyPooling::Mean, Some(24), 42);
+        tiny_model::write(
+            &dir.path().join("tiny-model"),
+            TinyPooling::Mean,
+            Some(24),
+            42,
+        );
         Self { dir }
     }
 
@@ -58,7 +63,13 @@ impl Setup {
 
 fn vector(seed: usize) -> Vec<f32> {
     (0..HIDDEN)
-        .map(|i| if i == seed % HIDDEN { 1.0 } else { 0.01 * ((i * 7 + seed) % 5) as f32 })
+        .map(|i| {
+            if i == seed % HIDDEN {
+                1.0
+            } else {
+                0.01 * ((i * 7 + seed) % 5) as f32
+            }
+        })
         .collect()
 }
 
@@ -132,9 +143,11 @@ fn every_route_answers() {
         "POST",
         "/v1/namespaces/ns/retrieve",
         None,
-        Some(&json!({"vector": vector(1), "k1": 5, "k2": 1, "delta": -1.0, "lambda": 0.0,
+        Some(
+            &json!({"vector": vector(1), "k1": 5, "k2": 1, "delta": -1.0, "lambda": 0.0,
                      "zsim": {"mode": "fixed", "mean": 0.1, "std": 0.2}, "z_clip": 2.0,
-                     "q_min": null, "epsilon": 0.0, "seed": 7})),
+                     "q_min": null, "epsilon": 0.0, "seed": 7}),
+        ),
     );
     assert_eq!(rv["hits"][0]["id"], 100);
     let vs = c.ok(
@@ -159,8 +172,16 @@ fn every_route_answers() {
         None,
         Some(&json!({"retrieval_id": rid, "reward": 1.0})),
     );
-    assert_eq!((again.status, again.error_kind().as_str()), (404, "not_found"));
-    let m = c.ok("GET", &format!("/v1/namespaces/ns/memories/{first}"), None, None);
+    assert_eq!(
+        (again.status, again.error_kind().as_str()),
+        (404, "not_found")
+    );
+    let m = c.ok(
+        "GET",
+        &format!("/v1/namespaces/ns/memories/{first}"),
+        None,
+        None,
+    );
     assert!((m["q"].as_f64().unwrap() - 0.3).abs() < 1e-6, "{m}");
     assert_eq!(m["visits"], 1);
     c.ok(
@@ -195,7 +216,12 @@ fn every_route_answers() {
     assert_eq!(m100["visits"], 4);
 
     // Stats and calibration.
-    let stats = c.ok("GET", "/v1/namespaces/ns/stats?bins=4&extremes=2", None, None);
+    let stats = c.ok(
+        "GET",
+        "/v1/namespaces/ns/stats?bins=4&extremes=2",
+        None,
+        None,
+    );
     assert_eq!(stats["memories"], 5);
     assert_eq!(stats["q_histogram"].as_array().unwrap().len(), 4);
     assert_eq!(stats["top"].as_array().unwrap().len(), 2);
@@ -214,7 +240,10 @@ fn every_route_answers() {
     let removed = c.ok("DELETE", "/v1/namespaces/ns/memories/101", None, None);
     assert_eq!(removed["experience"], "vector two");
     let gone = c.call("GET", "/v1/namespaces/ns/memories/101", None, None);
-    assert_eq!((gone.status, gone.error_kind().as_str()), (404, "not_found"));
+    assert_eq!(
+        (gone.status, gone.error_kind().as_str()),
+        (404, "not_found")
+    );
 
     // OpenAI-compatible embeddings: one string, a list, base64.
     let model = setup.model();
@@ -233,8 +262,10 @@ fn every_route_answers() {
         "POST",
         "/v1/embeddings",
         None,
-        Some(&json!({"input": ["parse a date", "read a file"], "model": model,
-                     "encoding_format": "base64", "user": "agent-7"})),
+        Some(
+            &json!({"input": ["parse a date", "read a file"], "model": model,
+                     "encoding_format": "base64", "user": "agent-7"}),
+        ),
     );
     assert_eq!(e2["data"][1]["index"], 1);
     assert!(e2["data"][0]["embedding"].is_string());
@@ -242,7 +273,10 @@ fn every_route_answers() {
         (json!({"input": "x", "model": "other"}), 404),
         (json!({"input": "x", "model": model, "dimensions": 3}), 400),
         (json!({"input": [1, 2], "model": model}), 400),
-        (json!({"input": "x", "model": model, "encoding_format": "int8"}), 400),
+        (
+            json!({"input": "x", "model": model, "encoding_format": "int8"}),
+            400,
+        ),
     ] {
         let r = c.call("POST", "/v1/embeddings", None, Some(&body));
         assert_eq!(r.status, status, "{body}");
@@ -279,7 +313,12 @@ fn every_route_answers() {
         None,
         Some(&json!({"dim": 4, "model_id": "my-vectors", "dtype": "f16"})),
     );
-    assert_eq!(created.status, 201, "{:?}", String::from_utf8_lossy(&created.body));
+    assert_eq!(
+        created.status,
+        201,
+        "{:?}",
+        String::from_utf8_lossy(&created.body)
+    );
     let same = c.call(
         "PUT",
         "/v1/namespaces/vec",
@@ -287,8 +326,16 @@ fn every_route_answers() {
         Some(&json!({"dim": 4, "model_id": "my-vectors", "dtype": "f16"})),
     );
     assert_eq!(same.status, 200);
-    let other = c.call("PUT", "/v1/namespaces/vec", None, Some(&json!({"dim": 5, "model_id": "x"})));
-    assert_eq!((other.status, other.error_kind().as_str()), (409, "conflict"));
+    let other = c.call(
+        "PUT",
+        "/v1/namespaces/vec",
+        None,
+        Some(&json!({"dim": 5, "model_id": "x"})),
+    );
+    assert_eq!(
+        (other.status, other.error_kind().as_str()),
+        (409, "conflict")
+    );
     c.ok(
         "POST",
         "/v1/namespaces/vec/memories",
@@ -301,12 +348,25 @@ fn every_route_answers() {
         None,
         Some(&json!({"text": "hello"})),
     );
-    assert_eq!((text_on_vectors.status, text_on_vectors.error_kind().as_str()), (400, "invalid_input"));
+    assert_eq!(
+        (
+            text_on_vectors.status,
+            text_on_vectors.error_kind().as_str()
+        ),
+        (400, "invalid_input")
+    );
     let deleted = c.ok("DELETE", "/v1/namespaces/vec", None, None);
     assert_eq!(deleted["deleted"], "vec");
-    for (method, path) in [("GET", "/v1/namespaces/vec"), ("DELETE", "/v1/namespaces/vec")] {
+    for (method, path) in [
+        ("GET", "/v1/namespaces/vec"),
+        ("DELETE", "/v1/namespaces/vec"),
+    ] {
         let r = c.call(method, path, None, None);
-        assert_eq!((r.status, r.error_kind().as_str()), (404, "not_found"), "{method} {path}");
+        assert_eq!(
+            (r.status, r.error_kind().as_str()),
+            (404, "not_found"),
+            "{method} {path}"
+        );
     }
     assert!(!server.data.join("vec").exists());
     // A write creates it again, empty, with the server's model.
@@ -316,13 +376,21 @@ fn every_route_answers() {
         None,
         Some(&json!({"intent": "hello", "experience": "again"})),
     );
-    assert_eq!(c.ok("GET", "/v1/namespaces/vec", None, None)["config"]["dim"], HIDDEN);
+    assert_eq!(
+        c.ok("GET", "/v1/namespaces/vec", None, None)["config"]["dim"],
+        HIDDEN
+    );
 }
 
 /// Sends `body` to `path` and checks the status and the error kind.
 fn expect(c: &mut Http, method: &str, path: &str, body: &[u8], status: u16, kind: &str) -> Value {
     let r = c
-        .send(method, path, &[("content-type", "application/json")], Some(body))
+        .send(
+            method,
+            path,
+            &[("content-type", "application/json")],
+            Some(body),
+        )
         .unwrap();
     assert_eq!(
         r.status,
@@ -339,7 +407,14 @@ fn expect(c: &mut Http, method: &str, path: &str, body: &[u8], status: u16, kind
 #[test]
 fn every_error_status_has_a_json_body() {
     let setup = Setup::new();
-    let server = setup.start(&["--max-body-bytes", "8192", "--max-items", "4", "--max-text-bytes", "200"]);
+    let server = setup.start(&[
+        "--max-body-bytes",
+        "8192",
+        "--max-items",
+        "4",
+        "--max-text-bytes",
+        "200",
+    ]);
     let mut c = server.http();
     c.ok(
         "POST",
@@ -351,58 +426,281 @@ fn every_error_status_has_a_json_body() {
     let retrieve = "/v1/namespaces/ns/retrieve";
 
     // Malformed JSON, malformed UTF-8, wrong shapes, unknown and missing fields.
-    expect(&mut c, "POST", retrieve, b"{\"text\": ", 400, "invalid_input");
-    expect(&mut c, "POST", retrieve, b"{\"text\": \"\xff\xfe\"}", 400, "invalid_input");
+    expect(
+        &mut c,
+        "POST",
+        retrieve,
+        b"{\"text\": ",
+        400,
+        "invalid_input",
+    );
+    expect(
+        &mut c,
+        "POST",
+        retrieve,
+        b"{\"text\": \"\xff\xfe\"}",
+        400,
+        "invalid_input",
+    );
     expect(&mut c, "POST", retrieve, b"[1, 2]", 400, "invalid_input");
-    let e = expect(&mut c, "POST", retrieve, b"{\"txt\": \"a\"}", 400, "invalid_input");
-    assert!(e["error"]["message"].as_str().unwrap().contains("txt"), "{e}");
+    let e = expect(
+        &mut c,
+        "POST",
+        retrieve,
+        b"{\"txt\": \"a\"}",
+        400,
+        "invalid_input",
+    );
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("txt"),
+        "{e}"
+    );
     expect(&mut c, "POST", retrieve, b"{}", 400, "invalid_input");
-    expect(&mut c, "POST", retrieve, b"{\"text\": \"a\", \"vector\": [1]}", 400, "invalid_input");
-    expect(&mut c, "POST", add, b"{\"intent\": \"no experience\"}", 400, "invalid_input");
-    expect(&mut c, "POST", add, b"{\"experience\": 3}", 400, "invalid_input");
-    expect(&mut c, "POST", "/v1/namespaces/ns/feedback", b"{\"reward\": 1}", 400, "invalid_input");
-    expect(&mut c, "POST", "/v1/namespaces/ns/feedback", b"{\"retrieval_id\": \"x1\", \"reward\": 1}", 400, "invalid_input");
+    expect(
+        &mut c,
+        "POST",
+        retrieve,
+        b"{\"text\": \"a\", \"vector\": [1]}",
+        400,
+        "invalid_input",
+    );
+    expect(
+        &mut c,
+        "POST",
+        add,
+        b"{\"intent\": \"no experience\"}",
+        400,
+        "invalid_input",
+    );
+    expect(
+        &mut c,
+        "POST",
+        add,
+        b"{\"experience\": 3}",
+        400,
+        "invalid_input",
+    );
+    expect(
+        &mut c,
+        "POST",
+        "/v1/namespaces/ns/feedback",
+        b"{\"reward\": 1}",
+        400,
+        "invalid_input",
+    );
+    expect(
+        &mut c,
+        "POST",
+        "/v1/namespaces/ns/feedback",
+        b"{\"retrieval_id\": \"x1\", \"reward\": 1}",
+        400,
+        "invalid_input",
+    );
     // Wrong dimensions, non-finite values (1e39 is infinite as f32), out-of-range options.
-    let e = expect(&mut c, "POST", retrieve, b"{\"vector\": [1.0, 2.0]}", 400, "invalid_input");
-    assert!(e["error"]["message"].as_str().unwrap().contains("dimension"), "{e}");
+    let e = expect(
+        &mut c,
+        "POST",
+        retrieve,
+        b"{\"vector\": [1.0, 2.0]}",
+        400,
+        "invalid_input",
+    );
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("dimension"),
+        "{e}"
+    );
     let wrong_dim = json!({"experience": "x", "embedding": [1.0, 0.0, 0.0]}).to_string();
-    expect(&mut c, "POST", add, wrong_dim.as_bytes(), 400, "invalid_input");
+    expect(
+        &mut c,
+        "POST",
+        add,
+        wrong_dim.as_bytes(),
+        400,
+        "invalid_input",
+    );
     let inf = format!("{{\"vector\": [1e39{}]}}", ", 0.0".repeat(HIDDEN - 1));
-    expect(&mut c, "POST", retrieve, inf.as_bytes(), 400, "invalid_input");
-    for option in ["\"k1\": 0", "\"k1\": 18446744073709551615", "\"k2\": 100000", "\"lambda\": 2", "\"epsilon\": -1", "\"z_clip\": 0", "\"delta\": 1e39"] {
+    expect(
+        &mut c,
+        "POST",
+        retrieve,
+        inf.as_bytes(),
+        400,
+        "invalid_input",
+    );
+    for option in [
+        "\"k1\": 0",
+        "\"k1\": 18446744073709551615",
+        "\"k2\": 100000",
+        "\"lambda\": 2",
+        "\"epsilon\": -1",
+        "\"z_clip\": 0",
+        "\"delta\": 1e39",
+    ] {
         let body = format!("{{\"text\": \"a\", {option}}}");
-        expect(&mut c, "POST", retrieve, body.as_bytes(), 400, "invalid_input");
+        expect(
+            &mut c,
+            "POST",
+            retrieve,
+            body.as_bytes(),
+            400,
+            "invalid_input",
+        );
     }
-    expect(&mut c, "POST", "/v1/namespaces/ns/feedback", b"{\"memory_ids\": [1], \"reward\": 1e39}", 400, "invalid_input");
+    expect(
+        &mut c,
+        "POST",
+        "/v1/namespaces/ns/feedback",
+        b"{\"memory_ids\": [1], \"reward\": 1e39}",
+        400,
+        "invalid_input",
+    );
     // Limits: items, text bytes, body bytes.
     let five = json!({"texts": ["a", "b", "c", "d", "e"]}).to_string();
-    expect(&mut c, "POST", retrieve, five.as_bytes(), 400, "invalid_input");
+    expect(
+        &mut c,
+        "POST",
+        retrieve,
+        five.as_bytes(),
+        400,
+        "invalid_input",
+    );
     let long = json!({"text": "a".repeat(201)}).to_string();
-    expect(&mut c, "POST", retrieve, long.as_bytes(), 400, "invalid_input");
+    expect(
+        &mut c,
+        "POST",
+        retrieve,
+        long.as_bytes(),
+        400,
+        "invalid_input",
+    );
     let huge = json!({"text": "a".repeat(10_000)}).to_string();
-    expect(&mut c, "POST", retrieve, huge.as_bytes(), 413, "payload_too_large");
+    expect(
+        &mut c,
+        "POST",
+        retrieve,
+        huge.as_bytes(),
+        413,
+        "payload_too_large",
+    );
     // Not JSON at all.
-    let r = c.send("POST", retrieve, &[], Some(b"{\"text\": \"a\"}")).unwrap();
-    assert_eq!((r.status, r.error_kind().as_str()), (415, "unsupported_media_type"));
     let r = c
-        .send("POST", retrieve, &[("content-type", "text/plain")], Some(b"{\"text\": \"a\"}"))
+        .send("POST", retrieve, &[], Some(b"{\"text\": \"a\"}"))
+        .unwrap();
+    assert_eq!(
+        (r.status, r.error_kind().as_str()),
+        (415, "unsupported_media_type")
+    );
+    let r = c
+        .send(
+            "POST",
+            retrieve,
+            &[("content-type", "text/plain")],
+            Some(b"{\"text\": \"a\"}"),
+        )
         .unwrap();
     assert_eq!(r.status, 415);
     // Routes, methods, names, ids.
     expect(&mut c, "GET", "/v1/nothing", b"", 404, "not_found");
-    expect(&mut c, "PATCH", "/v1/namespaces/ns", b"", 405, "method_not_allowed");
-    expect(&mut c, "GET", "/v1/namespaces/.hidden/stats", b"", 400, "invalid_input");
-    expect(&mut c, "GET", "/v1/namespaces/..%2Fetc/stats", b"", 400, "invalid_input");
-    expect(&mut c, "GET", "/v1/namespaces/ns/memories/abc", b"", 400, "invalid_input");
-    expect(&mut c, "GET", "/v1/namespaces/ns/memories/7", b"", 404, "not_found");
-    expect(&mut c, "DELETE", "/v1/namespaces/ns/memories/7", b"", 404, "not_found");
-    expect(&mut c, "GET", "/v1/namespaces/ns/stats?bins=x", b"", 400, "invalid_input");
-    expect(&mut c, "GET", "/v1/namespaces/ns/stats?colour=red", b"", 400, "invalid_input");
-    expect(&mut c, "POST", "/v1/namespaces/ns/calibrate", b"{\"max_pairs\": 0}", 400, "invalid_input");
-    expect(&mut c, "POST", "/v1/namespaces/ns/feedback", b"{\"memory_ids\": [7], \"reward\": 1}", 404, "not_found");
+    expect(
+        &mut c,
+        "PATCH",
+        "/v1/namespaces/ns",
+        b"",
+        405,
+        "method_not_allowed",
+    );
+    expect(
+        &mut c,
+        "GET",
+        "/v1/namespaces/.hidden/stats",
+        b"",
+        400,
+        "invalid_input",
+    );
+    expect(
+        &mut c,
+        "GET",
+        "/v1/namespaces/..%2Fetc/stats",
+        b"",
+        400,
+        "invalid_input",
+    );
+    expect(
+        &mut c,
+        "GET",
+        "/v1/namespaces/ns/memories/abc",
+        b"",
+        400,
+        "invalid_input",
+    );
+    expect(
+        &mut c,
+        "GET",
+        "/v1/namespaces/ns/memories/7",
+        b"",
+        404,
+        "not_found",
+    );
+    expect(
+        &mut c,
+        "DELETE",
+        "/v1/namespaces/ns/memories/7",
+        b"",
+        404,
+        "not_found",
+    );
+    expect(
+        &mut c,
+        "GET",
+        "/v1/namespaces/ns/stats?bins=x",
+        b"",
+        400,
+        "invalid_input",
+    );
+    expect(
+        &mut c,
+        "GET",
+        "/v1/namespaces/ns/stats?colour=red",
+        b"",
+        400,
+        "invalid_input",
+    );
+    expect(
+        &mut c,
+        "POST",
+        "/v1/namespaces/ns/calibrate",
+        b"{\"max_pairs\": 0}",
+        400,
+        "invalid_input",
+    );
+    expect(
+        &mut c,
+        "POST",
+        "/v1/namespaces/ns/feedback",
+        b"{\"memory_ids\": [7], \"reward\": 1}",
+        404,
+        "not_found",
+    );
     // A read of a missing namespace is 404 and creates nothing.
-    expect(&mut c, "GET", "/v1/namespaces/missing/stats", b"", 404, "not_found");
-    expect(&mut c, "POST", "/v1/namespaces/missing/retrieve", b"{\"text\": \"a\"}", 404, "not_found");
+    expect(
+        &mut c,
+        "GET",
+        "/v1/namespaces/missing/stats",
+        b"",
+        404,
+        "not_found",
+    );
+    expect(
+        &mut c,
+        "POST",
+        "/v1/namespaces/missing/retrieve",
+        b"{\"text\": \"a\"}",
+        404,
+        "not_found",
+    );
     assert!(!server.data.join("missing").exists());
     // Conflicts.
     let dup = json!({"id": 1, "intent": "x", "experience": "y"}).to_string();
@@ -410,7 +708,10 @@ fn every_error_status_has_a_json_body() {
     // The bank is unchanged by all of it.
     let stats = c.ok("GET", "/v1/namespaces/ns/stats", None, None);
     assert_eq!(stats["memories"], 1);
-    assert_eq!(c.ok("GET", "/v1/namespaces/ns/memories/1", None, None)["visits"], 0);
+    assert_eq!(
+        c.ok("GET", "/v1/namespaces/ns/memories/1", None, None)["visits"],
+        0
+    );
 }
 
 #[test]
@@ -439,18 +740,31 @@ fn a_full_queue_answers_429_with_retry_after() {
                             None,
                             Some(&json!({"vector": vector(t * 40 + i), "delta": -1.0, "k1": 200})),
                         );
-                        let kind = if r.status == 200 { String::new() } else { r.error_kind() };
+                        let kind = if r.status == 200 {
+                            String::new()
+                        } else {
+                            r.error_kind()
+                        };
                         seen.push((r.status, r.header("retry-after").map(str::to_string), kind));
                     }
                     seen
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     let overloaded: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 429).collect();
-    assert!(answers.iter().all(|(s, _, _)| *s == 200 || *s == 429), "{answers:?}");
-    assert!(!overloaded.is_empty(), "16 clients against a queue of 1 never saw a 429");
+    assert!(
+        answers.iter().all(|(s, _, _)| *s == 200 || *s == 429),
+        "{answers:?}"
+    );
+    assert!(
+        !overloaded.is_empty(),
+        "16 clients against a queue of 1 never saw a 429"
+    );
     for (_, retry, kind) in overloaded {
         assert_eq!(retry.as_deref(), Some("1"));
         assert_eq!(kind, "overloaded");
@@ -490,13 +804,33 @@ fn api_keys_scope_namespaces() {
     let routes: Vec<(&str, String, Option<Value>)> = vec![
         ("GET", "/v1/namespaces/b".into(), None),
         ("PUT", "/v1/namespaces/b".into(), Some(json!({}))),
-        ("POST", "/v1/namespaces/b/memories".into(), Some(json!({"intent": "x", "experience": "y"}))),
+        (
+            "POST",
+            "/v1/namespaces/b/memories".into(),
+            Some(json!({"intent": "x", "experience": "y"})),
+        ),
         ("GET", "/v1/namespaces/b/memories/1".into(), None),
-        ("POST", "/v1/namespaces/b/retrieve".into(), Some(json!({"text": "parse a date", "delta": -1.0}))),
-        ("POST", "/v1/namespaces/b/feedback".into(), Some(json!({"retrieval_id": rid_b, "reward": 1.0}))),
-        ("POST", "/v1/namespaces/b/feedback".into(), Some(json!({"memory_ids": [1], "reward": 1.0}))),
+        (
+            "POST",
+            "/v1/namespaces/b/retrieve".into(),
+            Some(json!({"text": "parse a date", "delta": -1.0})),
+        ),
+        (
+            "POST",
+            "/v1/namespaces/b/feedback".into(),
+            Some(json!({"retrieval_id": rid_b, "reward": 1.0})),
+        ),
+        (
+            "POST",
+            "/v1/namespaces/b/feedback".into(),
+            Some(json!({"memory_ids": [1], "reward": 1.0})),
+        ),
         ("GET", "/v1/namespaces/b/stats".into(), None),
-        ("POST", "/v1/namespaces/b/calibrate".into(), Some(json!({"write": true}))),
+        (
+            "POST",
+            "/v1/namespaces/b/calibrate".into(),
+            Some(json!({"write": true})),
+        ),
         ("DELETE", "/v1/namespaces/b/memories/1".into(), None),
         ("DELETE", "/v1/namespaces/b".into(), None),
         // A namespace that does not exist: 403 too, so a key cannot probe for names.
@@ -510,7 +844,12 @@ fn api_keys_scope_namespaces() {
             (Some(KEY_A), 403, "forbidden"),
         ] {
             let r = c.call(method, path, key, body.as_ref());
-            assert_eq!(r.status, status, "{method} {path} with {key:?}: {}", String::from_utf8_lossy(&r.body));
+            assert_eq!(
+                r.status,
+                status,
+                "{method} {path} with {key:?}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
             assert_eq!(r.error_kind(), kind);
             if status == 401 {
                 assert!(r.header("www-authenticate").is_some());
@@ -520,9 +859,17 @@ fn api_keys_scope_namespaces() {
     }
     // Nothing of b changed, and b's key still reads it.
     let m = c.ok("GET", "/v1/namespaces/b/memories/1", Some(KEY_B), None);
-    assert_eq!((m["experience"].as_str(), m["visits"].as_u64()), (Some("secret of b"), Some(0)));
+    assert_eq!(
+        (m["experience"].as_str(), m["visits"].as_u64()),
+        (Some("secret of b"), Some(0))
+    );
     // The same retrieval id cannot be reported through namespace a either: ids are per namespace.
-    let r = c.call("POST", "/v1/namespaces/a/feedback", Some(KEY_A), Some(&json!({"retrieval_id": rid_b, "reward": 1.0})));
+    let r = c.call(
+        "POST",
+        "/v1/namespaces/a/feedback",
+        Some(KEY_A),
+        Some(&json!({"retrieval_id": rid_b, "reward": 1.0})),
+    );
     assert_eq!(r.status, 404);
     // The list shows each key its own namespaces; the admin sees all.
     let names = |c: &mut Http, key: &str| -> BTreeSet<String> {
@@ -535,7 +882,10 @@ fn api_keys_scope_namespaces() {
     };
     assert_eq!(names(&mut c, KEY_A), BTreeSet::from(["a".to_string()]));
     assert_eq!(names(&mut c, KEY_B), BTreeSet::from(["b".to_string()]));
-    assert_eq!(names(&mut c, ADMIN), BTreeSet::from(["a".to_string(), "b".to_string()]));
+    assert_eq!(
+        names(&mut c, ADMIN),
+        BTreeSet::from(["a".to_string(), "b".to_string()])
+    );
     // The metrics name every namespace: admin only.
     assert_eq!(c.call("GET", "/metrics", Some(KEY_A), None).status, 403);
     assert_eq!(c.call("GET", "/metrics", None, None).status, 401);
@@ -545,14 +895,36 @@ fn api_keys_scope_namespaces() {
     assert_eq!(c.call("GET", "/openapi.json", None, None).status, 200);
     let model = setup.model();
     let embed = json!({"input": "x", "model": model});
-    assert_eq!(c.call("POST", "/v1/embeddings", None, Some(&embed)).status, 401);
-    assert_eq!(c.call("POST", "/v1/embeddings", Some(KEY_A), Some(&embed)).status, 200);
+    assert_eq!(
+        c.call("POST", "/v1/embeddings", None, Some(&embed)).status,
+        401
+    );
+    assert_eq!(
+        c.call("POST", "/v1/embeddings", Some(KEY_A), Some(&embed))
+            .status,
+        200
+    );
     // Each key does everything in its own namespace, the admin in any.
     let rid_a = retrieval(&mut c, "a", KEY_A);
-    c.ok("POST", "/v1/namespaces/a/feedback", Some(KEY_A), Some(&json!({"retrieval_id": rid_a, "reward": 1.0})));
+    c.ok(
+        "POST",
+        "/v1/namespaces/a/feedback",
+        Some(KEY_A),
+        Some(&json!({"retrieval_id": rid_a, "reward": 1.0})),
+    );
     let rid = retrieval(&mut c, "b", ADMIN);
-    c.ok("POST", "/v1/namespaces/b/feedback", Some(ADMIN), Some(&json!({"retrieval_id": rid, "reward": 1.0})));
-    c.ok("POST", "/v1/namespaces/shared/memories", Some(KEY_B), Some(&json!({"intent": "x", "experience": "y"})));
+    c.ok(
+        "POST",
+        "/v1/namespaces/b/feedback",
+        Some(ADMIN),
+        Some(&json!({"retrieval_id": rid, "reward": 1.0})),
+    );
+    c.ok(
+        "POST",
+        "/v1/namespaces/shared/memories",
+        Some(KEY_B),
+        Some(&json!({"intent": "x", "experience": "y"})),
+    );
     // No answer ever carries a key.
     for body in &bodies {
         for key in [KEY_A, KEY_B, ADMIN] {
@@ -573,7 +945,10 @@ fn keys_from_the_environment_and_no_open_listening_without_keys() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("refusing to listen") && err.contains("--insecure"), "{err}");
+    assert!(
+        err.contains("refusing to listen") && err.contains("--insecure"),
+        "{err}"
+    );
     // A bad key file names its line, never the key.
     let bad = setup.dir.path().join("bad-keys.txt");
     std::fs::write(&bad, format!("{KEY_A} a\nshortkey b\n")).unwrap();
@@ -586,7 +961,10 @@ fn keys_from_the_environment_and_no_open_listening_without_keys() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad-keys.txt:2:") && !err.contains("shortkey"), "{err}");
+    assert!(
+        err.contains("bad-keys.txt:2:") && !err.contains("shortkey"),
+        "{err}"
+    );
     // Keys from MEMRL_API_KEYS.
     let server = Server::start(
         &setup.data(),
@@ -595,9 +973,31 @@ fn keys_from_the_environment_and_no_open_listening_without_keys() {
     );
     let mut c = server.http();
     let body = json!({"experience": "x", "embedding": [1.0, 0.0, 0.0, 0.0]});
-    assert_eq!(c.call("POST", "/v1/namespaces/a/memories", None, Some(&body)).status, 401);
-    assert_eq!(c.call("POST", "/v1/namespaces/a/memories", Some(KEY_A), Some(&body)).status, 200);
-    assert_eq!(c.call("POST", "/v1/namespaces/z/memories", Some(KEY_A), Some(&body)).status, 403);
+    assert_eq!(
+        c.call("POST", "/v1/namespaces/a/memories", None, Some(&body))
+            .status,
+        401
+    );
+    assert_eq!(
+        c.call(
+            "POST",
+            "/v1/namespaces/a/memories",
+            Some(KEY_A),
+            Some(&body)
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        c.call(
+            "POST",
+            "/v1/namespaces/z/memories",
+            Some(KEY_A),
+            Some(&body)
+        )
+        .status,
+        403
+    );
 }
 
 #[test]
@@ -617,10 +1017,17 @@ fn sigterm_drains_checkpoints_and_exits_zero() {
     let status = server.terminate(Duration::from_secs(60));
     assert!(status.success(), "{status:?}");
     // Checkpointed: the log holds no record (its header only), the snapshot every memory.
-    let log = std::fs::metadata(data.join("ns/bank.safetensors.wal")).unwrap().len();
-    assert!(log < 128, "the log still holds {log} bytes after a graceful shutdown");
+    let log = std::fs::metadata(data.join("ns/bank.safetensors.wal"))
+        .unwrap()
+        .len();
+    assert!(
+        log < 128,
+        "the log still holds {log} bytes after a graceful shutdown"
+    );
     let server = setup.start(&[]);
-    let stats = server.http().ok("GET", "/v1/namespaces/ns/stats", None, None);
+    let stats = server
+        .http()
+        .ok("GET", "/v1/namespaces/ns/stats", None, None);
     assert_eq!(stats["memories"], 20);
 }
 
@@ -650,9 +1057,15 @@ fn a_corrupt_namespace_is_500_and_the_others_serve() {
     let r = c.call("GET", "/v1/namespaces/broken/stats", None, None);
     assert_eq!((r.status, r.error_kind().as_str()), (500, "corrupt"));
     let message = r.json()["error"]["message"].as_str().unwrap().to_string();
-    assert!(!message.contains(&setup.data().display().to_string()), "{message}");
+    assert!(
+        !message.contains(&setup.data().display().to_string()),
+        "{message}"
+    );
     assert!(message.contains("<data>"), "{message}");
-    assert_eq!(c.ok("GET", "/v1/namespaces/good/stats", None, None)["memories"], 1);
+    assert_eq!(
+        c.ok("GET", "/v1/namespaces/good/stats", None, None)["memories"],
+        1
+    );
     // An operator can still delete it.
     c.ok("DELETE", "/v1/namespaces/broken", None, None);
 }

@@ -75,7 +75,12 @@ impl Client {
                 ),
             };
             let body = serde_json::to_vec(&body).unwrap();
-            let Ok(response) = http.send("POST", &path, &[("content-type", "application/json")], Some(&body)) else {
+            let Ok(response) = http.send(
+                "POST",
+                &path,
+                &[("content-type", "application/json")],
+                Some(&body),
+            ) else {
                 return; // the server died; `in_flight` may or may not have been applied
             };
             assert_eq!(
@@ -105,7 +110,12 @@ impl Client {
         let ns = Self::namespace(t);
         let in_flight = self.in_flight.take();
         if let Some(Op::Add(id)) = in_flight {
-            let r = http.call("GET", &format!("/v1/namespaces/{ns}/memories/{id}"), None, None);
+            let r = http.call(
+                "GET",
+                &format!("/v1/namespaces/{ns}/memories/{id}"),
+                None,
+                None,
+            );
             match r.status {
                 200 => {
                     self.acked.insert(id, (0.0, 0));
@@ -115,7 +125,12 @@ impl Client {
             }
         }
         for (&id, (q, visits)) in self.acked.iter_mut() {
-            let r = http.call("GET", &format!("/v1/namespaces/{ns}/memories/{id}"), None, None);
+            let r = http.call(
+                "GET",
+                &format!("/v1/namespaces/{ns}/memories/{id}"),
+                None,
+                None,
+            );
             assert_eq!(
                 r.status,
                 200,

@@ -108,9 +108,12 @@ fn the_python_sdk_runs_the_agent_loop_over_stdio_and_http() {
         &[],
     );
     let url = format!("http://{}/mcp", server.addr);
-    let out = run(Command::new(&python)
-        .arg(&script)
-        .args(["http", &url, "agent-one-key-0123456789", "agent-two-key-0123456789"]));
+    let out = run(Command::new(&python).arg(&script).args([
+        "http",
+        &url,
+        "agent-one-key-0123456789",
+        "agent-two-key-0123456789",
+    ]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("mcp http: ok"));
     // What the HTTP client did is in namespace `one`, through the same banks as the JSON routes.
     let mut http = server.http();

@@ -114,9 +114,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::too_large("the request body is larger than the server accepts (--max-body-bytes)")
+                ApiError::too_large(
+                    "the request body is larger than the server accepts (--max-body-bytes)",
+                )
             } else {
-                ApiError::invalid(format!("cannot read the request body: {}", rejection.body_text()))
+                ApiError::invalid(format!(
+                    "cannot read the request body: {}",
+                    rejection.body_text()
+                ))
             }
         })?;
         decode(&bytes).map(JsonBody)
@@ -247,7 +252,10 @@ pub async fn metrics(
     .map_err(|e| ApiError::internal(format!("reading the namespaces' figures: {e}")))?;
     let text = state.metrics.render(&figures);
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response())
@@ -277,9 +285,7 @@ pub async fn authenticate(
             };
             match keys.authenticate(token) {
                 Some(scope) => scope.clone(),
-                None => {
-                    return ApiError::unauthorized("the API key is not valid").into_response()
-                }
+                None => return ApiError::unauthorized("the API key is not valid").into_response(),
             }
         }
     };
@@ -395,7 +401,9 @@ pub async fn create_namespace(
     let model_id = body
         .model_id
         .or(default.as_ref().map(|c| c.model_id.clone()))
-        .ok_or_else(|| ApiError::invalid("model_id: required (this server has no default model)"))?;
+        .ok_or_else(|| {
+            ApiError::invalid("model_id: required (this server has no default model)")
+        })?;
     if model_id.len() > 256 {
         return Err(ApiError::invalid("model_id: longer than 256 bytes"));
     }
@@ -412,7 +420,11 @@ pub async fn create_namespace(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(json!({ "name": ns, "config": config, "created": created }))).into_response())
+    Ok((
+        status,
+        Json(json!({ "name": ns, "config": config, "created": created })),
+    )
+        .into_response())
 }
 
 /// `GET /v1/namespaces/{ns}`: the bank's shape, configs and counts.
@@ -484,7 +496,11 @@ struct AddMany {
 impl MemoryIn {
     fn check(&self, limits: &RequestLimits, index: usize) -> Result<(), ApiError> {
         check_text(limits, &format!("memory #{index}: intent"), &self.intent)?;
-        check_text(limits, &format!("memory #{index}: experience"), &self.experience)
+        check_text(
+            limits,
+            &format!("memory #{index}: experience"),
+            &self.experience,
+        )
     }
 
     fn into_new(self) -> memrl::NewMemory {
@@ -526,7 +542,8 @@ pub async fn add(
             .collect();
         state.count_tokens(&texts);
         let handle = state.namespaces.writable(&ns).await?;
-        let memories: Vec<memrl::NewMemory> = memories.into_iter().map(MemoryIn::into_new).collect();
+        let memories: Vec<memrl::NewMemory> =
+            memories.into_iter().map(MemoryIn::into_new).collect();
         let ids = blocking(move || handle.bank().add_many(memories)).await?;
         return Ok(Json(json!({ "ids": ids })));
     }
@@ -634,13 +651,17 @@ impl RetrieveIn {
         let mut c = stored;
         if let Some(k1) = self.k1 {
             if k1 > MAX_K1 {
-                return Err(ApiError::invalid(format!("k1: {k1} exceeds the limit of {MAX_K1}")));
+                return Err(ApiError::invalid(format!(
+                    "k1: {k1} exceeds the limit of {MAX_K1}"
+                )));
             }
             c.k1 = k1;
         }
         if let Some(k2) = self.k2 {
             if k2 > MAX_K2 {
-                return Err(ApiError::invalid(format!("k2: {k2} exceeds the limit of {MAX_K2}")));
+                return Err(ApiError::invalid(format!(
+                    "k2: {k2} exceeds the limit of {MAX_K2}"
+                )));
             }
             c.k2 = k2;
         }
@@ -811,9 +832,11 @@ impl<'de> Deserialize<'de> for RetrievalIdIn {
             Number(u64),
             Text(String),
         }
-        match Raw::deserialize(d)
-            .map_err(|_| serde::de::Error::custom("a retrieval id is the string (or unsigned integer) a retrieval returned"))?
-        {
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "a retrieval id is the string (or unsigned integer) a retrieval returned",
+            )
+        })? {
             Raw::Number(n) => Ok(RetrievalIdIn(n)),
             Raw::Text(s) => s.parse().map(RetrievalIdIn).map_err(|_| {
                 serde::de::Error::custom(format!(
@@ -990,7 +1013,9 @@ pub async fn calibrate(
             bank.set_retrieval_config(config.clone())?;
             written = json!(config);
         }
-        Ok(Json(json!({ "calibration": c, "retrieval_config": written })))
+        Ok(Json(
+            json!({ "calibration": c, "retrieval_config": written }),
+        ))
     })
     .await
 }

@@ -204,7 +204,10 @@ mod tests {
         assert_eq!(keys.len(), 3);
         let scope = keys.authenticate("abcdefghijklmnop").unwrap();
         assert!(scope.allows("a") && scope.allows("b") && !scope.allows("c"));
-        assert_eq!(keys.authenticate("test").unwrap().only_namespace(), Some("c"));
+        assert_eq!(
+            keys.authenticate("test").unwrap().only_namespace(),
+            Some("c")
+        );
         assert_eq!(keys.authenticate("qrstuvwxyz012345"), Some(&Scope::All));
         assert_eq!(keys.authenticate("abcdefghijklmno"), None);
         assert_eq!(keys.authenticate(""), None);

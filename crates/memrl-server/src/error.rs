@@ -168,7 +168,9 @@ impl IntoResponse for ApiError {
                 message: &message,
             },
         })
-        .unwrap_or_else(|_| br#"{"error":{"kind":"internal","message":"unprintable error"}}"#.to_vec());
+        .unwrap_or_else(|_| {
+            br#"{"error":{"kind":"internal","message":"unprintable error"}}"#.to_vec()
+        });
         let mut response = (self.status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(

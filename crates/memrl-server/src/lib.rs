@@ -86,7 +86,11 @@ pub enum ServerError {
 }
 
 /// Refuses to listen beyond this machine without API keys, unless told `insecure`.
-pub fn check_exposure(addr: &SocketAddr, has_keys: bool, insecure: bool) -> Result<(), ServerError> {
+pub fn check_exposure(
+    addr: &SocketAddr,
+    has_keys: bool,
+    insecure: bool,
+) -> Result<(), ServerError> {
     if addr.ip().is_loopback() || has_keys || insecure {
         return Ok(());
     }
@@ -117,10 +121,15 @@ impl Server {
         } = config;
         namespaces::validate_name(&mcp_namespace).map_err(ServerError::Config)?;
         if limits.max_items == 0 || limits.max_text_bytes == 0 || limits.max_body_bytes == 0 {
-            return Err(ServerError::Config("request limits must be at least 1".into()));
+            return Err(ServerError::Config(
+                "request limits must be at least 1".into(),
+            ));
         }
         // The banks' own limits: the request limits, and room for the batches the queues form.
-        let batch_max = banks.batch.as_ref().map_or(0, |b: &BatchConfig| b.max_batch);
+        let batch_max = banks
+            .batch
+            .as_ref()
+            .map_or(0, |b: &BatchConfig| b.max_batch);
         banks.limits = Limits {
             max_text_bytes: limits.max_text_bytes,
             max_batch: limits.max_items.max(batch_max),
@@ -146,10 +155,11 @@ impl Server {
             }
             None => None,
         };
-        let namespaces = Namespaces::new(&data_dir, banks).map_err(|source| ServerError::DataDir {
-            path: data_dir.clone(),
-            source,
-        })?;
+        let namespaces =
+            Namespaces::new(&data_dir, banks).map_err(|source| ServerError::DataDir {
+                path: data_dir.clone(),
+                source,
+            })?;
         error::redact_path(&data_dir);
         error::redact_path(namespaces.dir());
         let opened = namespaces.open_all().await;
@@ -278,7 +288,10 @@ impl Server {
         if failed == 0 {
             tracing::info!("every namespace checkpointed and closed");
         } else {
-            tracing::error!(failed, "some checkpoints failed; their logs still hold every acknowledged write");
+            tracing::error!(
+                failed,
+                "some checkpoints failed; their logs still hold every acknowledged write"
+            );
         }
     }
 

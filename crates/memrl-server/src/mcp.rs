@@ -156,7 +156,9 @@ impl MemrlMcp {
             return Err(ApiError::invalid("k: between 1 and 50"));
         }
         if args.task.len() > self.state.limits.max_text_bytes {
-            return Err(ApiError::invalid("task: longer than the server's text limit"));
+            return Err(ApiError::invalid(
+                "task: longer than the server's text limit",
+            ));
         }
         let handle = match self.state.namespaces.existing(&namespace).await {
             Ok(handle) => handle,
@@ -171,12 +173,12 @@ impl MemrlMcp {
             ..handle.bank().retrieval_config()
         };
         self.state.count_tokens(&[args.task.as_str()]);
-        let mut results = run_retrievals(handle, vec![Query::Text(args.task)], Some(config)).await?;
+        let mut results =
+            run_retrievals(handle, vec![Query::Text(args.task)], Some(config)).await?;
         let retrieval = results.remove(0);
         let id = retrieval.id.0.to_string();
-        let mut text = format!(
-            "retrieval_id: {id}\n(pass it to report_outcome once the task is done)\n"
-        );
+        let mut text =
+            format!("retrieval_id: {id}\n(pass it to report_outcome once the task is done)\n");
         if retrieval.hits.is_empty() {
             text.push_str("No past experience is similar to this task: proceed on your own.\n");
         } else {
@@ -197,7 +199,10 @@ impl MemrlMcp {
             .iter()
             .map(|h| json!({ "id": h.id, "experience": h.experience, "q": h.q, "sim": h.sim, "score": h.score }))
             .collect();
-        Ok(answer(text, json!({ "retrieval_id": id, "namespace": namespace, "hits": hits })))
+        Ok(answer(
+            text,
+            json!({ "retrieval_id": id, "namespace": namespace, "hits": hits }),
+        ))
     }
 
     async fn outcome(
@@ -233,7 +238,9 @@ impl MemrlMcp {
         let namespace = self.namespace(args.namespace, context)?;
         let limit = self.state.limits.max_text_bytes;
         if args.task.len() > limit || args.experience.len() > limit {
-            return Err(ApiError::invalid("task or experience: longer than the server's text limit"));
+            return Err(ApiError::invalid(
+                "task or experience: longer than the server's text limit",
+            ));
         }
         self.state.count_tokens(&[args.task.as_str()]);
         let handle = self.state.namespaces.writable(&namespace).await?;

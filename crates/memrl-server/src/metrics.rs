@@ -111,7 +111,12 @@ impl Metrics {
             all.sort_by(|a, b| a.0.cmp(&b.0));
             all
         };
-        header(&mut out, "memrl_http_requests_total", "counter", "HTTP requests answered, by route template, method and status.");
+        header(
+            &mut out,
+            "memrl_http_requests_total",
+            "counter",
+            "HTTP requests answered, by route template, method and status.",
+        );
         for ((route, method, status), h) in &requests {
             let _ = writeln!(
                 out,
@@ -121,7 +126,12 @@ impl Metrics {
                 h.count
             );
         }
-        header(&mut out, "memrl_http_request_duration_seconds", "histogram", "Time from a request's arrival to its answer, by route template, method and status.");
+        header(
+            &mut out,
+            "memrl_http_request_duration_seconds",
+            "histogram",
+            "Time from a request's arrival to its answer, by route template, method and status.",
+        );
         for ((route, method, status), h) in &requests {
             let labels = format!(
                 "route=\"{}\",method=\"{}\",status=\"{status}\"",
@@ -141,47 +151,125 @@ impl Metrics {
                 "memrl_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
                 h.count
             );
-            let _ = writeln!(out, "memrl_http_request_duration_seconds_sum{{{labels}}} {}", h.sum);
-            let _ = writeln!(out, "memrl_http_request_duration_seconds_count{{{labels}}} {}", h.count);
+            let _ = writeln!(
+                out,
+                "memrl_http_request_duration_seconds_sum{{{labels}}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "memrl_http_request_duration_seconds_count{{{labels}}} {}",
+                h.count
+            );
         }
-        header(&mut out, "memrl_embedding_tokens_total", "counter", "Tokens of the texts the server embedded (queries, intents, /v1/embeddings).");
+        header(
+            &mut out,
+            "memrl_embedding_tokens_total",
+            "counter",
+            "Tokens of the texts the server embedded (queries, intents, /v1/embeddings).",
+        );
         let _ = writeln!(
             out,
             "memrl_embedding_tokens_total {}",
             self.embedding_tokens.load(Ordering::Relaxed)
         );
-        header(&mut out, "memrl_uptime_seconds", "gauge", "Seconds since the server started.");
-        let _ = writeln!(out, "memrl_uptime_seconds {:.3}", self.started.elapsed().as_secs_f64());
+        header(
+            &mut out,
+            "memrl_uptime_seconds",
+            "gauge",
+            "Seconds since the server started.",
+        );
+        let _ = writeln!(
+            out,
+            "memrl_uptime_seconds {:.3}",
+            self.started.elapsed().as_secs_f64()
+        );
         header(&mut out, "memrl_namespaces", "gauge", "Open namespaces.");
         let _ = writeln!(out, "memrl_namespaces {}", namespaces.len());
 
-        let per_ns = |out: &mut String, name: &str, kind: &str, help: &str, value: &dyn Fn(&NamespaceFigures) -> String| {
+        let per_ns = |out: &mut String,
+                      name: &str,
+                      kind: &str,
+                      help: &str,
+                      value: &dyn Fn(&NamespaceFigures) -> String| {
             header(out, name, kind, help);
             for ns in namespaces {
-                let _ = writeln!(out, "{name}{{namespace=\"{}\"}} {}", escape(&ns.name), value(ns));
+                let _ = writeln!(
+                    out,
+                    "{name}{{namespace=\"{}\"}} {}",
+                    escape(&ns.name),
+                    value(ns)
+                );
             }
         };
-        per_ns(&mut out, "memrl_queue_depth", "gauge", "Requests waiting in the namespace's batching queue.", &|ns| ns.queue_depth.to_string());
-        per_ns(&mut out, "memrl_memories", "gauge", "Memories in the namespace.", &|ns| ns.memories.to_string());
-        per_ns(&mut out, "memrl_intents", "gauge", "Intent keys in the namespace.", &|ns| ns.intents.to_string());
+        per_ns(
+            &mut out,
+            "memrl_queue_depth",
+            "gauge",
+            "Requests waiting in the namespace's batching queue.",
+            &|ns| ns.queue_depth.to_string(),
+        );
+        per_ns(
+            &mut out,
+            "memrl_memories",
+            "gauge",
+            "Memories in the namespace.",
+            &|ns| ns.memories.to_string(),
+        );
+        per_ns(
+            &mut out,
+            "memrl_intents",
+            "gauge",
+            "Intent keys in the namespace.",
+            &|ns| ns.intents.to_string(),
+        );
         per_ns(&mut out, "memrl_log_fsyncs_total", "counter", "fsyncs of the namespace's write-ahead log since it opened (group commit: one covers many writes).", &|ns| ns.log_syncs.to_string());
-        per_ns(&mut out, "memrl_log_bytes", "gauge", "Bytes in the namespace's write-ahead log.", &|ns| ns.log_bytes.to_string());
+        per_ns(
+            &mut out,
+            "memrl_log_bytes",
+            "gauge",
+            "Bytes in the namespace's write-ahead log.",
+            &|ns| ns.log_bytes.to_string(),
+        );
 
-        header(&mut out, "memrl_q", "gauge", "Q of the namespace's memories: minimum (quantile 0), quartiles, maximum (quantile 1).");
+        header(
+            &mut out,
+            "memrl_q",
+            "gauge",
+            "Q of the namespace's memories: minimum (quantile 0), quartiles, maximum (quantile 1).",
+        );
         for ns in namespaces {
             if let Some(q) = ns.q_quantiles {
                 for (p, v) in ["0", "0.25", "0.5", "0.75", "1"].iter().zip(q) {
-                    let _ = writeln!(out, "memrl_q{{namespace=\"{}\",quantile=\"{p}\"}} {v}", escape(&ns.name));
+                    let _ = writeln!(
+                        out,
+                        "memrl_q{{namespace=\"{}\",quantile=\"{p}\"}} {v}",
+                        escape(&ns.name)
+                    );
                 }
             }
         }
-        header(&mut out, "memrl_q_sign", "gauge", "Memories with Q below, at and above zero.");
+        header(
+            &mut out,
+            "memrl_q_sign",
+            "gauge",
+            "Memories with Q below, at and above zero.",
+        );
         for ns in namespaces {
             for (sign, n) in ["negative", "zero", "positive"].iter().zip(ns.q_signs) {
-                let _ = writeln!(out, "memrl_q_sign{{namespace=\"{}\",sign=\"{sign}\"}} {n}", escape(&ns.name));
+                let _ = writeln!(
+                    out,
+                    "memrl_q_sign{{namespace=\"{}\",sign=\"{sign}\"}} {n}",
+                    escape(&ns.name)
+                );
             }
         }
-        header(&mut out, "memrl_batch_size", "histogram", "Requests per batch the namespace's queue ran.");
+        header(
+            &mut out,
+            "memrl_batch_size",
+            "histogram",
+            "Requests per batch the namespace's queue ran.",
+        );
         for ns in namespaces {
             let Some(stats) = &ns.batches else { continue };
             let name = escape(&ns.name);
@@ -189,12 +277,28 @@ impl Metrics {
             for (i, n) in stats.sizes.iter().enumerate() {
                 cumulative += n;
                 if i + 1 < stats.sizes.len() {
-                    let _ = writeln!(out, "memrl_batch_size_bucket{{namespace=\"{name}\",le=\"{}\"}} {cumulative}", 1u64 << i);
+                    let _ = writeln!(
+                        out,
+                        "memrl_batch_size_bucket{{namespace=\"{name}\",le=\"{}\"}} {cumulative}",
+                        1u64 << i
+                    );
                 }
             }
-            let _ = writeln!(out, "memrl_batch_size_bucket{{namespace=\"{name}\",le=\"+Inf\"}} {}", stats.batches);
-            let _ = writeln!(out, "memrl_batch_size_sum{{namespace=\"{name}\"}} {}", stats.requests);
-            let _ = writeln!(out, "memrl_batch_size_count{{namespace=\"{name}\"}} {}", stats.batches);
+            let _ = writeln!(
+                out,
+                "memrl_batch_size_bucket{{namespace=\"{name}\",le=\"+Inf\"}} {}",
+                stats.batches
+            );
+            let _ = writeln!(
+                out,
+                "memrl_batch_size_sum{{namespace=\"{name}\"}} {}",
+                stats.requests
+            );
+            let _ = writeln!(
+                out,
+                "memrl_batch_size_count{{namespace=\"{name}\"}} {}",
+                stats.batches
+            );
         }
         out
     }

@@ -19,8 +19,7 @@ use std::sync::{Arc, RwLock};
 
 use memrl::embed::Embedder;
 use memrl::{
-    Bank, BankConfig, BatchConfig, Batcher, CheckpointPolicy, Device, Limits, Retention,
-    SyncPolicy,
+    Bank, BankConfig, BatchConfig, Batcher, CheckpointPolicy, Device, Limits, Retention, SyncPolicy,
 };
 use tokio::sync::{Mutex, OwnedRwLockReadGuard, RwLock as AsyncRwLock};
 
@@ -134,7 +133,11 @@ impl Namespaces {
         std::fs::create_dir_all(dir)?;
         let dir = std::fs::canonicalize(dir)?;
         for entry in std::fs::read_dir(&dir)?.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(TRASH_PREFIX) {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(TRASH_PREFIX)
+            {
                 if let Err(e) = std::fs::remove_dir_all(entry.path()) {
                     tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a deleted namespace's folder");
                 }
@@ -343,8 +346,7 @@ impl Namespaces {
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         let trash = self.dir.join(format!("{TRASH_PREFIX}{name}-{nanos}"));
-        std::fs::rename(&folder, &trash)
-            .map_err(|e| ApiError::from(io_error(&folder, e)))?;
+        std::fs::rename(&folder, &trash).map_err(|e| ApiError::from(io_error(&folder, e)))?;
         tokio::task::spawn_blocking(move || {
             if let Err(e) = std::fs::remove_dir_all(&trash) {
                 tracing::warn!(path = %trash.display(), error = %e, "cannot remove a deleted namespace's folder (removed at the next start)");
@@ -392,7 +394,11 @@ fn io_error(path: &Path, source: std::io::Error) -> memrl::Error {
 
 /// Opens the bank in `folder` (or creates it there with `create`), with the server's embedder
 /// when the bank holds its model's keys.
-fn open_bank(folder: &Path, settings: &BankSettings, create: Option<BankConfig>) -> memrl::Result<Bank> {
+fn open_bank(
+    folder: &Path,
+    settings: &BankSettings,
+    create: Option<BankConfig>,
+) -> memrl::Result<Bank> {
     let path = folder.join(BANK_FILE);
     let mut options = Bank::options()
         .device(settings.device.clone())
@@ -427,8 +433,21 @@ mod tests {
             assert!(validate_name(good).is_ok(), "{good}");
         }
         for bad in [
-            "", ".", "..", ".hidden", "a/b", "../a", "a\\b", "-a", "_a", "a.b", "a b", "é",
-            "a\0", &"x".repeat(65), "a\n",
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "../a",
+            "a\\b",
+            "-a",
+            "_a",
+            "a.b",
+            "a b",
+            "é",
+            "a\0",
+            &"x".repeat(65),
+            "a\n",
         ] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }

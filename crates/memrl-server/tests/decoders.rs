@@ -21,11 +21,48 @@ const DIM: usize = 4;
 
 /// Field names of the routes' bodies, and a few others.
 const FIELDS: &[&str] = &[
-    "text", "texts", "vector", "vectors", "k1", "k2", "delta", "lambda", "zsim", "mode", "mean",
-    "std", "z_clip", "q_min", "epsilon", "seed", "memories", "id", "intent", "experience",
-    "success", "q", "metadata", "embedding", "retrieval_id", "reward", "rewards", "memory_ids",
-    "outcomes", "max_pairs", "write", "fixed_zsim", "dim", "model_id", "dtype", "dedup_sim",
-    "input", "model", "encoding_format", "dimensions", "user", "x",
+    "text",
+    "texts",
+    "vector",
+    "vectors",
+    "k1",
+    "k2",
+    "delta",
+    "lambda",
+    "zsim",
+    "mode",
+    "mean",
+    "std",
+    "z_clip",
+    "q_min",
+    "epsilon",
+    "seed",
+    "memories",
+    "id",
+    "intent",
+    "experience",
+    "success",
+    "q",
+    "metadata",
+    "embedding",
+    "retrieval_id",
+    "reward",
+    "rewards",
+    "memory_ids",
+    "outcomes",
+    "max_pairs",
+    "write",
+    "fixed_zsim",
+    "dim",
+    "model_id",
+    "dtype",
+    "dedup_sim",
+    "input",
+    "model",
+    "encoding_format",
+    "dimensions",
+    "user",
+    "x",
 ];
 
 const POST_ROUTES: &[&str] = &[
@@ -170,14 +207,38 @@ fn json_value() -> impl Strategy<Value = Value> {
 /// Valid bodies of every route, for mutation.
 fn valid_bodies() -> Vec<(&'static str, Value)> {
     vec![
-        ("/v1/namespaces/ns/memories", json!({"intent": "x", "experience": "y", "embedding": [0.5, 0.5, 0.0, 0.1]})),
-        ("/v1/namespaces/ns/memories", json!({"memories": [{"experience": "y", "embedding": [0.0, 0.0, 1.0, 0.0], "q": 0.5, "metadata": {"a": 1}}]})),
-        ("/v1/namespaces/ns/retrieve", json!({"vector": [1.0, 0.0, 0.0, 0.0], "delta": -1.0, "k1": 3, "k2": 2, "lambda": 0.5, "zsim": {"mode": "fixed", "mean": 0.1, "std": 0.3}, "z_clip": 3.0, "q_min": null, "epsilon": 0.1, "seed": 3})),
-        ("/v1/namespaces/ns/retrieve", json!({"vectors": [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]})),
-        ("/v1/namespaces/ns/feedback", json!({"memory_ids": [1], "reward": 0.5})),
-        ("/v1/namespaces/ns/feedback", json!({"outcomes": [{"memory_ids": [1, 2], "reward": -1.0}]})),
-        ("/v1/namespaces/ns/feedback", json!({"retrieval_id": "12345", "reward": 1.0})),
-        ("/v1/namespaces/ns/calibrate", json!({"max_pairs": 10, "seed": 1, "write": false})),
+        (
+            "/v1/namespaces/ns/memories",
+            json!({"intent": "x", "experience": "y", "embedding": [0.5, 0.5, 0.0, 0.1]}),
+        ),
+        (
+            "/v1/namespaces/ns/memories",
+            json!({"memories": [{"experience": "y", "embedding": [0.0, 0.0, 1.0, 0.0], "q": 0.5, "metadata": {"a": 1}}]}),
+        ),
+        (
+            "/v1/namespaces/ns/retrieve",
+            json!({"vector": [1.0, 0.0, 0.0, 0.0], "delta": -1.0, "k1": 3, "k2": 2, "lambda": 0.5, "zsim": {"mode": "fixed", "mean": 0.1, "std": 0.3}, "z_clip": 3.0, "q_min": null, "epsilon": 0.1, "seed": 3}),
+        ),
+        (
+            "/v1/namespaces/ns/retrieve",
+            json!({"vectors": [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]}),
+        ),
+        (
+            "/v1/namespaces/ns/feedback",
+            json!({"memory_ids": [1], "reward": 0.5}),
+        ),
+        (
+            "/v1/namespaces/ns/feedback",
+            json!({"outcomes": [{"memory_ids": [1, 2], "reward": -1.0}]}),
+        ),
+        (
+            "/v1/namespaces/ns/feedback",
+            json!({"retrieval_id": "12345", "reward": 1.0}),
+        ),
+        (
+            "/v1/namespaces/ns/calibrate",
+            json!({"max_pairs": 10, "seed": 1, "write": false}),
+        ),
         ("/v1/embeddings", json!({"input": ["a"], "model": "fuzz"})),
     ]
 }
@@ -189,7 +250,12 @@ fn mutate(value: &mut Value, choice: usize, replacement: Value, depth: usize) {
             let keys: Vec<String> = map.keys().cloned().collect();
             let key = &keys[choice % keys.len()];
             match choice % 3 {
-                0 if depth < 3 => mutate(map.get_mut(key).unwrap(), choice / 3, replacement, depth + 1),
+                0 if depth < 3 => mutate(
+                    map.get_mut(key).unwrap(),
+                    choice / 3,
+                    replacement,
+                    depth + 1,
+                ),
                 1 => {
                     map.remove(key);
                 }
@@ -246,10 +312,16 @@ thread_local! {
 fn the_bank_is_whole_after_the_fuzzing() {
     let f = fixture();
     for (path, body) in valid_bodies() {
-        f.check("POST", path, serde_json::to_vec(&body).unwrap()).unwrap();
+        f.check("POST", path, serde_json::to_vec(&body).unwrap())
+            .unwrap();
     }
-    let (status, bytes) = f
-        .runtime
-        .block_on(send(&f.router, "GET", "/v1/namespaces/ns/stats", vec![]));
-    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&bytes));
+    let (status, bytes) =
+        f.runtime
+            .block_on(send(&f.router, "GET", "/v1/namespaces/ns/stats", vec![]));
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
 }

@@ -127,7 +127,10 @@ fn parse_sync(s: &str) -> Result<SyncPolicy> {
     Ok(match s {
         "batch" => SyncPolicy::EveryBatch,
         "never" => SyncPolicy::Never,
-        _ => match s.strip_prefix("interval=").and_then(|ms| ms.parse::<u64>().ok()) {
+        _ => match s
+            .strip_prefix("interval=")
+            .and_then(|ms| ms.parse::<u64>().ok())
+        {
             Some(ms) if ms > 0 => SyncPolicy::Interval(Duration::from_millis(ms)),
             _ => bail!("--sync {s:?}: `batch`, `never` or `interval=MS` (MS >= 1)"),
         },
@@ -140,7 +143,9 @@ fn bank_settings(args: &DataArgs, batch: Option<BatchConfig>) -> Result<BankSett
         None
     } else {
         if args.dim.is_some() {
-            bail!("--dim and --model-id are for --no-model (namespaces take the model's otherwise)");
+            bail!(
+                "--dim and --model-id are for --no-model (namespaces take the model's otherwise)"
+            );
         }
         Some(Arc::new(args.model.embedder(None, &device)?))
     };

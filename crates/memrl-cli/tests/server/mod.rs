@@ -132,9 +132,9 @@ impl Response {
     /// The error kind of a JSON error body (panics if it is not one).
     pub fn error_kind(&self) -> String {
         let body = self.json();
-        let kind = body["error"]["kind"].as_str().unwrap_or_else(|| {
-            panic!("status {}: not an error body: {body}", self.status)
-        });
+        let kind = body["error"]["kind"]
+            .as_str()
+            .unwrap_or_else(|| panic!("status {}: not an error body: {body}", self.status));
         assert!(
             body["error"]["message"].is_string(),
             "an error without a message: {body}"
@@ -214,7 +214,13 @@ impl Http {
     }
 
     /// A JSON request (`key`: a bearer token).
-    pub fn call(&mut self, method: &str, path: &str, key: Option<&str>, body: Option<&Value>) -> Response {
+    pub fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&Value>,
+    ) -> Response {
         let auth = key.map(|k| format!("Bearer {k}"));
         let mut headers = vec![("content-type", "application/json")];
         if let Some(auth) = &auth {
@@ -226,7 +232,13 @@ impl Http {
     }
 
     /// `call`, which must answer 200; its JSON body.
-    pub fn ok(&mut self, method: &str, path: &str, key: Option<&str>, body: Option<&Value>) -> Value {
+    pub fn ok(
+        &mut self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&Value>,
+    ) -> Value {
         let r = self.call(method, path, key, body);
         assert_eq!(
             r.status,
