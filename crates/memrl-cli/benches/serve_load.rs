@@ -67,8 +67,9 @@ impl Cell {
 fn drive(clients: usize, seconds: f64, request: impl Fn(usize, usize) + Sync) -> Cell {
     let stop = AtomicBool::new(false);
     let latencies = Mutex::new(Vec::new());
+    // Outside the scope: the threads borrow it for the scope's whole life.
+    let barrier = std::sync::Barrier::new(clients + 1);
     let started = std::thread::scope(|s| {
-        let barrier = std::sync::Barrier::new(clients + 1);
         for c in 0..clients {
             let (stop, latencies, barrier, request) = (&stop, &latencies, &barrier, &request);
             s.spawn(move || {
@@ -261,7 +262,7 @@ fn feedback_table(dir: &Path, seconds: f64) {
     std::fs::create_dir_all(dir.join("feedback")).unwrap();
     let outcome = |c: usize, i: usize| Outcome {
         memory_ids: vec![((c * 7919 + i) as u64) % MEMORIES],
-        reward: if i % 2 == 0 { 1.0 } else { -1.0 },
+        reward: if i.is_multiple_of(2) { 1.0 } else { -1.0 },
     };
     let (group, turns, syncs) = {
         let bank = Bank::options()

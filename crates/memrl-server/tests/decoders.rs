@@ -266,7 +266,7 @@ fn mutate(value: &mut Value, choice: usize, replacement: Value, depth: usize) {
         }
         Value::Array(items) if !items.is_empty() => {
             let n = items.len();
-            if choice % 2 == 0 && depth < 3 {
+            if choice.is_multiple_of(2) && depth < 3 {
                 mutate(&mut items[choice % n], choice / 2, replacement, depth + 1);
             } else {
                 items[choice % n] = replacement;

@@ -201,7 +201,7 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<()> {
     if args.insecure && keys.is_none() && !args.listen.ip().is_loopback() {
         tracing::warn!("listening beyond loopback without API keys (--insecure): anyone who can reach {} can read and change every memory", args.listen);
     }
-    let batch = (!args.no_batching).then(|| BatchConfig {
+    let batch = (!args.no_batching).then_some(BatchConfig {
         max_batch: args.max_batch,
         max_batch_tokens: args.max_batch_tokens,
         capacity: args.queue,
