@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Every test suite of the project, Rust and Python: `cargo test` (every crate's unit and
-# integration tests), then the Python package as a new user gets it: a fresh virtual
-# environment, the pinned test tools (python/requirements.txt), `pip install ./python` (maturin
-# builds the wheel in release mode, reusing the engine `cargo build --release` compiled when the
-# target directory already has it), and its pytest suite.
+# Every test suite of the project, Rust and Python: a fresh virtual environment with the pinned
+# test tools (python/requirements.txt; the MCP test of `cargo test` uses its `mcp` client), then
+# `cargo test` (every crate's unit and integration tests), then the Python package as a new user
+# gets it: `pip install ./python` (maturin builds the wheel in release mode, reusing the engine
+# `cargo build --release` compiled when the target directory already has it), and its pytest
+# suite.
 #
 # usage: ./test.sh                 (from anywhere; needs a Rust toolchain and python3 >= 3.10)
 # env:   CARGO_TARGET_DIR          shared by the tests, the wheel and the binary (default ./target)
@@ -17,14 +18,14 @@ venv="${MEMRL_TEST_VENV:-$CARGO_TARGET_DIR/python-venv}"
 start=$(date +%s)
 step() { echo "== $1 ($(( $(date +%s) - start ))s)"; }
 
-step "Rust: cargo test"
-cargo test
-
 step "Python: a fresh virtual environment ($venv)"
 rm -rf "$venv"
 python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade "pip==26.3"
 "$venv/bin/python" -m pip install --quiet -r python/requirements.txt
+
+step "Rust: cargo test (the MCP test's client is the environment's mcp package)"
+MEMRL_TEST_PYTHON="$venv/bin/python" cargo test
 
 step "Python: pip install ./python (builds the abi3 wheel)"
 "$venv/bin/python" -m pip install --quiet ./python

@@ -69,6 +69,29 @@ impl Default for BatchConfig {
     }
 }
 
+/// How many batches a queue has run, and how large they were (see [`Batcher::stats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Batches run.
+    pub batches: u64,
+    /// Requests in them.
+    pub requests: u64,
+    /// `sizes[0]`: batches of one request; `sizes[i]` for `1 <= i < 16`: batches of more than
+    /// `2^(i-1)` and at most `2^i` requests; `sizes[16]`: larger ones.
+    pub sizes: [u64; 17],
+}
+
+impl BatchStats {
+    fn record(&mut self, size: usize) {
+        self.batches += 1;
+        self.requests = self.requests.saturating_add(size as u64);
+        let bucket = (size.max(1) - 1)
+            .checked_ilog2()
+            .map_or(0, |b| b as usize + 1);
+        self.sizes[bucket.min(16)] += 1;
+    }
+}
+
 /// One query for [`Batcher::submit_retrieve`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Query {
@@ -206,6 +229,7 @@ struct Queue {
 struct Shared {
     queue: Mutex<Queue>,
     arrived: Condvar,
+    stats: Mutex<BatchStats>,
 }
 
 /// The batching queue (see the module docs). Dropping it answers everything queued, then stops
@@ -235,6 +259,7 @@ impl Batcher {
                 stopping: false,
             }),
             arrived: Condvar::new(),
+            stats: Mutex::new(BatchStats::default()),
         });
         let worker = {
             let (bank, shared, config) = (bank.clone(), shared.clone(), config.clone());
@@ -259,6 +284,11 @@ impl Batcher {
     /// Requests waiting now.
     pub fn depth(&self) -> usize {
         lock(&self.shared.queue).waiting.len()
+    }
+
+    /// The batches run so far, by size.
+    pub fn stats(&self) -> BatchStats {
+        lock(&self.shared.stats).clone()
     }
 
     /// Queues one retrieval; `config: None` uses the bank's stored config when the batch runs.
@@ -385,6 +415,7 @@ fn serve(bank: &Bank, shared: &Shared, config: &BatchConfig) {
             }
             batch
         };
+        lock(&shared.stats).record(batch.len());
         run_batch(bank, batch);
     }
 }
@@ -628,6 +659,11 @@ mod tests {
             let alone = bank.retrieve_with(&[q.clone()][..], &cfg).unwrap();
             assert_eq!(got.unwrap().hits, alone[0].hits);
         }
+        let stats = batcher.stats();
+        assert_eq!(stats.requests, 64);
+        assert_eq!(stats.sizes.iter().sum::<u64>(), stats.batches);
+        // Capped at 5 per batch: nothing above the bucket of 5 to 8.
+        assert!(stats.sizes[4..].iter().all(|&n| n == 0), "{stats:?}");
     }
 
     #[test]
@@ -690,6 +726,7 @@ mod tests {
                     stopping: false,
                 }),
                 arrived: Condvar::new(),
+                stats: Mutex::new(BatchStats::default()),
             }),
             config: BatchConfig {
                 capacity: 1,
@@ -710,6 +747,25 @@ mod tests {
         assert_eq!(idle.depth(), 1);
         drop(idle);
         assert!(matches!(first.wait(), Err(Error::QueueStopped)));
+    }
+
+    #[test]
+    fn batch_sizes_are_bucketed_by_powers_of_two() {
+        let mut stats = BatchStats::default();
+        for size in [1, 2, 3, 4, 5, 8, 9, 256, 1 << 15, (1 << 15) + 1, usize::MAX] {
+            stats.record(size);
+        }
+        let mut want = [0u64; 17];
+        want[0] = 1; // 1
+        want[1] = 1; // 2
+        want[2] = 2; // 3, 4
+        want[3] = 2; // 5, 8
+        want[4] = 1; // 9
+        want[8] = 1; // 256
+        want[15] = 1; // 2^15
+        want[16] = 2; // above
+        assert_eq!(stats.sizes, want);
+        assert_eq!(stats.batches, 11);
     }
 
     #[test]

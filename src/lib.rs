@@ -73,7 +73,7 @@ mod wal;
 pub use bank::{
     Bank, BulkLoad, CheckpointPolicy, OpenOptions, Queries, Retention, Retrieval, RetrievalId,
 };
-pub use batch::{BatchConfig, Batcher, Pending, Query};
+pub use batch::{BatchConfig, BatchStats, Batcher, Pending, Query};
 pub use calibrate::{calibrate, Calibration, DEFAULT_MAX_PAIRS};
 pub use candle_core::Device;
 pub use config::{

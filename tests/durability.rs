@@ -550,3 +550,84 @@ fn concurrent_operations_equal_a_serial_replay_of_the_log() {
 fn concurrent_operations_and_checkpoints_equal_snapshot_plus_log() {
     stress(env_usize("MEMRL_STRESS_OPS", 16_000) / 2, true);
 }
+
+/// Group commit: 16 threads write to one bank synced per batch (each its own memories: adds
+/// and outcome batches, with checkpoints now and then from another thread); every write that
+/// returned is in the reopened bank, with the Q its acknowledged outcomes imply.
+#[test]
+fn group_commit_loses_no_acknowledged_write() {
+    const THREADS: u64 = 16;
+    const OPS: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bank.safetensors");
+    let bank = writer().sync(SyncPolicy::EveryBatch).open(&path).unwrap();
+    let alpha = bank.learning_config().alpha;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (ledgers, checkpoints) = std::thread::scope(|s| {
+        let checkpointer = s.spawn(|| {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(15));
+                bank.checkpoint().unwrap();
+                n += 1;
+            }
+            n
+        });
+        let writers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let bank = &bank;
+                s.spawn(move || {
+                    let mut rng = SplitMix64::new(77 + t);
+                    // id -> (Q, visits), by this thread's own account of what was acknowledged.
+                    let mut mine: HashMap<u64, (f32, u64)> = HashMap::new();
+                    let mut ids: Vec<u64> = Vec::new();
+                    for i in 0..OPS {
+                        if ids.is_empty() || rng.next_f64() < 0.3 {
+                            let id = bank
+                                .add(NewMemory {
+                                    intent: format!("thread {t} op {i}"),
+                                    embedding: Some(rng.unit_vector(DIM)),
+                                    ..Default::default()
+                                })
+                                .unwrap();
+                            mine.insert(id, (0.0, 0));
+                            ids.push(id);
+                        } else {
+                            let id = ids[(rng.next_u64() % ids.len() as u64) as usize];
+                            let reward = if rng.next_f64() < 0.5 { 1.0 } else { -1.0 };
+                            bank.apply_outcomes(&[Outcome {
+                                memory_ids: vec![id],
+                                reward,
+                            }])
+                            .unwrap();
+                            let (q, visits) = mine.get_mut(&id).unwrap();
+                            *q = memrl::update_q(*q, reward, alpha);
+                            *visits += 1;
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        let ledgers: Vec<_> = writers.into_iter().map(|h| h.join().unwrap()).collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (ledgers, checkpointer.join().unwrap())
+    });
+    let writes = THREADS as usize * OPS;
+    let syncs = bank.log_syncs().unwrap();
+    drop(bank);
+    let reopened = writer().open(&path).unwrap();
+    reopened.debug_check().unwrap();
+    let mut expected = 0;
+    for ledger in &ledgers {
+        for (id, (q, visits)) in ledger {
+            let m = reopened
+                .get(*id)
+                .unwrap_or_else(|| panic!("memory {id} lost"));
+            assert_eq!((m.q, m.visits), (*q, *visits), "memory {id}");
+            expected += 1;
+        }
+    }
+    assert_eq!(reopened.len(), expected);
+    println!("{writes} acknowledged writes on {THREADS} threads, {syncs} log fsyncs, {checkpoints} checkpoints");
+}

@@ -9,12 +9,16 @@
 //! recovered: every mutation validates first and changes memory only once it cannot fail.
 //!
 //! Durability: a bank opened from a path owns its write-ahead log (`<path>.wal`). Each mutation
-//! is validated and planned, its plan appended to the log (synced per [`crate::SyncPolicy`]), then
-//! applied, all under the write lock, so the log's order is the order of application and a
-//! replay of snapshot + log rebuilds exactly the bank in memory. Once a write is in the log it
-//! is reported as done: a checkpoint that the [`CheckpointPolicy`] runs after it may fail (a full
-//! disk), and then the write still succeeds, the failure is logged as a warning and kept in
-//! [`Bank::last_checkpoint_error`], and the next write tries again.
+//! is validated and planned, its plan appended to the log, then applied, all under the write
+//! lock, so the log's order is the order of application and a replay of snapshot + log rebuilds
+//! exactly the bank in memory. Under [`crate::SyncPolicy::EveryBatch`] the call then releases the
+//! lock and waits until its record is synced: concurrent writers share one fsync (group
+//! commit), so a write is *visible* to other threads once applied and *acknowledged* (the call
+//! returns) once durable. A failed fsync fails every write it should have covered and poisons
+//! the bank (every later call says to reopen it; reopening replays what is on disk). Once a
+//! write is durable it is reported as done: a checkpoint that the [`CheckpointPolicy`] runs
+//! after it may fail (a full disk), and then the write still succeeds, the failure is logged as
+//! a warning and kept in [`Bank::last_checkpoint_error`], and the next write tries again.
 
 mod files;
 mod options;
@@ -42,7 +46,7 @@ use crate::learn::{Outcome, OutcomeReport};
 use crate::retrieve::Hit;
 use crate::snapshot;
 use crate::store::{now_ms, Memory, NewMemory, Stats, Store};
-use crate::wal::{LogWriter, RecordRef, Recovery};
+use crate::wal::{Commit, LogWriter, RecordRef, Recovery};
 
 use pending::Pending;
 
@@ -422,6 +426,12 @@ impl Bank {
         *self.read().limits()
     }
 
+    /// fsyncs of the write-ahead log since the bank was opened (group commit: one covers every
+    /// write that reached the log before it), or `None` when the bank has no log.
+    pub fn log_syncs(&self) -> Option<u64> {
+        self.log().map(|log| log.durability().syncs())
+    }
+
     /// Bytes in the write-ahead log (header included), or `None` when the bank has no log.
     pub fn log_bytes(&self) -> Option<u64> {
         self.log().map(|log| log.len())
@@ -537,7 +547,7 @@ impl Bank {
     pub fn add_many(&self, memories: Vec<NewMemory>) -> Result<Vec<u64>> {
         self.check_writable("add memories")?;
         let (memories, _) = self.embed_missing(memories)?;
-        let ids = {
+        let (ids, commit) = {
             let mut store = self.write();
             check_usable(&store)?;
             let plan = store.plan_add(memories, now_ms())?;
@@ -545,6 +555,7 @@ impl Bank {
                 store.apply_add(&plan)
             })?
         };
+        self.durable(commit)?;
         self.settle();
         Ok(ids)
     }
@@ -552,7 +563,7 @@ impl Bank {
     /// Removes a memory (its key goes too when no other memory shares it) and returns it.
     pub fn remove(&self, id: u64) -> Result<Memory> {
         self.check_writable("remove a memory")?;
-        let removed = {
+        let (removed, commit) = {
             let mut store = self.write();
             check_usable(&store)?;
             if !store.contains(id) {
@@ -560,6 +571,7 @@ impl Bank {
             }
             self.logged(&mut store, RecordRef::Remove(id), |store| store.remove(id))?
         };
+        self.durable(commit)?;
         self.settle();
         Ok(removed)
     }
@@ -588,16 +600,17 @@ impl Bank {
         config: Option<&LearningConfig>,
     ) -> Result<OutcomeReport> {
         self.check_writable("apply outcomes")?;
-        let report = {
+        let (report, commit) = {
             let mut store = self.write();
             check_usable(&store)?;
             let config = config.unwrap_or(store.learning_config()).clone();
             let (plan, report) = store.plan_outcomes(outcomes, &config, now_ms())?;
-            self.logged(&mut store, RecordRef::Outcomes(&plan), |store| {
+            let ((), commit) = self.logged(&mut store, RecordRef::Outcomes(&plan), |store| {
                 store.apply_outcomes(&plan)
             })?;
-            report
+            (report, commit)
         };
+        self.durable(commit)?;
         self.settle();
         Ok(report)
     }
@@ -655,13 +668,16 @@ impl Bank {
             let config = config.unwrap_or(store.learning_config()).clone();
             let (plan, mut report) = store.plan_outcomes(&outcomes, &config, now_ms())?;
             report.skipped = skipped;
-            self.logged(&mut store, RecordRef::Outcomes(&plan), |store| {
+            let ((), commit) = self.logged(&mut store, RecordRef::Outcomes(&plan), |store| {
                 store.apply_outcomes(&plan)
             })?;
-            Ok(report)
+            Ok((report, commit))
         })();
         match result {
-            Ok(report) => {
+            Ok((report, commit)) => {
+                // Applied: whether or not the sync succeeds, the retrievals are not put back (a
+                // retry could apply them twice).
+                self.durable(commit)?;
                 self.settle();
                 Ok(report)
             }
@@ -676,13 +692,14 @@ impl Bank {
     pub fn set_retrieval_config(&self, config: RetrievalConfig) -> Result<()> {
         self.check_writable("change the retrieval config")?;
         config.validate()?;
-        {
+        let ((), commit) = {
             let mut store = self.write();
             check_usable(&store)?;
             self.logged(&mut store, RecordRef::RetrievalConfig(&config), |store| {
                 store.set_retrieval_config(config.clone())
-            })?;
-        }
+            })?
+        };
+        self.durable(commit)?;
         self.settle();
         Ok(())
     }
@@ -691,13 +708,14 @@ impl Bank {
     pub fn set_learning_config(&self, config: LearningConfig) -> Result<()> {
         self.check_writable("change the learning config")?;
         config.validate()?;
-        {
+        let ((), commit) = {
             let mut store = self.write();
             check_usable(&store)?;
             self.logged(&mut store, RecordRef::LearningConfig(&config), |store| {
                 store.set_learning_config(config.clone())
-            })?;
-        }
+            })?
+        };
+        self.durable(commit)?;
         self.settle();
         Ok(())
     }
@@ -727,6 +745,7 @@ impl Bank {
                 // emptying the log (whose records the snapshot holds) is clean-up whose failure
                 // must not report the load as failed.
                 if let Some(mut log) = self.log() {
+                    log.durability().covered_by_snapshot(store.log_seq());
                     if let Err(e) = log.reset() {
                         self.checkpoint_failed(files, &e);
                     }
@@ -757,9 +776,16 @@ impl Bank {
         };
         let store = self.read();
         check_usable(&store)?;
+        let durability = lock(log).durability().clone();
+        if let Some(problem) = durability.failure() {
+            // Writes since the failed sync were reported as failed: a snapshot must not make
+            // them durable behind their callers' backs.
+            return Err(Error::Poisoned(problem));
+        }
         let bytes = snapshot::save(&store, &files.snapshot)?;
         files.snapshot_bytes.store(bytes, Ordering::Relaxed);
         // The snapshot (with its log_seq) is the commit point; emptying the log is cleanup.
+        durability.covered_by_snapshot(store.log_seq());
         lock(log).reset()?;
         *lock(&files.checkpoint_error) = None;
         Ok(())
@@ -855,21 +881,23 @@ impl Bank {
     }
 
     /// Logs `record` (when durable), then applies it with `apply`; the record is cut off again
-    /// if `apply` fails. The caller has validated the mutation and holds the write lock.
+    /// if `apply` fails. The caller has validated the mutation and holds the write lock; once it
+    /// has released it, it passes the commit ticket to [`Bank::durable`] before it reports
+    /// success.
     fn logged<T>(
         &self,
         store: &mut Store,
         record: RecordRef<'_>,
         apply: impl FnOnce(&mut Store) -> Result<T>,
-    ) -> Result<T> {
+    ) -> Result<(T, Option<Commit>)> {
         let Some(mut log) = self.log() else {
-            return apply(store);
+            return Ok((apply(store)?, None));
         };
         let mark = log.append(record)?;
         match apply(store) {
             Ok(value) => {
                 store.set_log_seq(mark.seq);
-                Ok(value)
+                Ok((value, Some(log.commit(mark))))
             }
             Err(e) => match log.rollback(mark) {
                 Ok(()) => Err(e),
@@ -882,6 +910,18 @@ impl Bank {
                 }),
             },
         }
+    }
+
+    /// Waits (without any lock of the bank) until a logged write is durable. A failed sync
+    /// poisons the bank: memory is now ahead of what the disk is known to hold.
+    fn durable(&self, commit: Option<Commit>) -> Result<()> {
+        let Some(commit) = commit else { return Ok(()) };
+        commit.wait().inspect_err(|e| {
+            let mut store = self.write();
+            if store.broken().is_none() {
+                store.poison(format!("syncing the log failed, so the bank in memory may hold writes its files do not ({e})"));
+            }
+        })
     }
 
     /// After a logged write: checkpoint when the policy says so. A failure here does not fail
@@ -1121,11 +1161,177 @@ mod fault_tests;
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
     use super::*;
+    use crate::wal::SyncPolicy;
 
     #[test]
     fn bank_is_send_and_sync() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<Bank>();
+    }
+
+    const WRITERS: u64 = 8;
+
+    /// A durable bank synced per batch, with one memory.
+    fn durable_bank(dir: &Path) -> (Bank, Arc<crate::wal::Durability>) {
+        let bank = Bank::options()
+            .dim(2)
+            .model_id("toy")
+            .sync(SyncPolicy::EveryBatch)
+            .checkpoint(CheckpointPolicy::Manual)
+            .open(dir.join("bank.safetensors"))
+            .unwrap();
+        bank.add(NewMemory::new("a", "x").embedding(vec![1.0, 0.0]))
+            .unwrap();
+        let durability = bank.log().unwrap().durability().clone();
+        (bank, durability)
+    }
+
+    /// A sync hook that holds the first fsync until `WRITERS` more records are committed (so
+    /// every writer waits on it), then answers `answer`.
+    fn hold_until_all_committed(
+        durability: &Arc<crate::wal::Durability>,
+        answer: fn() -> std::io::Result<()>,
+    ) -> crate::wal::SyncHook {
+        let target = durability.committed() + WRITERS;
+        let durability = Arc::downgrade(durability);
+        Box::new(move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while durability.upgrade().is_some_and(|d| d.committed() < target)
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            answer()
+        })
+    }
+
+    /// `WRITERS` threads, each one outcome batch on memory 0; their answers.
+    fn concurrent_feedback(bank: &Bank) -> Vec<Result<OutcomeReport>> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..WRITERS)
+                .map(|_| {
+                    s.spawn(|| {
+                        bank.apply_outcomes(&[Outcome {
+                            memory_ids: vec![0],
+                            reward: 1.0,
+                        }])
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    #[test]
+    fn one_fsync_acknowledges_every_write_committed_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bank, durability) = durable_bank(dir.path());
+        let before = bank.log_syncs().unwrap();
+        durability.set_sync_hook(Some(hold_until_all_committed(&durability, || Ok(()))));
+        let answers = concurrent_feedback(&bank);
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        // The first leader's fsync covers at least its own record; the writers that committed
+        // while it ran share the next one.
+        let syncs = bank.log_syncs().unwrap() - before;
+        assert!(
+            (1..=2).contains(&syncs),
+            "{syncs} fsyncs for {WRITERS} writes"
+        );
+        durability.set_sync_hook(None);
+        let q = bank.get(0).unwrap().q;
+        // The log's lock lives as long as any descriptor of it.
+        drop((bank, durability));
+        let reopened = Bank::open(dir.path().join("bank.safetensors")).unwrap();
+        assert_eq!(reopened.get(0).unwrap().visits, WRITERS);
+        assert_eq!(reopened.get(0).unwrap().q, q);
+    }
+
+    #[test]
+    fn a_failed_fsync_fails_every_waiter_and_poisons_the_bank() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bank, durability) = durable_bank(dir.path());
+        durability.set_sync_hook(Some(hold_until_all_committed(&durability, || {
+            Err(std::io::Error::other("injected fsync failure"))
+        })));
+        let answers = concurrent_feedback(&bank);
+        for answer in &answers {
+            let e = answer.as_ref().unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::Io, "{e}");
+            assert!(e.to_string().contains("injected fsync failure"), "{e}");
+            assert!(e.to_string().contains("may or may not be on disk"), "{e}");
+        }
+        durability.set_sync_hook(None);
+        // Nothing more is acknowledged, read or snapshotted: the bank must be reopened.
+        assert!(matches!(
+            bank.add(NewMemory::new("b", "y").embedding(vec![0.0, 1.0])),
+            Err(Error::Poisoned(_))
+        ));
+        assert!(matches!(
+            bank.retrieve(&[vec![1.0, 0.0]][..]),
+            Err(Error::Poisoned(_))
+        ));
+        assert!(bank.checkpoint().is_err());
+        drop((bank, durability));
+        // Reopening replays what is on disk: here every record reached the file before the
+        // injected failure, so all of them are there, and the bank is whole.
+        let reopened = Bank::open(dir.path().join("bank.safetensors")).unwrap();
+        reopened.debug_check().unwrap();
+        assert_eq!(reopened.len(), 1);
+        assert_eq!(reopened.get(0).unwrap().visits, WRITERS);
+        reopened
+            .apply_outcomes(&[Outcome {
+                memory_ids: vec![0],
+                reward: 0.0,
+            }])
+            .unwrap();
+    }
+
+    #[test]
+    fn a_checkpoint_acknowledges_the_writes_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bank, durability) = durable_bank(dir.path());
+        let target = durability.committed() + 1;
+        // The log's fsync fails, but only once a checkpoint has made the record durable.
+        durability.set_sync_hook(Some(Box::new({
+            let durability = Arc::downgrade(&durability);
+            move || {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while durability.upgrade().is_some_and(|d| d.durable() < target)
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(std::io::Error::other("late"))
+            }
+        })));
+        let answer = std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                bank.apply_outcomes(&[Outcome {
+                    memory_ids: vec![0],
+                    reward: 1.0,
+                }])
+            });
+            while durability.committed() < target {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            bank.checkpoint().unwrap();
+            writer.join().unwrap()
+        });
+        assert!(answer.is_ok(), "{answer:?}");
+        durability.set_sync_hook(None);
+        // The failed sync is final: no later write is acknowledged.
+        assert!(bank
+            .apply_outcomes(&[Outcome {
+                memory_ids: vec![0],
+                reward: 1.0,
+            }])
+            .is_err());
+        drop((bank, durability));
+        let reopened = Bank::open(dir.path().join("bank.safetensors")).unwrap();
+        assert_eq!(reopened.get(0).unwrap().visits, 1);
     }
 }

@@ -10,6 +10,14 @@
 //! Invariants:
 //! - **One record per mutation, in apply order.** Records carry consecutive sequence numbers;
 //!   writers append under the bank's write lock, so the log's order is the order the bank saw.
+//! - **Visible once applied, acknowledged once durable.** Under [`SyncPolicy::EveryBatch`] a
+//!   writer appends and applies under the bank's write lock, releases it, then waits until an
+//!   fsync covers its record's sequence number (group commit: one fsync acknowledges every
+//!   record committed before it started; `writer.rs`). Meanwhile other threads may already see
+//!   the mutation (a retrieval, a later write); since the log is a sequence, a write that is
+//!   acknowledged has every record before it durable too. A failed fsync fails every waiter it
+//!   did not cover and poisons the bank: nothing is reported durable that is not, and reopening
+//!   replays what is on disk.
 //! - **Validate, log, apply.** A mutation is fully validated before its record is written, so a
 //!   record in the log always applies. Should the apply still fail (a device error), the record is
 //!   cut off the log again before the error returns.
@@ -51,7 +59,9 @@ use crate::learn::Outcome;
 use crate::store::{AddPlan, OutcomePlan, Store};
 
 pub(crate) use format::{LogHeader, HEADER_LEN};
-pub(crate) use writer::LogWriter;
+pub(crate) use writer::{Commit, LogWriter};
+#[cfg(test)]
+pub(crate) use writer::{Durability, SyncHook};
 
 /// When appended records are forced to disk (fsync).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

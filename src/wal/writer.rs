@@ -1,11 +1,22 @@
 //! The appending side of a log: one locked file, frames written whole, synced per policy.
+//!
+//! Group commit ([`SyncPolicy::EveryBatch`]): an append writes its frame under the log's lock
+//! but does not sync it. Once the bank has applied the mutation it commits the record
+//! ([`LogWriter::commit`]), releases its locks and waits on the [`Commit`] ticket: the first
+//! waiter to find no sync running becomes the leader, notes the highest committed sequence
+//! number and fsyncs; that one fsync acknowledges every record up to the number it noted, and
+//! the waiters it does not cover elect the next leader. Durability is tracked by sequence
+//! number, never by byte offset: a checkpoint empties the log, and its snapshot makes everything
+//! before it durable ([`Durability::covered_by_snapshot`]). A failed fsync is final: every waiter
+//! not yet covered fails, and so does every later append (after a failed fsync the kernel may
+//! have dropped the dirty pages, so a retry that succeeds proves nothing).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -39,6 +50,7 @@ pub(crate) struct LogWriter {
     /// Set when the file may no longer match what was acknowledged; every append then fails.
     broken: Option<String>,
     frame: Vec<u8>,
+    durability: Arc<Durability>,
 }
 
 impl LogWriter {
@@ -61,6 +73,7 @@ impl LogWriter {
         })?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io)?;
+        let durability = Arc::new(Durability::new(file.try_clone().map_err(io)?, path));
         let writer = Self {
             path: path.to_path_buf(),
             file,
@@ -71,6 +84,7 @@ impl LogWriter {
             flusher: None,
             broken: None,
             frame: Vec::new(),
+            durability,
         };
         Ok((writer, bytes))
     }
@@ -114,6 +128,8 @@ impl LogWriter {
             .seek(SeekFrom::Start(self.len))
             .map_err(|e| Error::io(&self.path, e))?;
         self.next_seq = next_seq;
+        // Everything before `next_seq` was read back from the file (or is in the snapshot).
+        self.durability.start(next_seq - 1);
         if let SyncPolicy::Interval(every) = self.policy {
             let clone = self
                 .file
@@ -130,15 +146,22 @@ impl LogWriter {
         self.len
     }
 
-    /// Writes one record and syncs it per policy. Nothing is acknowledged yet: the caller
-    /// applies the mutation, then keeps the record or cuts it off ([`LogWriter::rollback`]).
+    /// The log's durability state, shared with the waiters of [`Commit`] tickets.
+    pub(crate) fn durability(&self) -> &Arc<Durability> {
+        &self.durability
+    }
+
+    /// Writes one record (not synced: see the module docs). Nothing is acknowledged yet: the
+    /// caller applies the mutation, then keeps the record ([`LogWriter::commit`]) or cuts it off
+    /// ([`LogWriter::rollback`]).
     ///
     /// On an error the record is cut off again, so the log holds nothing of it, and the error
-    /// is the I/O failure. Should the cut fail too, the record may be in the file whole (written,
-    /// then its fsync failed) or in part, so whether it will be replayed is unknown: the error
-    /// is then [`Error::OutcomeUnknown`], and every later append fails until the bank is
-    /// reopened (which shows whether it is there).
+    /// is the I/O failure. Should the cut fail too, the writer is broken: every later append
+    /// fails until the bank is reopened (the part written is a torn tail, which replay drops).
     pub(crate) fn append(&mut self, record: RecordRef<'_>) -> Result<Mark> {
+        if let Some(problem) = self.durability.failure() {
+            self.broken = Some(problem);
+        }
         if let Some(problem) = &self.broken {
             return Err(self.error(format!("{problem}; reopen the bank")));
         }
@@ -156,36 +179,15 @@ impl LogWriter {
         };
         self.frame.clear();
         format::encode_frame(mark.seq, record, &mut self.frame).map_err(|p| self.error(p))?;
-        let policy = self.policy;
-        let file = &mut self.file;
-        // Whether the whole frame reached the file: a failed write leaves at most a part of it,
-        // which replay never applies (it is the file's last bytes, a torn tail); a failed
-        // fsync leaves it whole.
-        let mut whole = false;
-        let written = fault::write_all(file, &self.frame, "log.append.write").and_then(|()| {
-            whole = true;
-            match policy {
-                SyncPolicy::EveryBatch => {
-                    fault::step("log.append.sync").and_then(|()| file.sync_data())
-                }
-                _ => Ok(()),
-            }
-        });
-        if let Err(e) = written {
-            // Cut the frame off so the log never holds a record that was not acknowledged.
-            return Err(match self.cut(mark, policy == SyncPolicy::EveryBatch) {
+        if let Err(e) = fault::write_all(&mut self.file, &self.frame, "log.append.write") {
+            // The frame may be partly on disk (at most a part of it: replay never applies a
+            // torn tail): cut it off so the log never holds a record that was not acknowledged.
+            return Err(match self.cut(mark, self.policy == SyncPolicy::EveryBatch) {
                 Ok(()) => Error::io(&self.path, e),
-                Err(cut) if !whole => self.error(format!(
+                Err(cut) => self.error(format!(
                     "appending record {} failed ({e}) and the part written could not be cut off again ({cut}): the record is not in the log, but every write fails until the bank is reopened",
                     mark.seq
                 )),
-                Err(cut) => Error::OutcomeUnknown {
-                    path: self.path.clone(),
-                    problem: format!(
-                        "syncing record {} failed ({e}), and cutting it off again failed too ({cut}): the record may be in the log; every write fails until the bank is reopened, which shows whether it was applied",
-                        mark.seq
-                    ),
-                },
             });
         }
         if let Some(flusher) = &self.flusher {
@@ -194,6 +196,20 @@ impl LogWriter {
         self.len += self.frame.len() as u64;
         self.next_seq += 1;
         Ok(mark)
+    }
+
+    /// Keeps the record appended at `mark` (its mutation was applied): the next sync covers it.
+    /// The ticket says when it is durable; under a policy other than
+    /// [`SyncPolicy::EveryBatch`] there is nothing to wait for.
+    pub(crate) fn commit(&mut self, mark: Mark) -> Commit {
+        self.durability.written.store(mark.seq, Ordering::Release);
+        Commit {
+            durability: match self.policy {
+                SyncPolicy::EveryBatch => Some(Arc::clone(&self.durability)),
+                _ => None,
+            },
+            seq: mark.seq,
+        }
     }
 
     /// Removes the record appended at `mark` (its mutation failed to apply). An error means
@@ -272,6 +288,177 @@ fn sync_dir(path: &Path) -> Result<()> {
         .and_then(|()| File::open(&dir))
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(&dir, e))
+}
+
+/// Which records of a log are on disk, and who is syncing (see the module docs).
+pub(crate) struct Durability {
+    /// A second descriptor of the log file, synced outside the log's lock.
+    file: File,
+    path: PathBuf,
+    /// The highest committed sequence number: its frame and every earlier one are written.
+    written: AtomicU64,
+    /// fsyncs run by leaders.
+    syncs: AtomicU64,
+    state: Mutex<SyncState>,
+    synced: Condvar,
+    #[cfg(test)]
+    hook: Mutex<Option<SyncHook>>,
+}
+
+/// Runs in a leader before its fsync; an error fails the sync (fault injection in tests).
+#[cfg(test)]
+pub(crate) type SyncHook = Box<dyn FnMut() -> std::io::Result<()> + Send>;
+
+#[derive(Debug, Default)]
+struct SyncState {
+    /// Every record up to this sequence number is durable.
+    durable: u64,
+    /// A leader's fsync is running.
+    syncing: bool,
+    /// Why a sync failed: final.
+    failed: Option<String>,
+}
+
+impl std::fmt::Debug for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Durability")
+            .field("path", &self.path)
+            .field("written", &self.written)
+            .field("state", &*self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Durability {
+    fn new(file: File, path: &Path) -> Self {
+        Self {
+            file,
+            path: path.to_path_buf(),
+            written: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            state: Mutex::new(SyncState::default()),
+            synced: Condvar::new(),
+            #[cfg(test)]
+            hook: Mutex::new(None),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, SyncState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn start(&self, seq: u64) {
+        self.written.store(seq, Ordering::Release);
+        let mut state = self.state();
+        state.durable = state.durable.max(seq);
+    }
+
+    /// Why a sync failed, if one did.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.state().failed.clone()
+    }
+
+    /// fsyncs run so far.
+    pub(crate) fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// A snapshot holding every record up to `seq` was written: they are durable, whatever the
+    /// log's syncs do.
+    pub(crate) fn covered_by_snapshot(&self, seq: u64) {
+        let mut state = self.state();
+        if seq > state.durable {
+            state.durable = seq;
+            self.synced.notify_all();
+        }
+    }
+
+    /// The highest committed sequence number (tests).
+    #[cfg(test)]
+    pub(crate) fn committed(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// Every record up to this sequence number is durable (tests).
+    #[cfg(test)]
+    pub(crate) fn durable(&self) -> u64 {
+        self.state().durable
+    }
+
+    /// Installs a hook that runs before every fsync (tests).
+    #[cfg(test)]
+    pub(crate) fn set_sync_hook(&self, hook: Option<SyncHook>) {
+        *self.hook.lock().unwrap_or_else(|p| p.into_inner()) = hook;
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        #[cfg(test)]
+        if let Some(hook) = self.hook.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            hook()?;
+        }
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        fault::step("log.append.sync").and_then(|()| self.file.sync_data())
+    }
+
+    /// Returns once record `seq` is durable: as the leader of a sync, or covered by another's.
+    fn wait(&self, seq: u64) -> Result<()> {
+        let mut state = self.state();
+        loop {
+            if state.durable >= seq {
+                return Ok(());
+            }
+            if let Some(problem) = &state.failed {
+                // Applied in memory, but maybe not on disk: neither success nor failure.
+                return Err(Error::OutcomeUnknown {
+                    path: self.path.clone(),
+                    problem: format!(
+                        "{problem}: this write may or may not be on disk; every write fails until the bank is reopened (it replays what is on disk)"
+                    ),
+                });
+            }
+            if state.syncing {
+                state = self
+                    .synced
+                    .wait(state)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                continue;
+            }
+            // Lead: one fsync for every record committed so far.
+            state.syncing = true;
+            let target = self.written.load(Ordering::Acquire);
+            drop(state);
+            let synced = self.sync();
+            state = self.state();
+            state.syncing = false;
+            match synced {
+                Ok(()) => state.durable = state.durable.max(target),
+                Err(e) => state.failed = Some(format!("syncing the log failed ({e})")),
+            }
+            self.synced.notify_all();
+        }
+    }
+}
+
+/// A committed record's ticket: [`Commit::wait`] returns once it is durable.
+#[must_use = "a write is acknowledged only once its record is durable"]
+#[derive(Debug)]
+pub(crate) struct Commit {
+    /// `None` when the policy does not sync per write.
+    durability: Option<Arc<Durability>>,
+    seq: u64,
+}
+
+impl Commit {
+    /// Blocks until the record is durable (group commit), or the sync that should have made it
+    /// so failed.
+    pub(crate) fn wait(self) -> Result<()> {
+        match &self.durability {
+            Some(durability) => durability.wait(self.seq),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The background thread of [`SyncPolicy::Interval`].

@@ -4,6 +4,10 @@
 //! context chain on one line and exit non-zero.
 
 mod cli;
+// The server's commands live beside the others in `cli/`, declared here so that the command
+// modules' index stays as it is.
+#[path = "cli/serve.rs"]
+mod serve;
 
 use std::process::ExitCode;
 
@@ -69,6 +73,12 @@ enum Command {
     /// Retrieve memories for one query text or a JSON Lines file of queries.
     #[command(long_about = cli::query::QUERY_HELP)]
     Query(cli::query::QueryArgs),
+    /// Serve a data directory of namespaces over HTTP (JSON, OpenAI embeddings, metrics, MCP).
+    #[command(long_about = serve::SERVE_HELP)]
+    Serve(serve::ServeArgs),
+    /// Serve the Model Context Protocol over stdio for one agent.
+    #[command(long_about = serve::MCP_HELP)]
+    Mcp(serve::McpArgs),
     /// Cut a bank's write-ahead log at mid-log damage, saving what is cut (only when asked).
     #[command(long_about = cli::repair::REPAIR_HELP)]
     Repair(cli::repair::RepairArgs),
@@ -116,6 +126,8 @@ fn main() -> ExitCode {
         Command::Pipe(args) => cli::pipe::pipe(&args),
         Command::Inspect(args) => cli::inspect::inspect(&args),
         Command::Calibrate(args) => cli::calibrate::calibrate(&args),
+        Command::Serve(args) => serve::serve(&args),
+        Command::Mcp(args) => serve::mcp(&args),
         Command::Repair(args) => cli::repair::repair(&args),
     };
     match result {
