@@ -8,9 +8,8 @@ use std::path::PathBuf;
 
 mod common;
 
-use memrl::embed::ComputePath;
-use memrl::embed::Embedder;
-use memrl::models::{resolve, ResolveOptions};
+use memrl::embed::{ComputePath, Embedder, EmbedderOptions, Int8Cache, Precision};
+use memrl::models::{resolve, ResolveOptions, ResolvedModel};
 
 const MODEL: &str = "all-MiniLM-L6-v2";
 
@@ -20,6 +19,10 @@ fn shipped(path: &str) -> PathBuf {
 }
 
 fn embedder() -> Embedder {
+    Embedder::load(&model(), &common::device()).expect("load all-MiniLM-L6-v2")
+}
+
+fn model() -> ResolvedModel {
     let model = resolve(MODEL, &ResolveOptions::default(), &mut |line| {
         eprintln!("{line}")
     })
@@ -33,7 +36,7 @@ fn embedder() -> Embedder {
         model.verified,
         "{MODEL} must be verified against the registry"
     );
-    Embedder::load(&model, &common::device()).expect("load all-MiniLM-L6-v2")
+    model
 }
 
 struct Reference {
@@ -183,4 +186,36 @@ fn a_registry_model_by_path_has_its_registry_name() {
         .open(&path)
         .unwrap();
     assert_eq!(bank.config().model_id, dir);
+}
+
+/// The int8 encoder's bound on the real model: worst cosine to sentence-transformers' f32
+/// vectors over the 64 reference texts (the README gives the measured figures and the corpus
+/// recall, `benches/embed_quality.rs`).
+#[test]
+fn int8_stays_within_its_bound_of_the_reference_vectors() {
+    let cache = tempfile::tempdir().unwrap();
+    let options = EmbedderOptions {
+        precision: Precision::Int8,
+        cache_dir: Some(cache.path().to_path_buf()),
+    };
+    let embedder = Embedder::load_with(&model(), &memrl::Device::Cpu, &options).unwrap();
+    assert!(matches!(embedder.int8_cache(), Some(Int8Cache::Written(_))));
+    let refs = references();
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    let rows = embedder.embed(&texts).unwrap().to_rows().unwrap();
+    let cosines: Vec<f64> = refs
+        .iter()
+        .zip(&rows)
+        .map(|(r, row)| cosine(row, &r.embedding))
+        .collect();
+    let worst = cosines.iter().copied().fold(1.0, f64::min);
+    let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
+    eprintln!(
+        "int8 vs sentence-transformers over 64 texts: worst cosine {worst:.6}, mean {mean:.6}"
+    );
+    assert!(worst >= 0.995, "worst cosine {worst}");
+    // The cached weights give the very same vectors.
+    let again = Embedder::load_with(&model(), &memrl::Device::Cpu, &options).unwrap();
+    assert!(matches!(again.int8_cache(), Some(Int8Cache::Loaded(_))));
+    assert_eq!(again.embed(&texts).unwrap().to_rows().unwrap(), rows);
 }
