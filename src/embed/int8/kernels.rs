@@ -12,6 +12,8 @@
 //! Every tier computes the same integers (the sums are exact) and the same f32 products in the
 //! same order, so all tiers agree bit for bit with [`reference`], which tests check.
 
+use std::mem::MaybeUninit;
+
 /// Output columns per packed panel (one 512-bit vector of i32 sums).
 pub(crate) const PANEL: usize = 16;
 /// Depth per 32-bit lane: what one `vpdpbusd` multiplies and adds.
@@ -212,38 +214,53 @@ pub(crate) fn quantize_rows(
             Tier::AvxVnni | Tier::Avx2 => unsafe {
                 x86::quantize_row_avx2(row, rotation, scratch, dst)
             },
-            _ => quantize_rotated(row, rotation, scratch, dst, super::rotate::fwht_portable),
+            _ => quantize_rotated(row, rotation, scratch, dst),
         };
         out.scale.push(scale);
         out.zero.push(zero);
     }
 }
 
-/// One row: rotated into `scratch` by `fwht` when `rotation > 1`, then quantized; the
-/// unnormalized transform's `sqrt(rotation)` comes off the scale.
+/// One row: rotated into `scratch` when `rotation > 1`, then quantized; the unnormalized
+/// transform's `sqrt(rotation)` comes off the scale.
 #[inline(always)]
 fn quantize_rotated(
     x: &[f32],
     rotation: usize,
     scratch: &mut Vec<f32>,
     out: &mut [u8],
-    fwht: impl Fn(&mut [f32], usize),
 ) -> (f32, i32) {
     if rotation <= 1 {
         return quantize_row(x, out);
     }
     scratch.clear();
     scratch.extend_from_slice(x);
-    fwht(scratch, rotation);
+    super::rotate::fwht_portable(scratch, rotation);
     let (scale, zero) = quantize_row(scratch, out);
     (scale / (rotation as f32).sqrt(), zero)
 }
 
+/// Scale, its inverse and zero point for a row spanning `[lo, hi]` (`lo <= 0 <= hi`); `Err`
+/// holds the scale of a row that quantizes to all zeros: 1 for a row of zeros (exact), NaN
+/// for a row with an infinity, so the layer's output is NaN as the f32 product's would be.
+/// Shared by every tier, so they agree bit for bit.
+#[inline(always)]
+fn row_params(lo: f32, hi: f32) -> Result<(f32, f32, f32), f32> {
+    let range = hi - lo;
+    if !(range > 0.0 && range.is_finite()) {
+        return Err(if range == 0.0 { 1.0 } else { f32::NAN });
+    }
+    let inv = 255.0 / range;
+    let zero = (-lo * inv).round_ties_even().clamp(0.0, 255.0);
+    Ok((range / 255.0, inv, zero))
+}
+
 /// One row's quantization (see [`quantize_rows`]); returns its scale and zero point.
+///
+/// Min and max are compares (`if v < lo`), which skip NaN: a NaN activation quantizes to 0.
+/// Activations of a checkpoint with finite weights (int8 refuses others) are finite.
 #[inline(always)]
 pub(crate) fn quantize_row(x: &[f32], out: &mut [u8]) -> (f32, i32) {
-    // Lane-wise min and max written as compares, so the compiler vectorizes them (f32::min's NaN
-    // rule does not); a NaN in the row yields garbage, as it would in f32.
     const LANES: usize = 16;
     let (mut lo, mut hi) = ([0f32; LANES], [0f32; LANES]);
     let chunks = x.chunks_exact(LANES);
@@ -260,29 +277,29 @@ pub(crate) fn quantize_row(x: &[f32], out: &mut [u8]) -> (f32, i32) {
     }
     let lo = lo.iter().fold(0f32, |m, &v| if v < m { v } else { m });
     let hi = hi.iter().fold(0f32, |m, &v| if v > m { v } else { m });
-    let range = hi - lo;
-    if !(range > 0.0 && range.is_finite()) {
-        // All zeros: every value is the zero point 0, exactly. A row with an infinity or a NaN
-        // gets a NaN scale, so the layer's output is NaN, as the f32 product's would be.
-        out.fill(0);
-        return (if range == 0.0 { 1.0 } else { f32::NAN }, 0);
+    match row_params(lo, hi) {
+        Err(scale) => {
+            out.fill(0);
+            (scale, 0)
+        }
+        Ok((scale, inv, zero)) => {
+            for (q, &v) in out.iter_mut().zip(x) {
+                // Through i32, which vectorizes; the value is already in 0..=255.
+                *q = (v * inv + zero).round_ties_even().clamp(0.0, 255.0) as i32 as u8;
+            }
+            (scale, zero as i32)
+        }
     }
-    let scale = range / 255.0;
-    let inv = 255.0 / range;
-    let zero = (-lo * inv).round_ties_even().clamp(0.0, 255.0);
-    for (q, &v) in out.iter_mut().zip(x) {
-        *q = (v * inv + zero).round_ties_even().clamp(0.0, 255.0) as u8;
-    }
-    (scale, zero as i32)
 }
 
 /// `out[r * n + c] = (sum_i a[r][i] * w[c][i] - zero[r] * colsum[c]) as f32 * (scale_a[r] *
 /// scale_w[c])` for every row of `a` and every column of `w`; `out` holds `a.rows() * w.n()`
-/// values.
+/// values, and every one of them is written (so it may start uninitialized: the caller skips
+/// zeroing a buffer about to be overwritten).
 ///
 /// # Panics
 /// If the shapes disagree (a bug in the caller, never input-dependent).
-pub(crate) fn matmul(a: &QuantRows, w: &PackedWeights, out: &mut [f32], tier: Tier) {
+pub(crate) fn matmul(a: &QuantRows, w: &PackedWeights, out: &mut [MaybeUninit<f32>], tier: Tier) {
     let rows = a.rows();
     assert!(
         a.stride == w.groups() * GROUP
@@ -311,7 +328,7 @@ pub(crate) fn matmul(a: &QuantRows, w: &PackedWeights, out: &mut [f32], tier: Ti
 
 /// The portable kernel: one panel (16 columns) of one row at a time, in the packed layout.
 #[inline(always)]
-fn matmul_portable(a: &QuantRows, w: &PackedWeights, out: &mut [f32]) {
+fn matmul_portable(a: &QuantRows, w: &PackedWeights, out: &mut [MaybeUninit<f32>]) {
     let (n, groups) = (w.n, w.groups());
     let stride = w.panel_stride();
     for (r, dst) in out.chunks_exact_mut(n).enumerate() {
@@ -333,7 +350,13 @@ fn matmul_portable(a: &QuantRows, w: &PackedWeights, out: &mut [f32]) {
             let cols = (n - p * PANEL).min(PANEL);
             for (lane, acc) in acc.iter().enumerate().take(cols) {
                 let c = p * PANEL + lane;
-                dst[c] = dequantize(*acc, a.zero[r], w.colsum[c], a.scale[r], w.scale[c]);
+                dst[c].write(dequantize(
+                    *acc,
+                    a.zero[r],
+                    w.colsum[c],
+                    a.scale[r],
+                    w.scale[c],
+                ));
             }
         }
     }
@@ -371,9 +394,17 @@ pub(crate) fn reference(a: &QuantRows, k: usize, weights: &[i8], scale_w: &[f32]
 mod x86 {
     use super::{dequantize, PackedWeights, QuantRows, GROUP, PANEL};
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
 
     use crate::embed::int8::rotate;
 
+    /// [`super::quantize_rotated`] on AVX-512: the rotation reads the row and writes the scratch
+    /// in one pass, min and max are vector reductions, and 16 values at a time are rounded,
+    /// clamped and narrowed to bytes. Bit for bit the portable result (same operations on the
+    /// same values; min and max are exact).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and BW; `out.len() == x.len()`.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn quantize_row_avx512(
         x: &[f32],
@@ -381,15 +412,74 @@ mod x86 {
         scratch: &mut Vec<f32>,
         out: &mut [u8],
     ) -> (f32, i32) {
-        super::quantize_rotated(x, rotation, scratch, out, |v, block| {
-            if (16..=rotate::MAX_BLOCK).contains(&block) {
-                // SAFETY: this function runs only where AVX-512F is present, and the block is
-                // one the kernel takes.
-                unsafe { rotate::x86::fwht_avx512(v, block) }
-            } else {
-                rotate::fwht_portable(v, block)
+        let src: &[f32] = if rotation > 1 {
+            if scratch.len() != x.len() {
+                scratch.resize(x.len(), 0.0);
             }
-        })
+            if (16..=rotate::MAX_BLOCK).contains(&rotation) {
+                rotate::x86::fwht_avx512(x, scratch, rotation);
+            } else {
+                scratch.copy_from_slice(x);
+                rotate::fwht_portable(scratch, rotation);
+            }
+            scratch
+        } else {
+            x
+        };
+        let n = src.len();
+        let (mut lo, mut hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let mut i = 0;
+        while i < n {
+            let mask = lane_mask(n - i);
+            // Masked-off lanes read as 0, which the range always includes.
+            let v = _mm512_maskz_loadu_ps(mask, src.as_ptr().add(i));
+            // min(v, lo) keeps lo when v is NaN, as the portable compare does.
+            lo = _mm512_min_ps(v, lo);
+            hi = _mm512_max_ps(v, hi);
+            i += 16;
+        }
+        let (lo, hi) = (_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi));
+        let (scale, zero) = match super::row_params(lo, hi) {
+            Err(scale) => {
+                out.fill(0);
+                (scale, 0)
+            }
+            Ok((scale, inv, zero)) => {
+                let (inv_v, zero_v) = (_mm512_set1_ps(inv), _mm512_set1_ps(zero));
+                let (floor, ceil) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
+                let mut i = 0;
+                while i < n {
+                    let mask = lane_mask(n - i);
+                    let v = _mm512_maskz_loadu_ps(mask, src.as_ptr().add(i));
+                    // Multiply, then add: two roundings, as the portable code (no FMA there).
+                    let y = _mm512_add_ps(_mm512_mul_ps(v, inv_v), zero_v);
+                    let y = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                        y,
+                    );
+                    // max(y, 0) gives 0 for NaN, as the portable clamp-then-cast does.
+                    let y = _mm512_min_ps(_mm512_max_ps(y, floor), ceil);
+                    let q = _mm512_cvtps_epi32(y);
+                    _mm512_mask_cvtepi32_storeu_epi8(out.as_mut_ptr().add(i) as *mut _, mask, q);
+                    i += 16;
+                }
+                (scale, zero as i32)
+            }
+        };
+        if rotation > 1 {
+            (scale / (rotation as f32).sqrt(), zero)
+        } else {
+            (scale, zero)
+        }
+    }
+
+    /// The first `min(left, 16)` lanes.
+    #[inline(always)]
+    fn lane_mask(left: usize) -> __mmask16 {
+        if left >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << left) - 1) as __mmask16
+        }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -399,11 +489,15 @@ mod x86 {
         scratch: &mut Vec<f32>,
         out: &mut [u8],
     ) -> (f32, i32) {
-        super::quantize_rotated(x, rotation, scratch, out, rotate::fwht_portable)
+        super::quantize_rotated(x, rotation, scratch, out)
     }
 
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn matmul_portable_avx2(a: &QuantRows, w: &PackedWeights, out: &mut [f32]) {
+    pub(super) unsafe fn matmul_portable_avx2(
+        a: &QuantRows,
+        w: &PackedWeights,
+        out: &mut [MaybeUninit<f32>],
+    ) {
         super::matmul_portable(a, w, out)
     }
 
@@ -439,7 +533,11 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX-512F, BW and VNNI; the shapes were checked by `matmul`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn matmul_avx512(a: &QuantRows, w: &PackedWeights, out: &mut [f32]) {
+    pub(super) unsafe fn matmul_avx512(
+        a: &QuantRows,
+        w: &PackedWeights,
+        out: &mut [MaybeUninit<f32>],
+    ) {
         let (n, groups, stride) = (w.n, w.groups(), w.panel_stride());
         for_each_tile(a.rows(), w.panels(), MR_512, NB_512, |r, nr, p, np| {
             macro_rules! run {
@@ -468,7 +566,7 @@ mod x86 {
     unsafe fn tile_avx512<const MR: usize, const NB: usize>(
         a: &QuantRows,
         w: &PackedWeights,
-        out: &mut [f32],
+        out: &mut [MaybeUninit<f32>],
         r0: usize,
         p0: usize,
         n: usize,
@@ -503,7 +601,7 @@ mod x86 {
                 let d = _mm512_sub_epi32(row[j], _mm512_mullo_epi32(zero, colsum));
                 let s = _mm512_mul_ps(_mm512_set1_ps(a.scale[r]), scale_w);
                 let v = _mm512_mul_ps(_mm512_cvtepi32_ps(d), s);
-                let dst = out.as_mut_ptr().add(r * n + c0);
+                let dst = out.as_mut_ptr().add(r * n + c0).cast::<f32>();
                 if cols == PANEL {
                     _mm512_storeu_ps(dst, v);
                 } else {
@@ -520,7 +618,11 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX2 and AVX-VNNI; the shapes were checked by `matmul`.
     #[target_feature(enable = "avx2,avxvnni")]
-    pub(super) unsafe fn matmul_avxvnni(a: &QuantRows, w: &PackedWeights, out: &mut [f32]) {
+    pub(super) unsafe fn matmul_avxvnni(
+        a: &QuantRows,
+        w: &PackedWeights,
+        out: &mut [MaybeUninit<f32>],
+    ) {
         let (n, groups, stride) = (w.n, w.groups(), w.panel_stride());
         for_each_tile(a.rows(), w.panels(), MR_256, 1, |r, nr, p, _| {
             macro_rules! run {
@@ -542,7 +644,7 @@ mod x86 {
     unsafe fn tile_avxvnni<const MR: usize>(
         a: &QuantRows,
         w: &PackedWeights,
-        out: &mut [f32],
+        out: &mut [MaybeUninit<f32>],
         r0: usize,
         p0: usize,
         n: usize,
@@ -573,8 +675,13 @@ mod x86 {
             // The epilogue is a sliver of the work: the shared scalar formula keeps it exact.
             for (lane, &s) in sums.iter().enumerate().take(cols) {
                 let c = c0 + lane;
-                *out.get_unchecked_mut(r * n + c) =
-                    dequantize(s, a.zero[r], w.colsum[c], a.scale[r], w.scale[c]);
+                out.get_unchecked_mut(r * n + c).write(dequantize(
+                    s,
+                    a.zero[r],
+                    w.colsum[c],
+                    a.scale[r],
+                    w.scale[c],
+                ));
             }
         }
     }
@@ -619,6 +726,17 @@ mod tests {
         (a, w, scale)
     }
 
+    /// [`matmul`] into an initialized buffer (filled with NaN first by the callers, so an
+    /// element a kernel skipped would show).
+    fn matmul_f32(a: &QuantRows, w: &PackedWeights, out: &mut [f32], tier: Tier) {
+        let mut buf: Vec<MaybeUninit<f32>> = out.iter().map(|&v| MaybeUninit::new(v)).collect();
+        matmul(a, w, &mut buf, tier);
+        for (o, b) in out.iter_mut().zip(&buf) {
+            // SAFETY: every element started initialized and stays so.
+            *o = unsafe { b.assume_init() };
+        }
+    }
+
     fn tiers() -> Vec<Tier> {
         [Tier::Portable, Tier::Avx2, Tier::AvxVnni, Tier::Avx512Vnni]
             .into_iter()
@@ -646,7 +764,7 @@ mod tests {
             let packed = PackedWeights::pack(&weights, &scale, n, k).unwrap();
             for tier in tiers() {
                 let mut got = vec![f32::NAN; m * n];
-                matmul(&a, &packed, &mut got, tier);
+                matmul_f32(&a, &packed, &mut got, tier);
                 assert!(
                     got.iter()
                         .zip(&want)
@@ -673,7 +791,7 @@ mod tests {
         let packed = PackedWeights::pack(&weights, &scale, n, k).unwrap();
         for tier in tiers() {
             let mut got = vec![0f32; m * n];
-            matmul(&a, &packed, &mut got, tier);
+            matmul_f32(&a, &packed, &mut got, tier);
             // (255 - 255) * anything = 0: the zero-point correction cancels exactly.
             assert!(got.iter().all(|&v| v == 0.0), "{tier:?}");
         }
@@ -683,7 +801,7 @@ mod tests {
         };
         for tier in tiers() {
             let mut got = vec![0f32; m * n];
-            matmul(&a, &packed, &mut got, tier);
+            matmul_f32(&a, &packed, &mut got, tier);
             assert!(
                 got.iter().all(|&v| v == (255 * -127 * k as i32) as f32),
                 "{tier:?}"
@@ -760,6 +878,43 @@ mod tests {
                 (back - r).abs() <= 0.5 * base.scale[0] * 1.01,
                 "channel {i}"
             );
+        }
+    }
+
+    #[test]
+    fn odd_lengths_and_values_quantize_identically_on_every_tier() {
+        for k in [1, 15, 16, 17, 37, 384] {
+            let mut rows: Vec<Vec<f32>> = vec![
+                (0..k).map(|i| ((i as f32) * 0.37).sin()).collect(),
+                vec![0.0; k],
+                (0..k).map(|i| i as f32).collect(),
+                (0..k).map(|i| -(i as f32) - 0.5).collect(),
+            ];
+            let mut nan = rows[0].clone();
+            nan[k / 2] = f32::NAN;
+            let mut inf = rows[0].clone();
+            inf[k - 1] = f32::INFINITY;
+            rows.extend([nan, inf]);
+            let x: Vec<f32> = rows.concat();
+            let mut base = QuantRows::default();
+            quantize_rows(&x, k, k.div_ceil(4) * 4, 1, &mut base, Tier::Portable);
+            assert_eq!(base.scale[1], 1.0);
+            assert!(base.scale[5].is_nan());
+            for tier in tiers() {
+                let mut q = QuantRows::default();
+                quantize_rows(&x, k, k.div_ceil(4) * 4, 1, &mut q, tier);
+                assert_eq!(
+                    (&q.data, &q.zero),
+                    (&base.data, &base.zero),
+                    "{tier:?} k {k}"
+                );
+                let same = q
+                    .scale
+                    .iter()
+                    .zip(&base.scale)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{tier:?} k {k}");
+            }
         }
     }
 

@@ -209,13 +209,19 @@ impl CustomOp1 for Int8Matmul<'_> {
         }
         let t = x.len() / k;
         let stride = w.groups() * kernels::GROUP;
-        let mut out = vec![0f32; t * n];
-        out.par_chunks_mut(ROWS_PER_TASK * n)
+        // Not zeroed first: the kernels write every element (see `kernels::matmul`), and a
+        // fresh zeroed buffer per product cost a tenth of the int8 encoder's time.
+        let mut out: Vec<f32> = Vec::with_capacity(t * n);
+        out.spare_capacity_mut()[..t * n]
+            .par_chunks_mut(ROWS_PER_TASK * n)
             .zip(x.par_chunks(ROWS_PER_TASK * k))
             .for_each_init(QuantRows::default, |rows, (dst, src)| {
                 kernels::quantize_rows(src, k, stride, self.linear.rotation, rows, self.tier);
                 kernels::matmul(rows, w, dst, self.tier);
             });
+        // SAFETY: the chunks cover all `t * n` elements of the spare capacity, and
+        // `kernels::matmul` writes every element of its output.
+        unsafe { out.set_len(t * n) };
         Ok((CpuStorage::F32(out), Shape::from((t, n))))
     }
 }

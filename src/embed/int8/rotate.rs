@@ -99,22 +99,33 @@ pub(crate) mod x86 {
         _mm512_loadu_ps(s.as_ptr())
     }
 
-    /// [`super::fwht_portable`] for blocks of 16 to 128, on AVX-512: the stages below 16 run
-    /// inside each vector (a permute and a fused multiply-add), the others between vectors.
+    /// [`super::fwht_portable`] of `src` into `dst` for blocks of 16 to 128, on AVX-512: the
+    /// stages below 16 run inside each vector (a permute and a fused multiply-add), the others
+    /// between vectors.
     ///
     /// # Safety
-    /// The CPU has AVX-512F; `block` is 16, 32, 64 or 128 and divides `x.len()`.
+    /// The CPU has AVX-512F; `block` is 16, 32, 64 or 128 and divides `src.len()`, and
+    /// `dst.len() == src.len()`.
     #[target_feature(enable = "avx512f")]
-    pub(crate) unsafe fn fwht_avx512(x: &mut [f32], block: usize) {
-        let vectors = block / LANES;
+    pub(crate) unsafe fn fwht_avx512(src: &[f32], dst: &mut [f32], block: usize) {
+        // A constant number of vectors per block keeps the block in registers.
+        match block / LANES {
+            1 => blocks::<1>(src, dst),
+            2 => blocks::<2>(src, dst),
+            4 => blocks::<4>(src, dst),
+            _ => blocks::<8>(src, dst),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn blocks<const V: usize>(src: &[f32], dst: &mut [f32]) {
         let (s1, s2, s4, s8) = (signs(1), signs(2), signs(4), signs(8));
-        let mut v = [_mm512_setzero_ps(); 8];
-        for piece in x.chunks_exact_mut(block) {
-            for (j, vj) in v.iter_mut().enumerate().take(vectors) {
-                *vj = _mm512_loadu_ps(piece.as_ptr().add(j * LANES));
-            }
-            for vj in v.iter_mut().take(vectors) {
-                let mut y = *vj;
+        let block = V * LANES;
+        for (input, piece) in src.chunks_exact(block).zip(dst.chunks_exact_mut(block)) {
+            let mut v = [_mm512_setzero_ps(); V];
+            for (j, vj) in v.iter_mut().enumerate() {
+                let mut y = _mm512_loadu_ps(input.as_ptr().add(j * LANES));
                 y = in_vector(y, _mm512_permute_ps::<0xB1>(y), s1);
                 y = in_vector(y, _mm512_permute_ps::<0x4E>(y), s2);
                 y = in_vector(y, _mm512_shuffle_f32x4::<0xB1>(y, y), s4);
@@ -122,15 +133,15 @@ pub(crate) mod x86 {
                 *vj = y;
             }
             let mut h = 1;
-            while h < vectors {
-                for base in (0..vectors).step_by(2 * h) {
+            while h < V {
+                for base in (0..V).step_by(2 * h) {
                     for j in base..base + h {
                         butterfly(&mut v, j, j + h);
                     }
                 }
                 h *= 2;
             }
-            for (j, vj) in v.iter().enumerate().take(vectors) {
+            for (j, vj) in v.iter().enumerate() {
                 _mm512_storeu_ps(piece.as_mut_ptr().add(j * LANES), *vj);
             }
         }
@@ -202,10 +213,11 @@ mod tests {
             let x: Vec<f32> = (0..5 * block)
                 .map(|i| ((i as f32) * 0.77).sin() * (1 + i % 7) as f32)
                 .collect();
-            let (mut a, mut b) = (x.clone(), x);
+            let (mut a, mut b) = (x.clone(), vec![0f32; x.len()]);
             fwht_portable(&mut a, block);
-            // SAFETY: AVX-512F was detected above; the block is one the kernel takes.
-            unsafe { x86::fwht_avx512(&mut b, block) };
+            // SAFETY: AVX-512F was detected above; the block is one the kernel takes and the
+            // lengths match.
+            unsafe { x86::fwht_avx512(&x, &mut b, block) };
             assert!(
                 a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()),
                 "block {block}"
