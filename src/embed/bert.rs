@@ -476,8 +476,8 @@ impl BertEncoder {
         Ok(out)
     }
 
-    /// `x W^T` of a linear layer, without its bias (the fused pass after it adds the bias): in
-    /// int8 when the layer has int8 weights, else one f32 GEMM.
+    /// `x W^T` of a linear layer on the fused CPU path, without its bias (the fused pass after
+    /// it adds the bias): in int8 when the layer has int8 weights, else one f32 GEMM.
     fn linear(
         &self,
         x: &Tensor,
@@ -486,7 +486,7 @@ impl BertEncoder {
     ) -> Result<Tensor> {
         match (int8, self.tier) {
             (Some(q), Some(tier)) => Ok(q.forward(x, tier)?),
-            _ => Ok(x.matmul(&linear.weight().t()?)?),
+            _ => Ok(x.apply_op2_no_bwd(linear.weight(), &super::fused::Linear)?),
         }
     }
 
