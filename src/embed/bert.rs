@@ -326,7 +326,11 @@ impl BertEncoder {
                 .iter()
                 .zip(shape)
                 .all(|(q, &(n, k))| q.n == n && q.k == k);
-            let pack = |q: &QuantizedLinear| q.pack().ok_or_else(|| bad("int8 weights do not fit"));
+            let pack = |q: &QuantizedLinear| {
+                q.pack().ok_or_else(|| {
+                    bad("a linear layer deeper than the int8 kernels' exact sums allow (66,000)")
+                })
+            };
             if !fits {
                 return Err(bad("int8 weights of another shape"));
             }

@@ -18,6 +18,8 @@ use std::mem::MaybeUninit;
 pub(crate) const PANEL: usize = 16;
 /// Depth per 32-bit lane: what one `vpdpbusd` multiplies and adds.
 pub(crate) const GROUP: usize = 4;
+/// The deepest product whose i32 sums are exact: `255 * 127 * depth < 2^31`.
+pub(crate) const MAX_DEPTH: usize = 66_000;
 
 /// Weights of one linear layer, quantized and packed for the kernels.
 #[derive(Debug, Clone)]
@@ -36,9 +38,13 @@ pub(crate) struct PackedWeights {
 }
 
 impl PackedWeights {
-    /// Packs row-major `[n, k]` quantized weights (one row per output column) and their scales.
+    /// Packs row-major `[n, k]` quantized weights (one row per output column) and their scales;
+    /// `None` if the lengths disagree or the depth exceeds [`MAX_DEPTH`].
     pub(crate) fn pack(weights: &[i8], scale: &[f32], n: usize, k: usize) -> Option<Self> {
         if weights.len() != n.checked_mul(k)? || scale.len() != n || n == 0 || k == 0 {
+            return None;
+        }
+        if k > MAX_DEPTH {
             return None;
         }
         let groups = k.div_ceil(GROUP);
@@ -923,5 +929,8 @@ mod tests {
         assert!(PackedWeights::pack(&[1, 2, 3], &[1.0], 1, 2).is_none());
         assert!(PackedWeights::pack(&[1, 2], &[1.0, 1.0], 1, 2).is_none());
         assert!(PackedWeights::pack(&[], &[], 0, 0).is_none());
+        let deep = MAX_DEPTH + 1;
+        assert!(PackedWeights::pack(&vec![0; deep], &[1.0], 1, deep).is_none());
+        assert!(PackedWeights::pack(&vec![0; MAX_DEPTH], &[1.0], 1, MAX_DEPTH).is_some());
     }
 }
