@@ -14,9 +14,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use candle_core::{Device, Tensor};
 use memrl::embed::{Embedder, EmbedderOptions, Precision};
 use memrl::models::{resolve, ResolveOptions};
-use candle_core::{Device, Tensor};
 
 const K: usize = 10;
 

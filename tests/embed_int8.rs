@@ -251,3 +251,51 @@ fn int8_refuses_what_it_cannot_do() {
         assert!(err.contains("CPU only"), "{err}");
     }
 }
+
+#[test]
+fn a_bank_opened_with_int8_embeds_with_int8() {
+    let (_root, model, cache) = setup();
+    // The bank's embedder keeps its int8 weights in memrl's cache directory; point it here (no
+    // other test in this binary reads the variable: they pass their cache folder explicitly).
+    std::env::set_var("MEMRL_CACHE_DIR", &cache);
+    let bank = memrl::Bank::options()
+        .model(model.to_str().unwrap())
+        .precision(Precision::Int8)
+        .dedup_sim(1.0) // no intent sharing: every text keeps its own key
+        .in_memory()
+        .unwrap();
+    let embedder = bank
+        .embedder()
+        .expect("the bank loaded its embedder")
+        .clone();
+    assert_eq!(embedder.precision(), Precision::Int8);
+    match embedder.int8_cache() {
+        Some(Int8Cache::Written(path)) => assert!(path.starts_with(&cache), "{path:?}"),
+        other => panic!("int8 cache {other:?}"),
+    }
+    // The bank's keys are the int8 vectors: a text finds its own memory at similarity 1.
+    let texts = texts();
+    let alone = Embedder::from_dir_with(&model, "tiny", &Device::Cpu, &int8(None)).unwrap();
+    for t in &texts {
+        bank.add(memrl::NewMemory::new(t.as_str(), "e")).unwrap();
+    }
+    let want = rows(&alone, &texts);
+    for (t, w) in texts.iter().zip(&want) {
+        let r = bank.retrieve(t.as_str()).unwrap().remove(0);
+        let top = &r.hits[0];
+        assert_eq!(bank.get(top.id).unwrap().intent, *t);
+        assert!((top.sim - 1.0).abs() < 1e-5, "{t}: sim {}", top.sim);
+        let got = rows(&embedder, std::slice::from_ref(t)).remove(0);
+        assert_eq!(&got, w, "{t}: the bank's embedder is not the int8 one");
+    }
+
+    // A precision without a model to load is refused, not ignored.
+    let f32 = Embedder::from_dir(&model, "tiny", &Device::Cpu).unwrap();
+    let err = memrl::Bank::options()
+        .embedder(f32)
+        .precision(Precision::Int8)
+        .in_memory()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("precision"), "{err}");
+}

@@ -32,10 +32,10 @@ mod file;
 mod fused;
 mod int8;
 
+pub use crate::models::Precision;
 /// Which arithmetic the encoder runs (tests compare the two on the CPU).
 #[doc(hidden)]
 pub use bert::ComputePath;
-pub use crate::models::Precision;
 pub use file::EmbeddingFileWriter;
 
 use std::path::{Path, PathBuf};

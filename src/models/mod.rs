@@ -21,10 +21,10 @@
 
 mod fetch;
 
-pub(crate) use fetch::{same_model, sha256_file};
 pub use fetch::{
     default_cache_dir, default_hf_cache, resolve, ResolveOptions, ResolvedModel, Source,
 };
+pub(crate) use fetch::{same_model, sha256_file};
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;

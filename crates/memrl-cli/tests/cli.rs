@@ -321,7 +321,10 @@ fn embed_at_int8_is_close_to_f32_and_a_bad_precision_is_refused() {
     ok(&embed("int8", &int8_out));
     let (a, b) = (embedding_rows(&f32_out), embedding_rows(&int8_out));
     assert_eq!(a.len(), 2 * tiny_model::HIDDEN);
-    for (x, y) in a.chunks(tiny_model::HIDDEN).zip(b.chunks(tiny_model::HIDDEN)) {
+    for (x, y) in a
+        .chunks(tiny_model::HIDDEN)
+        .zip(b.chunks(tiny_model::HIDDEN))
+    {
         let cos: f32 = x.iter().zip(y).map(|(p, q)| p * q).sum();
         assert!(cos > 0.999, "int8 row cosine to f32 {cos}");
     }

@@ -249,8 +249,8 @@ pub(crate) fn write(
     ]);
     metadata.insert(CHECKSUM_KEY.to_string(), checksum(&metadata, &tensors));
     let bytes = safetensors::serialize(tensors, Some(metadata)).map_err(bad)?;
-    crate::snapshot::write_atomically(path, |tmp| {
-        std::fs::write(tmp, &bytes).map_err(|e| Error::io(tmp, e))
+    crate::snapshot::write_atomically(path, |file, tmp| {
+        std::io::Write::write_all(file, &bytes).map_err(|e| Error::io(tmp, e))
     })
 }
 
