@@ -7,10 +7,10 @@
 //! holds it to 1e-5 against the reference embeddings in `shared/fixtures`).
 //!
 //! [`Embedder::load_with`] can run the linear layers in int8 ([`Precision::Int8`], CPU only):
-//! faster, with vectors close to the f32 ones rather than equal (`src/embed/int8/mod.rs` has the scheme,
-//! the README for the measured cosine and recall). The quantized weights are made once per
-//! checkpoint and cached, checksummed, in memrl's cache directory ([`Int8Cache`] says what
-//! happened at load).
+//! integer matrix products, with vectors close to the f32 ones rather than equal
+//! (`src/embed/int8/mod.rs` has the scheme, the README the measured cosine and recall). The
+//! quantized weights are made once per checkpoint and cached, checksummed, in memrl's cache
+//! directory ([`Int8Cache`] says what happened at load).
 //!
 //! Why it is fast: a batch is tokenized in parallel, sorted by token count, cut into chunks by a
 //! token budget (not a text count), and each chunk runs as one packed, padding-free forward pass

@@ -64,7 +64,7 @@ pub enum Precision {
     #[default]
     F32,
     /// Dynamic int8: weights quantized per output channel, activations per row at run time,
-    /// integer matrix products (VNNI where the CPU has it). CPU only; faster, and close to f32
+    /// integer matrix products (VNNI where the CPU has it). CPU only; close to f32
     /// rather than equal to it (the README gives the measured cosine and recall).
     Int8,
 }

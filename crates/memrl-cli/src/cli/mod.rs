@@ -53,7 +53,7 @@ pub(crate) struct ModelArgs {
     #[arg(long)]
     pub(crate) offline: bool,
     /// Arithmetic of the model's linear layers: f32 (the same vectors as sentence-transformers)
-    /// or int8 (CPU only, for models the registry lists it for: faster, vectors close to f32's;
+    /// or int8 (CPU only, for models the registry lists it for: vectors close to f32's, not equal;
     /// the quantized weights are cached in memrl's cache directory).
     #[arg(long, default_value = "f32")]
     pub(crate) precision: Precision,
