@@ -201,7 +201,7 @@ pub(crate) fn quantize_rows(
     out: &mut QuantRows,
     tier: Tier,
 ) {
-    let rows = if k == 0 { 0 } else { x.len() / k };
+    let rows = x.len().checked_div(k).unwrap_or(0);
     out.stride = stride;
     out.data.clear();
     out.data.resize(rows * stride, 0);
