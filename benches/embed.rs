@@ -2,11 +2,12 @@
 //! best of a few repeats, one line of JSON (the peer scripts print the same shape).
 //!
 //! `cargo bench --bench embed` (env: MEMRL_BENCH_N texts, 0 = all; MEMRL_BENCH_REPEATS;
-//! MEMRL_BENCH_BATCH_TOKENS).
+//! MEMRL_BENCH_BATCH_TOKENS; MEMRL_BENCH_PRECISION `f32` (default) or `int8`, reported as peer
+//! `memrl` or `memrl-int8`).
 
 use std::time::Instant;
 
-use memrl::embed::Embedder;
+use memrl::embed::{Embedder, EmbedderOptions, Precision};
 use memrl::models::{resolve, ResolveOptions};
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -18,6 +19,9 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 fn main() -> anyhow::Result<()> {
     let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/data/corpus.jsonl");
+    let precision: Precision = std::env::var("MEMRL_BENCH_PRECISION")
+        .unwrap_or_else(|_| "f32".into())
+        .parse()?;
     let mut texts: Vec<String> = std::fs::read_to_string(corpus)?
         .lines()
         .map(|l| -> anyhow::Result<String> {
@@ -33,7 +37,11 @@ fn main() -> anyhow::Result<()> {
         eprintln!("{l}")
     })?;
     let t0 = Instant::now();
-    let mut embedder = Embedder::load(&model, &memrl::Device::Cpu)?;
+    let options = EmbedderOptions {
+        precision,
+        ..EmbedderOptions::default()
+    };
+    let mut embedder = Embedder::load_with(&model, &memrl::Device::Cpu, &options)?;
     let load_s = t0.elapsed().as_secs_f64();
     embedder.set_batch_tokens(env_usize(
         "MEMRL_BENCH_BATCH_TOKENS",
@@ -52,7 +60,8 @@ fn main() -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "peer": "memrl", "n": texts.len(), "batch_tokens": embedder.batch_tokens(),
+            "peer": match precision { Precision::F32 => "memrl", Precision::Int8 => "memrl-int8" },
+            "precision": precision.as_str(), "n": texts.len(), "batch_tokens": embedder.batch_tokens(),
             "threads": rayon::current_num_threads(), "tokens": tokens, "load_s": load_s,
             "times_s": times, "sent_per_s_best": texts.len() as f64 / best,
             "tokens_per_s_best": tokens as f64 / best,

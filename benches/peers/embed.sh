@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Embedding throughput, memrl against sentence-transformers and ONNX Runtime, in one run on the
-# same corpus, same model files and same thread count, taking turns so that machine noise hits
-# all of them. Prints each peer's JSON line, then the ratios. Not part of `cargo test` or CI.
+# Embedding throughput, memrl (f32 and int8) against sentence-transformers, ONNX Runtime (f32)
+# and ONNX Runtime's dynamic int8 quantization (its defaults, and with per-channel weight
+# scales), in one run on the same corpus, same model files and same thread count, taking turns
+# so that machine noise hits all of them. Prints each peer's JSON line, then the ratios. Not
+# part of `cargo test` or CI.
 #
 # usage: benches/peers/embed.sh [ROUNDS]   (run from the repo root, ../shared beside it)
 # env:   PEERS_DIR (default .peers: venv and model made by ../shared/peers/setup.sh)
@@ -18,7 +20,12 @@ for round in $(seq "$ROUNDS"); do
   echo "round $round/$ROUNDS" >&2
   "$PY" "$SHARED/peers/bench_st.py" --model "$PEERS_DIR/model" --corpus "$CORPUS" --batch 32 --threads 2 | tee -a "$out"
   "$PY" "$SHARED/peers/bench_ort.py" --model "$PEERS_DIR/model" --corpus "$CORPUS" --batch 32 --threads 2 | tee -a "$out"
+  for channel in "" --per-channel; do
+    "$PY" benches/peers/bench_ort_int8.py --model "$PEERS_DIR/model" --corpus "$CORPUS" \
+      --fixtures "$SHARED/fixtures/minilm_reference.jsonl" --batch 32 --threads 2 $channel 2>/dev/null | tee -a "$out"
+  done
   RAYON_NUM_THREADS=2 cargo bench --bench embed 2>/dev/null | tail -1 | tee -a "$out"
+  MEMRL_BENCH_PRECISION=int8 RAYON_NUM_THREADS=2 cargo bench --bench embed 2>/dev/null | tail -1 | tee -a "$out"
 done
 "$PY" - "$out" <<'PY'
 import json, sys, statistics
@@ -29,9 +36,9 @@ for r in rows:
 rate = {p: max(v) for p, v in best.items()}
 for p, v in rate.items():
     print(f"{p:>24}: {v:7.1f} sentences/s (best of {len(best[p])} rounds)")
-ours = rate.get("memrl")
-for p, v in rate.items():
-    if p != "memrl" and ours:
-        print(f"memrl / {p}: {ours / v:.2f}x")
+for ours in ("memrl", "memrl-int8"):
+    for p, v in rate.items():
+        if not p.startswith("memrl") and ours in rate:
+            print(f"{ours} / {p}: {rate[ours] / v:.2f}x")
 PY
 rm -f "$out"

@@ -1035,6 +1035,13 @@ fn check_usable(store: &Store) -> Result<()> {
 
 #[cfg(feature = "embed")]
 fn load_embedder(options: &OpenOptions) -> Result<Option<Arc<Embedder>>> {
+    if options.precision.is_some() && options.model.is_none() {
+        return Err(Error::value(
+            "OpenOptions",
+            "a precision applies to the embedder that `model` loads; give `model`, or set the \
+             precision when loading the embedder yourself (`EmbedderOptions`)",
+        ));
+    }
     match (&options.embedder, &options.model) {
         (Some(_), Some(_)) => Err(Error::value(
             "OpenOptions",
@@ -1047,7 +1054,15 @@ fn load_embedder(options: &OpenOptions) -> Result<Option<Arc<Embedder>>> {
                 &crate::models::ResolveOptions::default(),
                 &mut |line| tracing::info!("{line}"),
             )?;
-            Ok(Some(Arc::new(Embedder::load(&model, &options.device)?)))
+            let embed_options = crate::embed::EmbedderOptions {
+                precision: options.precision.unwrap_or_default(),
+                ..crate::embed::EmbedderOptions::default()
+            };
+            Ok(Some(Arc::new(Embedder::load_with(
+                &model,
+                &options.device,
+                &embed_options,
+            )?)))
         }
         (None, None) => Ok(None),
     }

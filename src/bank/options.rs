@@ -10,7 +10,7 @@ use candle_core::Device;
 use super::Bank;
 use crate::config::{BankConfig, KeyDType, Limits};
 #[cfg(feature = "embed")]
-use crate::embed::Embedder;
+use crate::embed::{Embedder, Precision};
 use crate::error::Result;
 use crate::wal::SyncPolicy;
 
@@ -79,6 +79,8 @@ pub struct OpenOptions {
     pub(crate) embedder: Option<Arc<Embedder>>,
     #[cfg(feature = "embed")]
     pub(crate) model: Option<String>,
+    #[cfg(feature = "embed")]
+    pub(crate) precision: Option<Precision>,
 }
 
 impl Default for OpenOptions {
@@ -101,6 +103,8 @@ impl Default for OpenOptions {
             embedder: None,
             #[cfg(feature = "embed")]
             model: None,
+            #[cfg(feature = "embed")]
+            precision: None,
         }
     }
 }
@@ -222,6 +226,17 @@ impl OpenOptions {
     #[cfg(feature = "embed")]
     pub fn model(mut self, model: impl Into<String>) -> Self {
         self.model = Some(model.into());
+        self
+    }
+
+    /// The precision of the embedder that [`OpenOptions::model`] loads (default
+    /// [`Precision::F32`]). [`Precision::Int8`] runs on the CPU only, for models whose registry
+    /// entry lists it, with vectors close to f32's rather than equal; its quantized weights are
+    /// cached in memrl's cache directory. Without [`OpenOptions::model`] the bank refuses to
+    /// open: an embedder given ready-made already has its precision.
+    #[cfg(feature = "embed")]
+    pub fn precision(mut self, precision: Precision) -> Self {
+        self.precision = Some(precision);
         self
     }
 

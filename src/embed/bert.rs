@@ -20,7 +20,10 @@ use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 pub use candle_transformers::models::bert::{Config, HiddenAct};
 
+use super::int8::kernels::Tier;
+use super::int8::{Int8Layer, QuantizedLinear};
 use crate::error::{Error, Result};
+use crate::models::Precision;
 
 /// Texts packed into one token stream: ids, token types and positions, one entry per token.
 #[derive(Debug, Clone, Default)]
@@ -84,6 +87,8 @@ struct Layer {
     ffn_norm: LayerNorm,
     /// Host copies of the vectors the fused CPU kernels read (CPU models only).
     host: Option<HostParams>,
+    /// The four linear layers in int8, when the encoder runs at [`Precision::Int8`].
+    int8: Option<Int8Layer>,
 }
 
 struct HostParams {
@@ -140,6 +145,8 @@ pub struct BertEncoder {
     type_vocab: usize,
     eps: f32,
     path: ComputePath,
+    /// The int8 kernels' instruction set, detected when int8 weights are set.
+    tier: Option<Tier>,
 }
 
 fn linear(vb: &VarBuilder, in_dim: usize, out_dim: usize) -> candle_core::Result<Linear> {
@@ -208,6 +215,7 @@ impl BertEncoder {
                     ffn_out: linear(&vb.pp("output.dense"), config.intermediate_size, h)?,
                     ffn_norm: layer_norm(&vb.pp("output.LayerNorm"), h, eps)?,
                     host: None,
+                    int8: None,
                 };
                 if vb.device().is_cpu() {
                     layer.host = Some(HostParams::new(&layer)?);
@@ -230,7 +238,115 @@ impl BertEncoder {
             type_vocab: config.type_vocab_size,
             eps: eps as f32,
             path: ComputePath::Auto,
+            tier: None,
         })
+    }
+
+    /// Precision of the linear layers.
+    pub fn precision(&self) -> Precision {
+        if self.tier.is_some() {
+            Precision::Int8
+        } else {
+            Precision::F32
+        }
+    }
+
+    /// `(out, in)` of each layer's four linear layers, in [`super::int8::LINEARS`] order.
+    pub(crate) fn linear_shapes(&self) -> Vec<[(usize, usize); 4]> {
+        let shape = |l: &Linear| {
+            let (n, k) = l.weight().dims2().unwrap_or((0, 0));
+            (n, k)
+        };
+        self.layers
+            .iter()
+            .map(|l| {
+                [
+                    shape(&l.qkv),
+                    shape(&l.attn_out),
+                    shape(&l.ffn_in),
+                    shape(&l.ffn_out),
+                ]
+            })
+            .collect()
+    }
+
+    /// Quantizes every layer's four linear layers per output channel (see [`super::int8`]).
+    pub(crate) fn quantize_linears(&self) -> Result<Vec<[QuantizedLinear; 4]>> {
+        let quantize = |l: &Linear| -> Result<QuantizedLinear> {
+            let (n, k) = l.weight().dims2()?;
+            let w = l
+                .weight()
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let q = QuantizedLinear::quantize(&w, n, k);
+            if q.scale.iter().any(|s| !s.is_finite()) {
+                return Err(Error::Model {
+                    path: "model.safetensors".into(),
+                    problem: "a linear layer holds NaN or infinite weights; it cannot be quantized"
+                        .into(),
+                });
+            }
+            Ok(q)
+        };
+        self.layers
+            .iter()
+            .map(|l| {
+                Ok([
+                    quantize(&l.qkv)?,
+                    quantize(&l.attn_out)?,
+                    quantize(&l.ffn_in)?,
+                    quantize(&l.ffn_out)?,
+                ])
+            })
+            .collect()
+    }
+
+    /// Runs the linear layers in int8 from now on, with these weights (shapes as
+    /// [`BertEncoder::linear_shapes`]). CPU only: the int8 kernels are CPU kernels.
+    pub(crate) fn set_int8(&mut self, layers: &[[QuantizedLinear; 4]]) -> Result<()> {
+        let bad = |problem: &str| Error::Model {
+            path: "model.safetensors".into(),
+            problem: problem.to_string(),
+        };
+        if layers.len() != self.layers.len() {
+            return Err(bad("int8 weights for another number of layers"));
+        }
+        if self.layers.iter().any(|l| l.host.is_none()) {
+            return Err(Error::config(
+                "precision",
+                Precision::Int8,
+                "int8 runs on the CPU only (use f32 on cuda and metal)",
+            ));
+        }
+        let shapes = self.linear_shapes();
+        let mut packed = Vec::with_capacity(layers.len());
+        for (layer, shape) in layers.iter().zip(&shapes) {
+            let fits = layer
+                .iter()
+                .zip(shape)
+                .all(|(q, &(n, k))| q.n == n && q.k == k);
+            let pack = |q: &QuantizedLinear| {
+                q.pack().ok_or_else(|| {
+                    bad("a linear layer deeper than the int8 kernels' exact sums allow (66,000)")
+                })
+            };
+            if !fits {
+                return Err(bad("int8 weights of another shape"));
+            }
+            packed.push(Int8Layer {
+                qkv: pack(&layer[0])?,
+                attn_out: pack(&layer[1])?,
+                ffn_in: pack(&layer[2])?,
+                ffn_out: pack(&layer[3])?,
+            });
+        }
+        for (layer, int8) in self.layers.iter_mut().zip(packed) {
+            layer.int8 = Some(int8);
+        }
+        self.tier = Some(Tier::detect());
+        tracing::info!(kernels = Tier::detect().as_str(), "int8 linear layers");
+        Ok(())
     }
 
     /// Chooses how the encoder computes (tests compare both paths on the CPU).
@@ -261,6 +377,13 @@ impl BertEncoder {
             .add(&self.token_type.forward(&type_ids)?)?
             .add(&self.position.forward(&positions)?)?;
         let mut x = self.embed_norm.forward(&x)?;
+        if self.tier.is_some() && self.path == ComputePath::Portable {
+            return Err(Error::config(
+                "compute path",
+                "portable",
+                "the int8 encoder runs on the fused CPU path only (the portable path is f32)",
+            ));
+        }
         if self.path == ComputePath::Auto && device.is_cpu() {
             for layer in &self.layers {
                 if let Some(host) = &layer.host {
@@ -290,15 +413,18 @@ impl BertEncoder {
         lengths: &[usize],
     ) -> Result<Tensor> {
         use super::fused::{BiasGelu, BiasResidualNorm, PackedAttention};
-        let gemm = |input: &Tensor, linear: &Linear| input.matmul(&linear.weight().t()?);
-        let qkv = gemm(x, &layer.qkv)?;
+        let qkv = self.linear(x, &layer.qkv, layer.int8.as_ref().map(|q| &q.qkv))?;
         let context = qkv.apply_op1_no_bwd(&PackedAttention {
             bias: &host.qkv_bias,
             lengths,
             heads: self.heads,
             head_dim: self.head_dim,
         })?;
-        let attn = gemm(&context, &layer.attn_out)?;
+        let attn = self.linear(
+            &context,
+            &layer.attn_out,
+            layer.int8.as_ref().map(|q| &q.attn_out),
+        )?;
         attn.inplace_op2(
             x,
             &BiasResidualNorm {
@@ -308,7 +434,7 @@ impl BertEncoder {
                 eps: self.eps,
             },
         )?;
-        let inner = gemm(&attn, &layer.ffn_in)?;
+        let inner = self.linear(&attn, &layer.ffn_in, layer.int8.as_ref().map(|q| &q.ffn_in))?;
         match self.act {
             HiddenAct::Gelu => inner.inplace_op1(&BiasGelu {
                 bias: &host.ffn_in_bias,
@@ -337,7 +463,11 @@ impl BertEncoder {
         inner: &Tensor,
     ) -> Result<Tensor> {
         use super::fused::BiasResidualNorm;
-        let out = inner.matmul(&layer.ffn_out.weight().t()?)?;
+        let out = self.linear(
+            inner,
+            &layer.ffn_out,
+            layer.int8.as_ref().map(|q| &q.ffn_out),
+        )?;
         out.inplace_op2(
             attn,
             &BiasResidualNorm {
@@ -348,6 +478,20 @@ impl BertEncoder {
             },
         )?;
         Ok(out)
+    }
+
+    /// `x W^T` of a linear layer on the fused CPU path, without its bias (the fused pass after
+    /// it adds the bias): in int8 when the layer has int8 weights, else one f32 GEMM.
+    fn linear(
+        &self,
+        x: &Tensor,
+        linear: &Linear,
+        int8: Option<&super::int8::Int8Linear>,
+    ) -> Result<Tensor> {
+        match (int8, self.tier) {
+            (Some(q), Some(tier)) => Ok(q.forward(x, tier)?),
+            _ => Ok(x.apply_op2_no_bwd(linear.weight(), &super::fused::Linear)?),
+        }
     }
 
     fn layer(&self, layer: &Layer, x: &Tensor, plan: &AttentionPlan) -> Result<Tensor> {

@@ -6,6 +6,12 @@
 //! `B x d` tensor of unit rows, the same vectors sentence-transformers computes (a parity test
 //! holds it to 1e-5 against the reference embeddings in `shared/fixtures`).
 //!
+//! [`Embedder::load_with`] can run the linear layers in int8 ([`Precision::Int8`], CPU only):
+//! integer matrix products, with vectors close to the f32 ones rather than equal
+//! (`src/embed/int8/mod.rs` has the scheme, the README the measured cosine and recall). The
+//! quantized weights are made once per checkpoint and cached, checksummed, in memrl's cache
+//! directory ([`Int8Cache`] says what happened at load).
+//!
 //! Why it is fast: a batch is tokenized in parallel, sorted by token count, cut into chunks by a
 //! token budget (not a text count), and each chunk runs as one packed, padding-free forward pass
 //! ([`bert`]); the caller's order is restored at the end. A text alone and the same text inside
@@ -24,7 +30,9 @@
 mod bert;
 mod file;
 mod fused;
+mod int8;
 
+pub use crate::models::Precision;
 /// Which arithmetic the encoder runs (tests compare the two on the CPU).
 #[doc(hidden)]
 pub use bert::ComputePath;
@@ -38,7 +46,7 @@ use serde::Deserialize;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::error::{Error, Result};
-use crate::models::{Pooling, ResolvedModel};
+use crate::models::{default_cache_dir, Pooling, ResolvedModel};
 use bert::{BertEncoder, Config, PackedBatch};
 
 /// Default token budget per forward pass (tokens, counted with padding to the chunk's longest).
@@ -67,6 +75,52 @@ impl Embeddings {
     }
 }
 
+/// How [`Embedder::load_with`] loads a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbedderOptions {
+    /// Precision of the linear layers (default [`Precision::F32`]).
+    pub precision: Precision,
+    /// memrl's cache directory, where int8 weights are kept (under `int8/`); `None` quantizes
+    /// at every load and writes nothing. Default: [`default_cache_dir`].
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for EmbedderOptions {
+    fn default() -> Self {
+        EmbedderOptions {
+            precision: Precision::F32,
+            cache_dir: Some(default_cache_dir()),
+        }
+    }
+}
+
+/// What became of the int8 weight cache when an int8 embedder loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Int8Cache {
+    /// Read from this file, its checksum and source checkpoint verified.
+    Loaded(PathBuf),
+    /// No file yet: quantized now and written to this file.
+    Written(PathBuf),
+    /// The file could not be used (`problem` says why: corrupted, of other weights, ...), so
+    /// the weights were quantized again and the file rewritten. Also logged as a warning.
+    Rebuilt {
+        /// The cache file.
+        path: PathBuf,
+        /// What was wrong with it.
+        problem: String,
+    },
+    /// Quantized now, but the file could not be written (`problem` says why), so the next load
+    /// quantizes again. Also logged as a warning.
+    NotWritten {
+        /// The cache file.
+        path: PathBuf,
+        /// Why it was not written (and, if there was an unusable file, what was wrong with it).
+        problem: String,
+    },
+    /// Quantized now; [`EmbedderOptions::cache_dir`] was `None`.
+    Disabled,
+}
+
 /// A loaded sentence-embedding model.
 pub struct Embedder {
     name: String,
@@ -76,6 +130,7 @@ pub struct Embedder {
     max_tokens: usize,
     batch_tokens: usize,
     device: Device,
+    int8_cache: Option<Int8Cache>,
 }
 
 impl std::fmt::Debug for Embedder {
@@ -117,9 +172,38 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 }
 
 impl Embedder {
-    /// Loads a resolved model onto `device`, checking it against its registry entry.
+    /// Loads a resolved model onto `device` in f32, checking it against its registry entry.
     pub fn load(model: &ResolvedModel, device: &Device) -> Result<Self> {
-        let embedder = Self::from_dir(&model.dir, &model.name, device)?;
+        Self::load_with(model, device, &EmbedderOptions::default())
+    }
+
+    /// Loads a resolved model onto `device` with `options`, checking it against its registry
+    /// entry; a precision the registry does not list for the model is refused.
+    pub fn load_with(
+        model: &ResolvedModel,
+        device: &Device,
+        options: &EmbedderOptions,
+    ) -> Result<Self> {
+        let mut known_sha256 = None;
+        if let Some(spec) = &model.spec {
+            if !spec.precisions.contains(&options.precision) {
+                let listed: Vec<&str> = spec.precisions.iter().map(|p| p.as_str()).collect();
+                return Err(Error::Model {
+                    path: "models/registry.json".into(),
+                    problem: format!(
+                        "{} has not been measured at {} (the registry lists {} for it)",
+                        spec.name,
+                        options.precision,
+                        listed.join(", ")
+                    ),
+                });
+            }
+            // Verified at resolution: no need to hash the weights again for the cache key.
+            if model.verified {
+                known_sha256 = spec.files.get("model.safetensors").cloned().flatten();
+            }
+        }
+        let embedder = Self::open(&model.dir, &model.name, device, options, known_sha256)?;
         if let Some(spec) = &model.spec {
             let config = model.dir.join("config.json");
             if spec.dim != embedder.dim() {
@@ -148,8 +232,38 @@ impl Embedder {
         Ok(embedder)
     }
 
-    /// Loads a model folder directly; `name` becomes [`Embedder::name`] (what banks record).
+    /// Loads a model folder directly in f32; `name` becomes [`Embedder::name`] (what banks
+    /// record).
     pub fn from_dir(dir: &Path, name: &str, device: &Device) -> Result<Self> {
+        Self::from_dir_with(dir, name, device, &EmbedderOptions::default())
+    }
+
+    /// [`Embedder::from_dir`] with `options`. Outside the registry nothing says which
+    /// precisions suit the model: int8 is the caller's call (measure it against f32 first).
+    pub fn from_dir_with(
+        dir: &Path,
+        name: &str,
+        device: &Device,
+        options: &EmbedderOptions,
+    ) -> Result<Self> {
+        Self::open(dir, name, device, options, None)
+    }
+
+    /// `source_sha256`: the weights' sha256 when already verified (the int8 cache's key).
+    fn open(
+        dir: &Path,
+        name: &str,
+        device: &Device,
+        options: &EmbedderOptions,
+        source_sha256: Option<String>,
+    ) -> Result<Self> {
+        if options.precision == Precision::Int8 && !device.is_cpu() {
+            return Err(Error::config(
+                "precision",
+                Precision::Int8,
+                "int8 runs on the CPU only (use f32 on cuda and metal)",
+            ));
+        }
         let config_path = dir.join("config.json");
         let config: Config = read_json(&config_path)?;
         let pooling = read_pooling(dir)?;
@@ -184,13 +298,27 @@ impl Embedder {
                 path: weights.clone(),
                 problem: e.to_string(),
             })?;
-        let encoder = BertEncoder::load(vb, &config).map_err(|e| match e {
+        let mut encoder = BertEncoder::load(vb, &config).map_err(|e| match e {
             Error::Candle(e) => Error::Model {
                 path: weights.clone(),
                 problem: e.to_string(),
             },
             other => other,
         })?;
+        let int8_cache = match options.precision {
+            Precision::F32 => None,
+            Precision::Int8 => {
+                let sha = match source_sha256 {
+                    Some(sha) => sha,
+                    None => crate::models::sha256_file(&weights)?,
+                };
+                Some(int8::load_into(
+                    &mut encoder,
+                    options.cache_dir.as_deref(),
+                    &sha,
+                )?)
+            }
+        };
         Ok(Embedder {
             name: name.to_string(),
             tokenizer,
@@ -199,7 +327,18 @@ impl Embedder {
             max_tokens,
             batch_tokens: DEFAULT_BATCH_TOKENS,
             device: device.clone(),
+            int8_cache,
         })
+    }
+
+    /// Precision of the linear layers.
+    pub fn precision(&self) -> Precision {
+        self.encoder.precision()
+    }
+
+    /// For an int8 embedder, what became of its weight cache at load; `None` in f32.
+    pub fn int8_cache(&self) -> Option<&Int8Cache> {
+        self.int8_cache.as_ref()
     }
 
     /// The model name recorded in banks built with this embedder.

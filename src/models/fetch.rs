@@ -525,6 +525,7 @@ mod tests {
             max_seq_length: 8,
             files: map,
             mirror: None,
+            precisions: vec![super::super::Precision::F32],
         }
     }
 

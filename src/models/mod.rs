@@ -21,10 +21,10 @@
 
 mod fetch;
 
-pub(crate) use fetch::same_model;
 pub use fetch::{
     default_cache_dir, default_hf_cache, resolve, ResolveOptions, ResolvedModel, Source,
 };
+pub(crate) use fetch::{same_model, sha256_file};
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -54,6 +54,51 @@ impl Pooling {
             Pooling::Cls => "cls",
         }
     }
+}
+
+/// The arithmetic of an encoder's linear layers (every other step runs in f32 either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 throughout: the same vectors as sentence-transformers (to 1e-5).
+    #[default]
+    F32,
+    /// Dynamic int8: weights quantized per output channel, activations per row at run time,
+    /// integer matrix products (VNNI where the CPU has it). CPU only; close to f32
+    /// rather than equal to it (the README gives the measured cosine and recall).
+    Int8,
+}
+
+impl Precision {
+    /// The name used in the registry and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "int8" => Ok(Precision::Int8),
+            other => Err(Error::config("precision", other, "must be `f32` or `int8`")),
+        }
+    }
+}
+
+fn only_f32() -> Vec<Precision> {
+    vec![Precision::F32]
 }
 
 /// Where a model's files can be fetched from when the hub cannot be reached.
@@ -87,6 +132,10 @@ pub struct ModelSpec {
     pub files: BTreeMap<String, Option<String>>,
     /// Optional mirror for machines without the hub.
     pub mirror: Option<Mirror>,
+    /// The precisions memrl has measured for this model against its f32 vectors, `f32` first
+    /// (default: `["f32"]`); [`crate::embed::Embedder::load_with`] refuses any other.
+    #[serde(default = "only_f32")]
+    pub precisions: Vec<Precision>,
 }
 
 impl ModelSpec {
@@ -162,6 +211,15 @@ impl Registry {
                     )));
                 }
             }
+            if spec.precisions.first() != Some(&Precision::F32)
+                || (1..spec.precisions.len())
+                    .any(|i| spec.precisions[..i].contains(&spec.precisions[i]))
+            {
+                return Err(bad(format!(
+                    "model `{}`: precisions must start with \"f32\" and name each precision once",
+                    spec.name
+                )));
+            }
             if let Some(mirror) = &spec.mirror {
                 if !mirror.pypi.contains("==") || !mirror.wheel_dir.ends_with('/') {
                     return Err(bad(format!(
@@ -225,6 +283,35 @@ mod tests {
         assert!(minilm.mirror.is_some());
         let bge = registry.lookup("BAAI/bge-small-en-v1.5").unwrap();
         assert_eq!(bge.pooling, Pooling::Cls);
+    }
+
+    #[test]
+    fn precisions_default_to_f32_and_must_start_with_it() {
+        let registry = Registry::builtin().unwrap();
+        assert_eq!(
+            registry.default_model().precisions,
+            vec![Precision::F32, Precision::Int8]
+        );
+        let bge = registry.lookup("bge-small-en-v1.5").unwrap();
+        assert_eq!(bge.precisions, vec![Precision::F32]);
+        let base = r#"{"format":"memrl.models/1","default":"a","models":[{"name":"a","repo":"o/a",
+            "revision":"r","pooling":"mean","dim":4,"max_seq_length":8,
+            "files":{"config.json":null,"model.safetensors":null,"tokenizer.json":null},
+            "mirror":null PRECISIONS}]}"#;
+        let parse = |p: &str| Registry::parse(&base.replace("PRECISIONS", p));
+        assert!(parse(r#","precisions":["f32","int8"]"#).is_ok());
+        for bad in [
+            r#","precisions":[]"#,
+            r#","precisions":["int8"]"#,
+            r#","precisions":["f32","f32"]"#,
+        ] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains("precisions"), "{bad}: {err}");
+        }
+        assert!(parse(r#","precisions":["f16"]"#).is_err());
+        assert_eq!("int8".parse::<Precision>().unwrap(), Precision::Int8);
+        let err = "i8".parse::<Precision>().unwrap_err().to_string();
+        assert!(err.contains("`f32` or `int8`"), "{err}");
     }
 
     #[test]

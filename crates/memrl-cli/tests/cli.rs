@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use support::common::tiny_model::{self, TinyPooling};
@@ -253,13 +253,7 @@ fn embed_writes_rows_and_their_lines_or_nothing() {
         .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
         .collect();
     assert_eq!(lines, vec![1, 3, 4]);
-    let rows: Vec<f32> = st
-        .tensor("embeddings")
-        .unwrap()
-        .data()
-        .chunks(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
+    let rows = embedding_rows(&out);
     for row in rows.chunks(tiny_model::HIDDEN) {
         let norm: f32 = row.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-5, "row norm {norm}");
@@ -290,6 +284,57 @@ fn embed_writes_rows_and_their_lines_or_nothing() {
         .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "scratch files left: {leftovers:?}");
+}
+
+/// The `embeddings` tensor of a file `memrl embed` wrote, flat.
+fn embedding_rows(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensor("embeddings")
+        .unwrap()
+        .data()
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+#[test]
+fn embed_at_int8_is_close_to_f32_and_a_bad_precision_is_refused() {
+    let t = Setup::new();
+    let input = t.write(
+        "corpus.jsonl",
+        "{\"text\": \"parse the date\"}\n{\"text\": \"hello world, what is the error\"}\n",
+    );
+    let cache = t.path("cache");
+    let embed = |precision: &str, out: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_memrl"))
+            .args(["embed", "--input", s(&input), "--out", s(out), "--model"])
+            .arg(&t.model)
+            .args(["--precision", precision])
+            // The int8 weight cache goes here, not into the user's cache.
+            .env("MEMRL_CACHE_DIR", &cache)
+            .output()
+            .unwrap()
+    };
+    let (f32_out, int8_out) = (t.path("f32.safetensors"), t.path("int8.safetensors"));
+    ok(&embed("f32", &f32_out));
+    ok(&embed("int8", &int8_out));
+    let (a, b) = (embedding_rows(&f32_out), embedding_rows(&int8_out));
+    assert_eq!(a.len(), 2 * tiny_model::HIDDEN);
+    for (x, y) in a
+        .chunks(tiny_model::HIDDEN)
+        .zip(b.chunks(tiny_model::HIDDEN))
+    {
+        let cos: f32 = x.iter().zip(y).map(|(p, q)| p * q).sum();
+        assert!(cos > 0.999, "int8 row cosine to f32 {cos}");
+    }
+    let cached: Vec<_> = std::fs::read_dir(cache.join("int8/v1"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    let err = failed(&embed("int4", &t.path("bad.safetensors")));
+    assert!(err.contains("`f32` or `int8`"), "{err}");
 }
 
 #[test]

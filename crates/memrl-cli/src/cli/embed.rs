@@ -78,6 +78,7 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
     let metadata = HashMap::from([
         ("model".to_string(), embedder.name().to_string()),
         ("dim".to_string(), embedder.dim().to_string()),
+        ("precision".to_string(), embedder.precision().to_string()),
         ("input".to_string(), args.input.display().to_string()),
         ("field".to_string(), args.field.clone()),
     ]);

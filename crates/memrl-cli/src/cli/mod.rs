@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use memrl::embed::Embedder;
+use memrl::embed::{Embedder, EmbedderOptions, Precision};
 use memrl::ingest::{Record, Records};
 use memrl::models::{resolve, Registry, ResolveOptions};
 use memrl::{Bank, Device, OpenOptions};
@@ -38,7 +38,7 @@ pub(crate) struct ModelArgs {
     pub(crate) model: Option<String>,
     /// Load no embedding model: every memory and query must bring its own `embedding` (a new
     /// bank then needs --dim and --model-id, the model the vectors come from).
-    #[arg(long, conflicts_with_all = ["model", "batch_tokens", "allow_unverified", "offline"])]
+    #[arg(long, conflicts_with_all = ["model", "batch_tokens", "allow_unverified", "offline", "precision"])]
     pub(crate) no_model: bool,
     /// Device for the model and the bank: cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "cpu")]
@@ -52,6 +52,11 @@ pub(crate) struct ModelArgs {
     /// Only use model copies already on disk (no hub, no mirror).
     #[arg(long)]
     pub(crate) offline: bool,
+    /// Arithmetic of the model's linear layers: f32 (the same vectors as sentence-transformers)
+    /// or int8 (CPU only, for models the registry lists it for: vectors close to f32's, not equal;
+    /// the quantized weights are cached in memrl's cache directory).
+    #[arg(long, default_value = "f32")]
+    pub(crate) precision: Precision,
 }
 
 impl ModelArgs {
@@ -85,7 +90,11 @@ impl ModelArgs {
             options.mirror = false;
         }
         let model = resolve(&name, &options, &mut |line| eprintln!("{line}"))?;
-        let mut embedder = Embedder::load(&model, device)
+        let options = EmbedderOptions {
+            precision: self.precision,
+            ..EmbedderOptions::default()
+        };
+        let mut embedder = Embedder::load_with(&model, device, &options)
             .with_context(|| format!("loading model {}", model.dir.display()))?;
         if let Some(tokens) = self.batch_tokens {
             embedder.set_batch_tokens(tokens)?;

@@ -45,16 +45,17 @@ pub(crate) fn model_list() -> Result<()> {
         ..ResolveOptions::default()
     };
     println!(
-        "{:<20} {:<40} {:<7} {:>4} {:>7} {:<8} on this machine",
-        "name", "repo@revision", "pooling", "dim", "tokens", "sha256"
+        "{:<20} {:<40} {:<7} {:>4} {:>7} {:<8} {:<10} on this machine",
+        "name", "repo@revision", "pooling", "dim", "tokens", "sha256", "precision"
     );
     for spec in registry.models() {
         let here = match resolve(&spec.name, &offline, &mut |_| {}) {
             Ok(model) => format!("{} ({})", model.source.describe(), model.dir.display()),
             Err(_) => "not fetched".to_string(),
         };
+        let precisions: Vec<&str> = spec.precisions.iter().map(|p| p.as_str()).collect();
         println!(
-            "{:<20} {:<40} {:<7} {:>4} {:>7} {:<8} {here}",
+            "{:<20} {:<40} {:<7} {:>4} {:>7} {:<8} {:<10} {here}",
             spec.name,
             format!(
                 "{}@{}",
@@ -69,6 +70,7 @@ pub(crate) fn model_list() -> Result<()> {
             } else {
                 "unpinned"
             },
+            precisions.join(","),
         );
     }
     Ok(())
