@@ -11,7 +11,7 @@ use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDType, WrapErr};
-use candle_core::{CudaDevice, CudaStorage, DType, Layout, Shape};
+use candle_core::{CudaStorage, DType, Layout, Shape};
 
 use super::{DIGITS_16, DIGITS_32};
 
