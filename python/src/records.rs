@@ -16,6 +16,17 @@ fn record_dict<'py>(py: Python<'py>, record: &impl Serialize) -> PyResult<Bound<
     json_to_py(py, &value)
 }
 
+/// A memory's metadata as Python: the JSON value converted, or None.
+fn metadata_to_py<'py>(
+    py: Python<'py>,
+    metadata: Option<&serde_json::Value>,
+) -> PyResult<Bound<'py, PyAny>> {
+    match metadata {
+        Some(value) => json_to_py(py, value),
+        None => Ok(py.None().into_bound(py)),
+    }
+}
+
 /// One retrieved memory and the figures that ranked it.
 #[pyclass(frozen, module = "memrl", name = "Hit")]
 pub(crate) struct PyHit(pub(crate) memrl::Hit);
@@ -45,10 +56,7 @@ impl PyHit {
     /// The memory's metadata (a dict, or whatever JSON value it was given), or None.
     #[getter]
     fn metadata<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        match &self.0.metadata {
-            Some(value) => json_to_py(py, value),
-            None => Ok(py.None().into_bound(py)),
-        }
+        metadata_to_py(py, self.0.metadata.as_ref())
     }
     /// The memory's utility Q when it was retrieved.
     #[getter]
@@ -202,10 +210,7 @@ impl PyMemory {
     /// The user metadata (a dict), or None.
     #[getter]
     fn metadata<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        match &self.0.metadata {
-            Some(value) => json_to_py(py, value),
-            None => Ok(py.None().into_bound(py)),
-        }
+        metadata_to_py(py, self.0.metadata.as_ref())
     }
     /// Every field as a dict.
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
