@@ -16,6 +16,17 @@ fn record_dict<'py>(py: Python<'py>, record: &impl Serialize) -> PyResult<Bound<
     json_to_py(py, &value)
 }
 
+/// A memory's metadata as Python: the JSON value converted, or None.
+fn metadata_to_py<'py>(
+    py: Python<'py>,
+    metadata: Option<&serde_json::Value>,
+) -> PyResult<Bound<'py, PyAny>> {
+    match metadata {
+        Some(value) => json_to_py(py, value),
+        None => Ok(py.None().into_bound(py)),
+    }
+}
+
 /// One retrieved memory and the figures that ranked it.
 /// A memory's metadata as Python: the JSON value converted, or None.
 fn metadata_to_py<'py>(
