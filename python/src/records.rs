@@ -28,17 +28,6 @@ fn metadata_to_py<'py>(
 }
 
 /// One retrieved memory and the figures that ranked it.
-/// A memory's metadata as Python: the JSON value converted, or None.
-fn metadata_to_py<'py>(
-    py: Python<'py>,
-    metadata: Option<&serde_json::Value>,
-) -> PyResult<Bound<'py, PyAny>> {
-    match metadata {
-        Some(value) => json_to_py(py, value),
-        None => Ok(py.None().into_bound(py)),
-    }
-}
-
 #[pyclass(frozen, module = "memrl", name = "Hit")]
 pub(crate) struct PyHit(pub(crate) memrl::Hit);
 
