@@ -30,8 +30,10 @@ MEMRL_TEST_PYTHON="$venv/bin/python" cargo test
 step "Python: pip install ./python (builds the abi3 wheel)"
 "$venv/bin/python" -m pip install --quiet ./python
 
-step "Python: pytest"
+step "Python: pytest (memrl.Client's tests run the release memrl binary as their server)"
+cargo build --release -p memrl-cli
 # Run from outside the source tree so that `import memrl` is the installed wheel.
-(cd python/tests && "$venv/bin/python" -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-} .)
+(cd python/tests && MEMRL_BIN="$CARGO_TARGET_DIR/release/memrl" \
+  "$venv/bin/python" -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-} .)
 
 step "done"

@@ -12,7 +12,7 @@
 //! # Ok::<(), memrl::Error>(())
 //! ```
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
@@ -22,7 +22,7 @@ use crate::store::normalise_rows;
 pub const DEFAULT_MAX_PAIRS: usize = 1_000_000;
 
 /// What [`calibrate`] found.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Calibration {
     /// The similarity gate: 20% of the pairs are at or above it.
     pub delta: f32,

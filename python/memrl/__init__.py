@@ -13,7 +13,9 @@ that help rise and those that mislead sink. The engine is Rust; calls release th
         print(hit.id, hit.score, hit.q, hit.experience)
     bank.feedback(r.id, reward=1.0)
 
-``memrl.langgraph.MemrlStore`` is a LangGraph ``BaseStore`` over memrl banks.
+``memrl.Client(url, api_key=..., namespace=...)`` has the same methods over a ``memrl serve``
+server, shared by a fleet of agents. ``memrl.langgraph.MemrlStore`` is a LangGraph
+``BaseStore`` over memrl banks.
 """
 
 from memrl._errors import (
@@ -25,7 +27,10 @@ from memrl._errors import (
     InvalidInputError,
     IoError,
     NotFoundError,
+    OutcomeUnknownError,
     OverloadedError,
+    PermissionDeniedError,
+    UnavailableError,
 )
 from memrl._memrl import (
     LEARNING_OPTIONS,
@@ -40,9 +45,11 @@ from memrl._memrl import (
     Stats,
     __version__,
 )
+from memrl.client import Client
 
 __all__ = [
     "Bank",
+    "Client",
     "Embedder",
     "Retrieval",
     "Hit",
@@ -61,5 +68,8 @@ __all__ = [
     "CorruptError",
     "IoError",
     "InternalError",
+    "PermissionDeniedError",
+    "UnavailableError",
+    "OutcomeUnknownError",
     "__version__",
 ]

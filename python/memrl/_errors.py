@@ -9,9 +9,16 @@ from __future__ import annotations
 
 
 class Error(Exception):
-    """Base class of every memrl error. ``kind`` is the library's stable name for the failure."""
+    """Base class of every memrl error. ``kind`` is the library's stable name for the failure;
+    ``status`` the HTTP status when a server (``memrl.Client``) answered with it."""
 
     kind: str = "error"
+    _status: int | None = None
+
+    @property
+    def status(self) -> int | None:
+        """The HTTP status a server answered with (``memrl.Client``), else None."""
+        return self._status
 
 
 class InvalidInputError(Error, ValueError):
@@ -44,9 +51,16 @@ class BankLockedError(ConflictError):
 
 
 class OverloadedError(Error):
-    """A bounded queue is full: retry later."""
+    """A bounded queue is full: retry later (after ``retry_after`` seconds when a server said
+    so)."""
 
     kind = "overloaded"
+    _retry_after: float | None = None
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds the server asked to wait before retrying (its ``Retry-After``), else None."""
+        return self._retry_after
 
 
 class CorruptError(Error):
@@ -68,6 +82,28 @@ class InternalError(Error):
     kind = "internal"
 
 
+class PermissionDeniedError(Error, PermissionError):
+    """A server refused the API key: none or an unknown one (HTTP 401), or one that may not use
+    this namespace (403)."""
+
+    kind = "permission_denied"
+
+
+class UnavailableError(Error, ConnectionError):
+    """A server could not be reached, did not answer a read, or is shutting down (HTTP 503).
+    Nothing was changed: the call can be retried (against another instance, or later)."""
+
+    kind = "unavailable"
+
+
+class OutcomeUnknownError(Error):
+    """A write was sent to a server and no answer came (the connection broke, the timeout
+    passed): it may or may not have been applied. Retrying it blindly could apply it twice;
+    check (``get``, ``stats``) before retrying."""
+
+    kind = "outcome_unknown"
+
+
 __all__ = [
     "Error",
     "InvalidInputError",
@@ -78,4 +114,7 @@ __all__ = [
     "CorruptError",
     "IoError",
     "InternalError",
+    "PermissionDeniedError",
+    "UnavailableError",
+    "OutcomeUnknownError",
 ]

@@ -108,13 +108,13 @@ pub(crate) fn texts(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<(Vec<String>
 }
 
 /// What `retrieve` was given.
-enum QueryInput<'py> {
+pub(crate) enum QueryInput<'py> {
     Text(String),
     Texts(Vec<String>),
     Rows(Rows<'py>),
 }
 
-fn query_input<'py>(obj: &Bound<'py, PyAny>, dim: usize) -> PyResult<QueryInput<'py>> {
+pub(crate) fn query_input<'py>(obj: &Bound<'py, PyAny>, dim: usize) -> PyResult<QueryInput<'py>> {
     if obj.is_instance_of::<PyString>() {
         let (mut t, _) = texts("queries", obj)?;
         return Ok(QueryInput::Text(t.remove(0)));
@@ -168,7 +168,7 @@ fn boolean(field: &str, value: &Bound<'_, PyAny>) -> PyResult<bool> {
 /// The memories `add` (or one batch of `bulk`) describes, validated for type and shape; the
 /// library checks the values.
 #[allow(clippy::too_many_arguments)]
-fn new_memories(
+pub(crate) fn new_memories(
     dim: usize,
     intents: &Bound<'_, PyAny>,
     experiences: &Bound<'_, PyAny>,
@@ -271,7 +271,7 @@ fn new_memories(
 }
 
 /// `(memory_ids, reward)` pairs of `apply_outcomes`.
-fn outcomes(value: &Bound<'_, PyAny>) -> PyResult<Vec<Outcome>> {
+pub(crate) fn outcomes(value: &Bound<'_, PyAny>) -> PyResult<Vec<Outcome>> {
     let items: Vec<Bound<'_, PyAny>> = value
         .extract()
         .map_err(|_| PyTypeError::new_err("outcomes: expected a list of (memory_ids, reward)"))?;
@@ -296,7 +296,7 @@ fn outcomes(value: &Bound<'_, PyAny>) -> PyResult<Vec<Outcome>> {
         .collect()
 }
 
-fn retrieval_id(value: &Bound<'_, PyAny>) -> PyResult<RetrievalId> {
+pub(crate) fn retrieval_id(value: &Bound<'_, PyAny>) -> PyResult<RetrievalId> {
     if let Ok(r) = value.cast::<PyRetrieval>() {
         return Ok(r.get().0.id);
     }
@@ -1132,7 +1132,10 @@ fn bulk_batch(dim: usize, batch: &Bound<'_, PyAny>) -> PyResult<Vec<NewMemory>> 
     Ok(memories)
 }
 
-fn bank_config_dict<'py>(py: Python<'py>, c: &BankConfig) -> PyResult<Bound<'py, PyDict>> {
+pub(crate) fn bank_config_dict<'py>(
+    py: Python<'py>,
+    c: &BankConfig,
+) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
     dict.set_item("dim", c.dim)?;
     dict.set_item("dtype", c.dtype.as_str())?;

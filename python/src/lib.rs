@@ -1,6 +1,7 @@
-//! The `memrl._memrl` extension module: memrl's front door (`memrl::Bank`), its embedder and
-//! its result types, for Python. The Python package `memrl` (in `python/memrl/`) re-exports it
-//! with the exception hierarchy and the LangGraph store.
+//! The `memrl._memrl` extension module: memrl's front door (`memrl::Bank`), its embedder, its
+//! result types, and the wire helpers of `memrl.Client`, for Python. The Python package `memrl`
+//! (in `python/memrl/`) re-exports it with the exception hierarchy, the client and the LangGraph
+//! store.
 
 mod bank;
 mod convert;
@@ -8,6 +9,7 @@ mod embedder;
 mod errors;
 mod options;
 mod records;
+mod remote;
 
 use pyo3::prelude::*;
 
@@ -22,6 +24,7 @@ fn _memrl(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<records::PyStats>()?;
     m.add_class::<records::PyCalibration>()?;
     m.add_class::<records::PyOutcomeReport>()?;
+    m.add_class::<remote::Wire>()?;
     m.add("RETRIEVAL_OPTIONS", options::RETRIEVAL.to_vec())?;
     m.add("LEARNING_OPTIONS", options::LEARNING.to_vec())?;
     Ok(())

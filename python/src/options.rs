@@ -207,6 +207,47 @@ impl RetrievalPatch {
             && self.seed.is_none()
     }
 
+    /// The given options as the JSON fields of a `memrl serve` request (the retrieval config's
+    /// own names: `lambda`, `zsim` as `{"mode": ...}`); for `memrl.Client`.
+    pub(crate) fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::json;
+        let mut out = serde_json::Map::new();
+        let mut put = |name: &str, value: serde_json::Value| {
+            out.insert(name.to_string(), value);
+        };
+        if let Some(v) = self.k1 {
+            put("k1", json!(v));
+        }
+        if let Some(v) = self.k2 {
+            put("k2", json!(v));
+        }
+        if let Some(v) = self.delta {
+            put("delta", json!(v));
+        }
+        if let Some(v) = self.lambda {
+            put("lambda", json!(v));
+        }
+        if let Some(v) = self.zsim {
+            put("zsim", json!(v));
+        }
+        if let Some(v) = self.z_clip {
+            put("z_clip", json!(v));
+        }
+        if let Some(v) = self.clip_zsim {
+            put("clip_zsim", json!(v));
+        }
+        if let Some(v) = self.q_min {
+            put("q_min", json!(v));
+        }
+        if let Some(v) = self.epsilon {
+            put("epsilon", json!(v));
+        }
+        if let Some(v) = self.seed {
+            put("seed", json!(v));
+        }
+        out
+    }
+
     /// `base` with the given options applied, validated.
     pub(crate) fn apply(&self, mut base: RetrievalConfig) -> memrl::Result<RetrievalConfig> {
         macro_rules! given {

@@ -1,11 +1,11 @@
 //! What a bank holds, summarised: counts and the distribution of Q (`memrl inspect`).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Store;
 
 /// Counts and Q telemetry of a bank; see [`crate::Bank::stats`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     /// Memories held.
     pub memories: usize,

@@ -383,6 +383,90 @@ fn every_route_answers() {
 }
 
 /// Sends `body` to `path` and checks the status and the error kind.
+#[test]
+fn configs_change_durably_field_by_field_and_a_bad_field_changes_nothing() {
+    let setup = Setup::new();
+    let server = setup.start(&[]);
+    let mut c = server.http();
+    let health = c.ok("GET", "/health", None, None);
+    assert_eq!(health["model"], setup.model().as_str());
+    assert_eq!(health["dim"], HIDDEN);
+    let config = "/v1/namespaces/ns/config";
+    // A first PATCH creates the namespace, as a first write does.
+    let both = c.ok(
+        "PATCH",
+        config,
+        None,
+        Some(
+            &json!({"retrieval_config": {"k2": 2, "lambda": 0.25, "clip_zsim": true},
+                     "learning_config": {"alpha": 0.5,
+                         "reward_range": {"min": -1.0, "max": 1.0, "out_of_range": "clamp"}}}),
+        ),
+    );
+    assert_eq!(both["retrieval_config"]["k2"], 2);
+    assert_eq!(both["retrieval_config"]["clip_zsim"], true);
+    assert_eq!(
+        both["retrieval_config"]["k1"], 10,
+        "fields not given keep their value"
+    );
+    assert_eq!(both["learning_config"]["alpha"], 0.5);
+    let before = c.ok("GET", "/v1/namespaces/ns", None, None);
+    // Misspelt, unknown, out of range, the wrong type: 400, naming the field, and nothing
+    // changes, not even the valid half of the request.
+    for (body, names) in [
+        (
+            json!({"retrieval_config": {"k2": 3, "lamda": 0.1}}),
+            "lamda",
+        ),
+        (json!({"retrieval_config": {"k2": 0}}), "k2"),
+        (
+            json!({"retrieval_config": {"k2": 3}, "learning_config": {"alpha": 2.0}}),
+            "alpha",
+        ),
+        (
+            json!({"learning_config": {"alpha": "high"}}),
+            "learning_config",
+        ),
+        (json!({"retrieval": {"k2": 3}}), "retrieval"),
+    ] {
+        let r = expect(
+            &mut c,
+            "PATCH",
+            config,
+            body.to_string().as_bytes(),
+            400,
+            "invalid_input",
+        );
+        let message = r["error"]["message"].as_str().unwrap();
+        assert!(message.contains(names), "{body}: {message}");
+    }
+    assert_eq!(c.ok("GET", "/v1/namespaces/ns", None, None), before);
+    // Per-request clip_zsim, a checkpoint, and the configs survive a restart.
+    let r = c.ok(
+        "POST",
+        "/v1/namespaces/ns/memories",
+        None,
+        Some(&json!({"intent": "parse a date", "experience": "use chrono"})),
+    );
+    assert_eq!(r["id"], 0);
+    c.ok(
+        "POST",
+        "/v1/namespaces/ns/retrieve",
+        None,
+        Some(&json!({"text": "parse a date", "clip_zsim": false, "delta": -1.0})),
+    );
+    let seq = c.ok("POST", "/v1/namespaces/ns/checkpoint", None, None);
+    assert!(seq["log_seq"].as_u64().is_some());
+    let missing = c.call("POST", "/v1/namespaces/none/checkpoint", None, None);
+    assert_eq!(missing.status, 404);
+    server.kill();
+    let server = setup.start(&[]);
+    let mut c = server.http();
+    let after = c.ok("GET", "/v1/namespaces/ns", None, None);
+    assert_eq!(after["retrieval_config"], before["retrieval_config"]);
+    assert_eq!(after["learning_config"], before["learning_config"]);
+}
+
 fn expect(c: &mut Http, method: &str, path: &str, body: &[u8], status: u16, kind: &str) -> Value {
     let r = c
         .send(
@@ -831,6 +915,12 @@ fn api_keys_scope_namespaces() {
             "/v1/namespaces/b/calibrate".into(),
             Some(json!({"write": true})),
         ),
+        (
+            "PATCH",
+            "/v1/namespaces/b/config".into(),
+            Some(json!({"learning_config": {"alpha": 1.0}})),
+        ),
+        ("POST", "/v1/namespaces/b/checkpoint".into(), None),
         ("DELETE", "/v1/namespaces/b/memories/1".into(), None),
         ("DELETE", "/v1/namespaces/b".into(), None),
         // A namespace that does not exist: 403 too, so a key cannot probe for names.

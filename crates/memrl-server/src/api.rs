@@ -206,7 +206,17 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     if state.draining.load(Ordering::Relaxed) {
         return ApiError::shutting_down().into_response();
     }
-    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") })).into_response()
+    let (model, dim) = match &state.embed {
+        Some(e) => (Some(e.embedder.name().to_string()), Some(e.embedder.dim())),
+        None => (None, None),
+    };
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "model": model,
+        "dim": dim,
+    }))
+    .into_response()
 }
 
 /// The OpenAPI document.
@@ -470,6 +480,105 @@ pub async fn delete_namespace(
     Ok(Json(json!({ "deleted": ns })))
 }
 
+/// The body of `PATCH /v1/namespaces/{ns}/config`: the fields to change, of either config;
+/// what is left out keeps its stored value.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigIn {
+    retrieval_config: Option<serde_json::Map<String, Value>>,
+    learning_config: Option<serde_json::Map<String, Value>>,
+}
+
+/// `stored` with the fields of `patch` replaced, refusing a field the config does not have (the
+/// config's own decoder would take the default for it, and silently drop a misspelt one).
+fn patched<T: Serialize + DeserializeOwned>(
+    what: &str,
+    stored: &T,
+    patch: serde_json::Map<String, Value>,
+) -> Result<T, ApiError> {
+    let mut value = serde_json::to_value(stored)
+        .map_err(|e| ApiError::internal(format!("serialising the {what}: {e}")))?;
+    let Some(fields) = value.as_object_mut() else {
+        return Err(ApiError::internal(format!("the {what} is not an object")));
+    };
+    for (key, v) in patch {
+        if !fields.contains_key(&key) {
+            let known: Vec<&str> = fields.keys().map(String::as_str).collect();
+            return Err(ApiError::invalid(format!(
+                "{what}: unknown field {:?} (known: {})",
+                key.chars().take(40).collect::<String>(),
+                known.join(", ")
+            )));
+        }
+        fields.insert(key, v);
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::invalid(format!("{what}: {e}")))
+}
+
+/// `PATCH /v1/namespaces/{ns}/config`: changes the stored retrieval and learning configs (each
+/// validated, then logged: durable like a write; the namespace is created as by a first write)
+/// and answers both as stored. Both are checked before either is written, so an invalid field
+/// changes nothing.
+pub async fn set_config(
+    State(state): State<Arc<AppState>>,
+    Extension(scope): Extension<Scope>,
+    ns: Result<Path<String>, PathRejection>,
+    JsonBody(body): JsonBody<ConfigIn>,
+) -> Result<Json<Value>, ApiError> {
+    let ns = path(ns)?;
+    allow(&scope, &ns)?;
+    let handle = state.namespaces.writable(&ns).await?;
+    let bank = handle.bank().clone();
+    let retrieval = match body.retrieval_config {
+        Some(patch) => {
+            let c: RetrievalConfig = patched("retrieval_config", &bank.retrieval_config(), patch)?;
+            c.validate()?;
+            Some(c)
+        }
+        None => None,
+    };
+    let learning = match body.learning_config {
+        Some(patch) => {
+            let c: memrl::LearningConfig =
+                patched("learning_config", &bank.learning_config(), patch)?;
+            c.validate()?;
+            Some(c)
+        }
+        None => None,
+    };
+    blocking(move || {
+        if let Some(c) = retrieval {
+            bank.set_retrieval_config(c)?;
+        }
+        if let Some(c) = learning {
+            bank.set_learning_config(c)?;
+        }
+        Ok(Json(json!({
+            "retrieval_config": bank.retrieval_config(),
+            "learning_config": bank.learning_config(),
+        })))
+    })
+    .await
+}
+
+/// `POST /v1/namespaces/{ns}/checkpoint`: writes the namespace's snapshot now and resets its log
+/// (the server also checkpoints by its policy and on shutdown).
+pub async fn checkpoint(
+    State(state): State<Arc<AppState>>,
+    Extension(scope): Extension<Scope>,
+    ns: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let ns = path(ns)?;
+    allow(&scope, &ns)?;
+    let handle = state.namespaces.existing(&ns).await?;
+    blocking(move || {
+        let bank = handle.bank();
+        bank.checkpoint()?;
+        Ok(Json(json!({ "log_seq": bank.log_seq() })))
+    })
+    .await
+}
+
 // ---- memories ----
 
 /// One memory to add.
@@ -627,6 +736,7 @@ pub struct RetrieveIn {
     lambda: Option<f32>,
     zsim: Option<ZSim>,
     z_clip: Option<f32>,
+    clip_zsim: Option<bool>,
     #[serde(default, deserialize_with = "nullable")]
     q_min: Option<Option<f32>>,
     epsilon: Option<f32>,
@@ -641,6 +751,7 @@ impl RetrieveIn {
             || self.lambda.is_some()
             || self.zsim.is_some()
             || self.z_clip.is_some()
+            || self.clip_zsim.is_some()
             || self.q_min.is_some()
             || self.epsilon.is_some()
             || self.seed.is_some()
@@ -669,6 +780,7 @@ impl RetrieveIn {
         c.lambda = self.lambda.unwrap_or(c.lambda);
         c.zsim = self.zsim.unwrap_or(c.zsim);
         c.z_clip = self.z_clip.unwrap_or(c.z_clip);
+        c.clip_zsim = self.clip_zsim.unwrap_or(c.clip_zsim);
         if let Some(q_min) = self.q_min {
             c.q_min = q_min;
         }

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
-use axum::routing::{get, post, put};
+use axum::routing::{get, patch, post, put};
 use axum::Router;
 use memrl::{BatchConfig, Batcher, Limits};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -220,6 +220,8 @@ impl Server {
             .route("/v1/namespaces/{ns}/feedback", post(api::feedback))
             .route("/v1/namespaces/{ns}/stats", get(api::stats))
             .route("/v1/namespaces/{ns}/calibrate", post(api::calibrate))
+            .route("/v1/namespaces/{ns}/config", patch(api::set_config))
+            .route("/v1/namespaces/{ns}/checkpoint", post(api::checkpoint))
             .route("/v1/embeddings", post(api::embeddings))
             .nest_service("/mcp", mcp_service)
             .route_layer(from_fn_with_state(state.clone(), api::authenticate));
