@@ -230,7 +230,10 @@ class Embedder:
         *,
         device: str = "cpu",
         batch_tokens: int | None = None,
+        precision: Literal["f32", "int8"] = "f32",
     ) -> None: ...
+    @property
+    def precision(self) -> Literal["f32", "int8"]: ...
     @property
     def name(self) -> str: ...
     @property
@@ -255,6 +258,7 @@ class Bank:
         path: StrPath,
         *,
         model: str | None = None,
+        precision: Literal["f32", "int8"] | None = None,
         embedder: Embedder | None = None,
         dim: int | None = None,
         model_id: str | None = None,
@@ -274,6 +278,7 @@ class Bank:
     def in_memory(
         *,
         model: str | None = None,
+        precision: Literal["f32", "int8"] | None = None,
         embedder: Embedder | None = None,
         dim: int | None = None,
         model_id: str | None = None,

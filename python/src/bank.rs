@@ -331,6 +331,7 @@ impl PyBank {
 #[allow(clippy::too_many_arguments)]
 fn open_options(
     model: Option<&str>,
+    precision: Option<&str>,
     embedder: Option<&Bound<'_, PyEmbedder>>,
     dim: Option<&Bound<'_, PyAny>>,
     model_id: Option<&str>,
@@ -354,6 +355,10 @@ fn open_options(
     }
     if let Some(model) = model {
         options = options.model(model);
+    }
+    if let Some(precision) = precision {
+        // Without `model` the library refuses it (an embedder given ready-made has its own).
+        options = options.precision(precision.parse().py()?);
     }
     if let Some(embedder) = embedder {
         options = options.embedder(embedder.get().0.clone());
@@ -384,8 +389,9 @@ impl PyBank {
     /// creating it if it is missing, replaying its log, and locking it for writing.
     ///
     /// - `model`: a registry name (`"all-MiniLM-L6-v2"`) or model directory; the bank then
-    ///   embeds texts itself. Or `embedder=`: an `Embedder` shared with other banks. Without
-    ///   either the bank takes vectors only (a new one then needs `dim` and `model_id`).
+    ///   embeds texts itself (`precision="int8"` for the int8 encoder). Or `embedder=`: an
+    ///   `Embedder` shared with other banks. Without either the bank takes vectors only (a new
+    ///   one then needs `dim` and `model_id`).
     /// - `dtype` (`"f32"`, `"f16"`, `"bf16"`) and `dedup_sim` (intent sharing, 1.0 = off) shape
     ///   a new bank; for an existing one they must match what it has.
     /// - `create=False`: a missing bank is a `NotFoundError`; `create_new=True`: an existing one
@@ -401,7 +407,7 @@ impl PyBank {
     /// A bank open for writing elsewhere raises `BankLockedError`; a damaged file
     /// `CorruptError`, and nothing is changed.
     #[staticmethod]
-    #[pyo3(signature = (path, *, model=None, embedder=None, dim=None, model_id=None, dtype=None,
+    #[pyo3(signature = (path, *, model=None, precision=None, embedder=None, dim=None, model_id=None, dtype=None,
         dedup_sim=None, create=true, create_new=false, read_only=false, sync=None,
         checkpoint=None, device=None, retention=None, limits=None, batching=None))]
     #[allow(clippy::too_many_arguments)]
@@ -409,6 +415,7 @@ impl PyBank {
         py: Python<'_>,
         path: PathBuf,
         model: Option<&str>,
+        precision: Option<&str>,
         embedder: Option<&Bound<'_, PyEmbedder>>,
         dim: Option<&Bound<'_, PyAny>>,
         model_id: Option<&str>,
@@ -425,7 +432,7 @@ impl PyBank {
         batching: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let options = open_options(
-            model, embedder, dim, model_id, dtype, dedup_sim, device, retention, limits,
+            model, precision, embedder, dim, model_id, dtype, dedup_sim, device, retention, limits,
         )?
         .create(create)
         .create_new(create_new)
@@ -440,12 +447,13 @@ impl PyBank {
     /// A bank in memory only: nothing is written anywhere. Needs `model` or `embedder`, or
     /// `dim` and `model_id` for a vector-only bank; the other options are those of `open`.
     #[staticmethod]
-    #[pyo3(signature = (*, model=None, embedder=None, dim=None, model_id=None, dtype=None,
+    #[pyo3(signature = (*, model=None, precision=None, embedder=None, dim=None, model_id=None, dtype=None,
         dedup_sim=None, device=None, retention=None, limits=None, batching=None))]
     #[allow(clippy::too_many_arguments)]
     fn in_memory(
         py: Python<'_>,
         model: Option<&str>,
+        precision: Option<&str>,
         embedder: Option<&Bound<'_, PyEmbedder>>,
         dim: Option<&Bound<'_, PyAny>>,
         model_id: Option<&str>,
@@ -457,7 +465,7 @@ impl PyBank {
         batching: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let options = open_options(
-            model, embedder, dim, model_id, dtype, dedup_sim, device, retention, limits,
+            model, precision, embedder, dim, model_id, dtype, dedup_sim, device, retention, limits,
         )?;
         let batching = options::batching(batching)?;
         let bank = py.detach(|| options.in_memory()).py()?;

@@ -28,3 +28,24 @@ def test_embedder_matches_sentence_transformers(embedder: memrl.Embedder) -> Non
     alone = np.stack([bank.embed(t) for t in texts[:8]])
     assert float(np.abs(alone - expected[:8]).max()) < 1e-5
     assert float(np.abs(bank.embed(texts) - expected).max()) < 1e-5
+
+
+def test_int8_stays_within_its_bound_of_sentence_transformers(embedder: memrl.Embedder) -> None:
+    texts, expected = reference()
+    int8 = memrl.Embedder("all-MiniLM-L6-v2", precision="int8")
+    assert (int8.precision, embedder.precision) == ("int8", "f32")
+    got = int8.embed(texts)
+    cosines = np.sum(got * expected, axis=1)  # both unit vectors
+    assert float(cosines.min()) >= 0.995, float(cosines.min())
+    bank = memrl.Bank.in_memory(model="all-MiniLM-L6-v2", precision="int8")
+    assert bank.embedder is not None and bank.embedder.precision == "int8"
+    assert float(np.abs(bank.embed(texts[:4]) - got[:4]).max()) == 0.0
+
+
+def test_a_precision_that_cannot_apply_is_refused() -> None:
+    import pytest
+
+    with pytest.raises(memrl.InvalidInputError, match="int4"):
+        memrl.Embedder("all-MiniLM-L6-v2", precision="int4")
+    with pytest.raises(memrl.InvalidInputError, match="precision"):
+        memrl.Bank.in_memory(dim=8, model_id="toy", precision="int8")
