@@ -296,6 +296,31 @@ pub(crate) fn outcomes(value: &Bound<'_, PyAny>) -> PyResult<Vec<Outcome>> {
         .collect()
 }
 
+/// `memory_ids=` of `feedback`: a list of ids.
+pub(crate) fn memory_id_list(value: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
+    let ids: Vec<Bound<'_, PyAny>> = value
+        .extract()
+        .map_err(|_| PyTypeError::new_err("memory_ids: expected a list of int"))?;
+    ids.iter().map(|id| uint("memory_ids", id)).collect()
+}
+
+/// `(retrieval, reward)` pairs of `feedback_many`.
+pub(crate) fn retrieval_rewards(value: &Bound<'_, PyAny>) -> PyResult<Vec<(RetrievalId, f32)>> {
+    let items: Vec<(Bound<'_, PyAny>, Bound<'_, PyAny>)> = value.extract().map_err(|_| {
+        PyTypeError::new_err("rewards: expected a list of (retrieval, reward) pairs")
+    })?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, (r, reward))| {
+            Ok((
+                retrieval_id(r)?,
+                float(&format!("rewards[{i}]"), reward)? as f32,
+            ))
+        })
+        .collect()
+}
+
 pub(crate) fn retrieval_id(value: &Bound<'_, PyAny>) -> PyResult<RetrievalId> {
     if let Ok(r) = value.cast::<PyRetrieval>() {
         return Ok(r.get().0.id);
@@ -927,13 +952,7 @@ impl PyBank {
                     .map(PyOutcomeReport)
             }
             (None, Some(ids)) => {
-                let ids: Vec<Bound<'_, PyAny>> = ids
-                    .extract()
-                    .map_err(|_| PyTypeError::new_err("memory_ids: expected a list of int"))?;
-                let memory_ids = ids
-                    .iter()
-                    .map(|id| uint("memory_ids", id))
-                    .collect::<PyResult<Vec<u64>>>()?;
+                let memory_ids = memory_id_list(ids)?;
                 let outcome = [Outcome { memory_ids, reward }];
                 py.detach(|| open.bank.apply_outcomes(&outcome))
                     .py()
@@ -952,19 +971,7 @@ impl PyBank {
         py: Python<'_>,
         rewards: &Bound<'_, PyAny>,
     ) -> PyResult<PyOutcomeReport> {
-        let items: Vec<(Bound<'_, PyAny>, Bound<'_, PyAny>)> = rewards.extract().map_err(|_| {
-            PyTypeError::new_err("rewards: expected a list of (retrieval, reward) pairs")
-        })?;
-        let rewards = items
-            .iter()
-            .enumerate()
-            .map(|(i, (r, reward))| {
-                Ok((
-                    retrieval_id(r)?,
-                    float(&format!("rewards[{i}]"), reward)? as f32,
-                ))
-            })
-            .collect::<PyResult<Vec<_>>>()?;
+        let rewards = retrieval_rewards(rewards)?;
         let open = self.open_state()?;
         py.detach(|| open.bank.feedback_many(&rewards))
             .py()

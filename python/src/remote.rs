@@ -11,7 +11,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::bank::{
-    bank_config_dict, new_memories, outcomes, query_input, retrieval_id, QueryInput,
+    bank_config_dict, memory_id_list, new_memories, outcomes, query_input, retrieval_id,
+    retrieval_rewards, QueryInput,
 };
 use crate::errors::{invalid, to_py};
 use crate::options::{learning_dict, retrieval_dict, LearningPatch, RetrievalPatch};
@@ -183,16 +184,7 @@ impl Wire {
             (Some(r), None) => {
                 json!({ "retrieval_id": retrieval_id(r)?.0.to_string(), "reward": reward })
             }
-            (None, Some(ids)) => {
-                let ids: Vec<Bound<'_, PyAny>> = ids.extract().map_err(|_| {
-                    pyo3::exceptions::PyTypeError::new_err("memory_ids: expected a list of int")
-                })?;
-                let ids = ids
-                    .iter()
-                    .map(|id| crate::options::uint("memory_ids", id))
-                    .collect::<PyResult<Vec<u64>>>()?;
-                json!({ "memory_ids": ids, "reward": reward })
-            }
+            (None, Some(ids)) => json!({ "memory_ids": memory_id_list(ids)?, "reward": reward }),
             _ => {
                 return Err(invalid(
                     "feedback",
@@ -206,21 +198,10 @@ impl Wire {
     /// The body of `feedback_many`: `(retrieval, reward)` pairs, one atomic batch.
     #[staticmethod]
     fn feedback_many_body(rewards: &Bound<'_, PyAny>) -> PyResult<String> {
-        let items: Vec<(Bound<'_, PyAny>, Bound<'_, PyAny>)> = rewards.extract().map_err(|_| {
-            pyo3::exceptions::PyTypeError::new_err(
-                "rewards: expected a list of (retrieval, reward) pairs",
-            )
-        })?;
-        let rewards = items
-            .iter()
-            .enumerate()
-            .map(|(i, (r, reward))| {
-                Ok(json!({
-                    "retrieval_id": retrieval_id(r)?.0.to_string(),
-                    "reward": crate::options::float(&format!("rewards[{i}]"), reward)? as f32,
-                }))
-            })
-            .collect::<PyResult<Vec<_>>>()?;
+        let rewards: Vec<serde_json::Value> = retrieval_rewards(rewards)?
+            .into_iter()
+            .map(|(id, reward)| json!({ "retrieval_id": id.0.to_string(), "reward": reward }))
+            .collect();
         to_text(&json!({ "rewards": rewards }))
     }
 
