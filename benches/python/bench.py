@@ -8,6 +8,7 @@
    within 5% of the CLI.
 3. Retrieval over 1M keys from Python against FAISS IndexFlatIP (k = 100, same threads) at
    B = 1 and B = 256 (memrl runs the full two-phase retrieval, FAISS Phase A). Goal: >= 2x.
+   `--key-dtypes f32,f16` adds f16 keys against FAISS's fp16 scalar quantizer.
 
 Run by benches/peers/python.sh (which builds the peers' venv and the wheel into it); not part of
 the tests or CI.
@@ -24,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import memrl
 import numpy as np
@@ -185,16 +186,37 @@ def search(a: argparse.Namespace, out: list[dict[str, Any]]) -> None:
     import faiss
 
     faiss.omp_set_num_threads(a.threads)
-    dim, n = 384, a.search_n
-    keys = unit(n, dim, 42)
-    index = faiss.IndexFlatIP(dim)
+    keys = unit(a.search_n, 384, 42)
+    queries = unit(4096, 384, 7)
+    for dtype in a.key_dtypes:
+        search_keys(a, out, faiss, dtype, keys, queries)
+
+
+def search_keys(
+    a: argparse.Namespace,
+    out: list[dict[str, Any]],
+    faiss: Any,
+    dtype: Literal["f32", "f16"],
+    keys: np.ndarray,
+    queries: np.ndarray,
+) -> None:
+    """One key storage on both sides: f32 keys against IndexFlatIP, f16 keys against FAISS's
+    fp16 scalar quantizer (the same 2 bytes a component, inner product)."""
+    n, dim = keys.shape
+    if dtype == "f32":
+        index = faiss.IndexFlatIP(dim)
+        peer = "IndexFlatIP"
+    else:
+        index = faiss.IndexScalarQuantizer(
+            dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+        )
+        index.train(keys[:1000])
+        peer = "IndexScalarQuantizer fp16"
     index.add(keys)
-    bank = memrl.Bank.in_memory(dim=dim, model_id="bench", dedup_sim=1.0)
+    bank = memrl.Bank.in_memory(dim=dim, model_id="bench", dedup_sim=1.0, dtype=dtype)
     for start in range(0, n, 100_000):
         m = min(100_000, n - start)
         bank.add([""] * m, [""] * m, embeddings=keys[start : start + m])
-    del keys
-    queries = unit(4096, dim, 7)
     opts: dict[str, Any] = {"k1": 100, "k2": 5, "delta": -1.0}
     for round_ in range(1, a.rounds + 1):
         for b in (1, 256):
@@ -202,13 +224,33 @@ def search(a: argparse.Namespace, out: list[dict[str, Any]]) -> None:
             take_m, take_f = rolling(queries, b), rolling(queries, b)
             ours = median_time(reps, lambda q: bank.retrieve(q, **opts), take_m)
             theirs = median_time(reps, lambda q: index.search(q, 100), take_f)
-            row = {"round": round_, "n": n, "b": b, "memrl_qps": b / ours, "faiss_qps": b / theirs}
+            row = {
+                "round": round_,
+                "n": n,
+                "b": b,
+                "keys": dtype,
+                "memrl_qps": b / ours,
+                "faiss_qps": b / theirs,
+            }
             out.append({"search": row})
             print(
-                f"  round {round_} search N={n} B={b}: memrl {b / ours:.1f} q/s, "
-                f"FAISS {b / theirs:.1f} q/s, memrl/FAISS {theirs / ours:.2f}x",
+                f"  round {round_} search N={n} B={b} keys {dtype}: memrl {b / ours:.1f} q/s, "
+                f"FAISS {peer} {b / theirs:.1f} q/s, memrl/FAISS {theirs / ours:.2f}x",
                 flush=True,
             )
+    bank.close()
+
+
+def key_dtypes(value: str) -> list[Literal["f32", "f16"]]:
+    dtypes: list[Literal["f32", "f16"]] = []
+    for d in value.split(","):
+        if d == "f32":
+            dtypes.append("f32")
+        elif d == "f16":
+            dtypes.append("f16")
+        else:
+            raise argparse.ArgumentTypeError(f"{d!r}: f32 or f16")
+    return dtypes
 
 
 def main() -> None:
@@ -218,6 +260,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--overhead-n", type=int, default=100_000)
     ap.add_argument("--search-n", type=int, default=1_000_000)
+    ap.add_argument(
+        "--key-dtypes",
+        type=key_dtypes,
+        default=["f32"],
+        help="key storage to measure, comma-separated: f32 (against IndexFlatIP), f16 "
+        "(against FAISS's fp16 scalar quantizer)",
+    )
     ap.add_argument("--model-dir", type=Path, default=REPO / ".peers" / "model")
     ap.add_argument("--cli", default=str(REPO / "target" / "release" / "memrl"))
     ap.add_argument("--rust-overhead", required=True, help="the python_overhead bench binary")
