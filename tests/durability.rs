@@ -395,15 +395,20 @@ fn a_bank_survives_200_kills() {
     assert_eq!(engine.log_seq(), reference_seq);
     assert_eq!(state_without_time(&engine), state_without_time(&reference));
     println!(
-        "{kills} kills in {:.1} s: {} operations at the end, {in_flight} in flight at a kill ({torn_by_hand} of them torn by hand), {killed_in_save} kills inside a checkpoint, {torn_tails} torn tails dropped by the next writer, {stale} temporary files removed, {replayed} records replayed",
+        "{kills} kills in {:.1} s: {} operations at the end, {in_flight} in flight at a kill ({torn_by_hand} of them torn by hand), {killed_in_save} kills inside a checkpoint, {torn_tails} torn tails dropped by the next writer (the rest torn by kills), {stale} temporary files removed, {replayed} records replayed",
         started.elapsed().as_secs_f64(),
         reference_seq
     );
     assert!(reference_seq > kills as u64, "too little progress");
     assert!(killed_in_save > 0, "no kill landed inside a checkpoint");
-    assert_eq!(
-        torn_tails, torn_by_hand,
-        "every torn record is dropped by the next writer"
+    // Every record torn by hand is dropped by the next writer (each round also checks that its
+    // recovery saw it). A kill can tear one too: the kernel stops copying a write of several pages
+    // at a fatal signal, leaving a prefix of the frame; that record was never acknowledged, and
+    // the round's state check shows nothing acknowledged was lost with it.
+    let torn_by_kills = torn_tails.checked_sub(torn_by_hand);
+    assert!(
+        torn_by_kills.is_some_and(|n| n <= kills),
+        "every torn record is dropped by the next writer: {torn_tails} torn tails seen, {torn_by_hand} torn by hand"
     );
 }
 
