@@ -97,8 +97,8 @@ class Client:
     Every acknowledged write is durable on the server (its write-ahead log, one fsync shared
     by the concurrent writes of every client), so there is nothing to flush here.
     ``bulk`` sends the whole load as one request (all or nothing, as locally, within the
-    server's ``--max-items``). ``set_learning_config`` reads the stored config and writes it
-    back changed: two clients changing it at once, the last one wins.
+    server's ``--max-items``). ``set_learning_config`` reads the stored config and writes back
+    the fields it changes: two clients changing the same field at once, the last one wins.
 
     Local-only members (``memories()``, ``intent_key``, ``intent_members``, ``save_as``,
     ``recovery``, ``log_seq``, ``next_id``, ``embedder``, ``last_checkpoint_error``) are not
@@ -403,9 +403,11 @@ class Client:
         """Changes the stored learning config (``alpha``, ``q_init``, ``reward_range``,
         ``out_of_range``)."""
         info = self._info()
-        stored = json.dumps(info["learning_config"] if info else {}).encode()
-        config = _Wire.learning_config(stored, **options)
-        body = '{"learning_config":' + config + "}"
+        stored = info["learning_config"] if info else {}
+        config = json.loads(_Wire.learning_config(json.dumps(stored).encode(), **options))
+        # Only the fields this call changes: a concurrent change to another field survives.
+        changed = {k: v for k, v in config.items() if stored.get(k) != v}
+        body = json.dumps({"learning_config": changed})
         self._request("PATCH", self._ns("/config"), body, write=True)
 
     # ---- memories ----

@@ -518,7 +518,9 @@ fn patched<T: Serialize + DeserializeOwned>(
 /// `PATCH /v1/namespaces/{ns}/config`: changes the stored retrieval and learning configs (each
 /// validated, then logged: durable like a write; the namespace is created as by a first write)
 /// and answers both as stored. Both are checked before either is written, so an invalid field
-/// changes nothing.
+/// changes nothing; each is one logged write, so if the disk fails between the two, the first
+/// stays and the request is an error: sending it again is harmless (setting a config twice to
+/// the same value changes nothing more).
 pub async fn set_config(
     State(state): State<Arc<AppState>>,
     Extension(scope): Extension<Scope>,
