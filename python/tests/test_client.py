@@ -148,6 +148,20 @@ def test_a_remote_bank_answers_as_a_local_one(remote: memrl.Client) -> None:
     assert same_calls(remote) == same_calls(local)
 
 
+def test_every_option_of_a_local_bank_reaches_the_server(remote: memrl.Client) -> None:
+    """The class of a retrieval option the server did not take: each stored option is sent
+    back, per call and stored, for retrieval and learning alike."""
+    remote.add(["a", "b"], ["x", "y"], embeddings=unit(2, DIM, 1))
+    retrieval, learning = remote.retrieval_config, remote.learning_config
+    assert sorted(retrieval) == sorted(memrl.RETRIEVAL_OPTIONS)
+    assert sorted(learning) == sorted(memrl.LEARNING_OPTIONS)
+    for name, value in retrieval.items():
+        assert len(remote.retrieve(unit(1, DIM, 2)[0], **{name: value, "delta": -1.0})) == 2, name
+    remote.set_retrieval_config(**retrieval)
+    remote.set_learning_config(**learning)
+    assert (remote.retrieval_config, remote.learning_config) == (retrieval, learning)
+
+
 def test_texts_are_embedded_by_the_server_as_locally(
     server: Server, embedder: memrl.Embedder
 ) -> None:

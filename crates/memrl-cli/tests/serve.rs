@@ -455,6 +455,20 @@ fn configs_change_durably_field_by_field_and_a_bad_field_changes_nothing() {
         None,
         Some(&json!({"text": "parse a date", "clip_zsim": false, "delta": -1.0})),
     );
+    // Every field of the retrieval config is an option of a retrieval (the class of
+    // `clip_zsim`, added to the config after the route was written and unreachable from it).
+    let stored = c.ok("GET", "/v1/namespaces/ns", None, None)["retrieval_config"].clone();
+    for (field, value) in stored.as_object().unwrap() {
+        let mut body = json!({"text": "parse a date"});
+        body[field] = value.clone();
+        let r = c.call("POST", "/v1/namespaces/ns/retrieve", None, Some(&body));
+        assert_eq!(
+            r.status,
+            200,
+            "{field}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
     let seq = c.ok("POST", "/v1/namespaces/ns/checkpoint", None, None);
     assert!(seq["log_seq"].as_u64().is_some());
     let missing = c.call("POST", "/v1/namespaces/none/checkpoint", None, None);
