@@ -66,6 +66,7 @@ mod learn;
 pub mod models;
 mod retrieve;
 mod rng;
+pub mod shard;
 mod snapshot;
 mod store;
 mod wal;

@@ -393,6 +393,23 @@ class Bank:
     def close(self) -> None: ...
     def __enter__(self) -> Bank: ...
     def __exit__(self, exc_type: object, exc: object, traceback: object) -> bool: ...
+    # The shard protocol of memrl.sharded (not for direct use).
+    def _recall(self, rows: ArrayLike, **options: Any) -> list[RecallWire]: ...
+    def _search_keys(self, rows: ArrayLike, k: int, delta: float) -> list[list[tuple[int, float]]]: ...
+    def _next_key_id(self) -> int: ...
+    def _q_by_id(self) -> tuple[npt.NDArray[np.uint64], FloatArray]: ...
+    def _add_placed(
+        self,
+        intents: Sequence[str],
+        experiences: Sequence[str],
+        *,
+        embeddings: ArrayLike,
+        ids: Sequence[int],
+        keys: Sequence[tuple[bool, int]],
+        success: Sequence[bool] | None = None,
+        q: Sequence[float | None] | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> list[int]: ...
 
 class _Wire:
     """Helpers of ``memrl.Client`` (not a public API): options and bodies read as a local bank
@@ -444,3 +461,39 @@ class _Wire:
     @overload
     @staticmethod
     def decode(kind: Literal["outcome_report"], body: bytes) -> OutcomeReport: ...
+
+#: A memory on the shard protocol's wire: (id, intent, experience, q, visits, last_reward,
+#: success, created_ms, updated_ms, metadata as JSON text).
+MemoryWire = tuple[int, str, str, float, int, float | None, bool, int, int, str | None]
+#: One query's recall: keys (key id, sim), members (key id, memory).
+RecallWire = tuple[list[tuple[int, float]], list[tuple[int, MemoryWire]]]
+
+def _merge_recalls(
+    recalls: Sequence[Sequence[RecallWire]], retrieval_ids: Sequence[int], **options: Any
+) -> list[Retrieval]: ...
+def _place(
+    rows: FloatArray,
+    dim: int,
+    best_existing: Sequence[tuple[int, float] | None],
+    dedup_sim: float,
+    next_key_id: int,
+) -> list[tuple[bool, int]]: ...
+def _shard_stats(
+    ids: npt.NDArray[np.uint64],
+    q: FloatArray,
+    intents: int,
+    shared_intents: int,
+    bins: int,
+    extremes: int,
+) -> Stats: ...
+def _outcome_report(
+    outcomes: int, updates: int, memories: int, clamped: int, skipped: int
+) -> OutcomeReport: ...
+def _memory_from_tuple(fields: MemoryWire) -> Memory: ...
+
+class _EmbeddingWriter:
+    """An embeddings file (what ``memrl embed`` writes) being written."""
+
+    def __init__(self, out: StrPath, dim: int, metadata: Mapping[str, str]) -> None: ...
+    def append(self, rows: FloatArray, lines: npt.NDArray[np.uint64]) -> None: ...
+    def finish(self) -> int: ...

@@ -1047,6 +1047,95 @@ impl PyBank {
         py.detach(move || drop(open));
     }
 
+    // ---- the shard protocol of memrl.ray's sharded bank (not for direct use) ----
+
+    /// Shard protocol: each query row's best k1 keys at or above delta and their members,
+    /// with a complete retrieval config given as options.
+    #[pyo3(signature = (rows, **options))]
+    fn _recall(
+        &self,
+        py: Python<'_>,
+        rows: &Bound<'_, PyAny>,
+        options: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Vec<crate::shard::RecallTuple>> {
+        let config = crate::shard::full_config(options)?;
+        let open = self.open_state()?;
+        let rows = float_rows(rows, "query", open.config.dim)?;
+        let flat = rows.as_slice()?;
+        py.detach(|| crate::shard::recall(&open.bank, flat, &config))
+            .py()
+    }
+
+    /// Shard protocol: each row's best `k` keys at or above `delta`, as `(key id, sim)`.
+    fn _search_keys(
+        &self,
+        py: Python<'_>,
+        rows: &Bound<'_, PyAny>,
+        k: usize,
+        delta: f32,
+    ) -> PyResult<Vec<Vec<(u64, f32)>>> {
+        let open = self.open_state()?;
+        let rows = float_rows(rows, "rows", open.config.dim)?;
+        let flat = rows.as_slice()?;
+        let found = py.detach(|| open.bank.search_keys(flat, k, delta)).py()?;
+        Ok(found
+            .into_iter()
+            .map(|row| row.into_iter().map(|m| (m.key.0, m.sim)).collect())
+            .collect())
+    }
+
+    /// Shard protocol: the id of the next new key.
+    fn _next_key_id(&self, py: Python<'_>) -> PyResult<u64> {
+        let open = self.open_state()?;
+        Ok(py.detach(|| open.bank.next_key_id()))
+    }
+
+    /// Shard protocol: every memory's id and Q, as two numpy arrays.
+    #[allow(clippy::type_complexity)]
+    fn _q_by_id<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(
+        Bound<'py, numpy::PyArray1<u64>>,
+        Bound<'py, numpy::PyArray1<f32>>,
+    )> {
+        let open = self.open_state()?;
+        let pairs = py.detach(|| open.bank.q_by_id());
+        Ok(crate::shard::q_by_id(py, pairs))
+    }
+
+    /// Shard protocol: memories whose ids and keys the coordinator chose (`keys`: one
+    /// `(is new, key id)` per memory); the arguments of `add` otherwise, every id and
+    /// embedding given.
+    #[pyo3(signature = (intents, experiences, *, embeddings, ids, keys, success=None, q=None, metadata=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn _add_placed(
+        &self,
+        py: Python<'_>,
+        intents: &Bound<'_, PyAny>,
+        experiences: &Bound<'_, PyAny>,
+        embeddings: &Bound<'_, PyAny>,
+        ids: &Bound<'_, PyAny>,
+        keys: Vec<crate::shard::PlacementTuple>,
+        success: Option<&Bound<'_, PyAny>>,
+        q: Option<&Bound<'_, PyAny>>,
+        metadata: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<u64>> {
+        let open = self.open_state()?;
+        let (memories, _) = new_memories(
+            open.config.dim,
+            intents,
+            experiences,
+            Some(embeddings),
+            success,
+            q,
+            Some(ids),
+            metadata,
+        )?;
+        py.detach(|| crate::shard::add_placed(&open.bank, memories, keys))
+            .py()
+    }
+
     fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
         slf
     }

@@ -6,10 +6,12 @@
 mod bank;
 mod convert;
 mod embedder;
+mod embedfile;
 mod errors;
 mod options;
 mod records;
 mod remote;
+mod shard;
 
 use pyo3::prelude::*;
 
@@ -25,6 +27,12 @@ fn _memrl(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<records::PyCalibration>()?;
     m.add_class::<records::PyOutcomeReport>()?;
     m.add_class::<remote::Wire>()?;
+    m.add_class::<embedfile::PyEmbeddingWriter>()?;
+    m.add_function(wrap_pyfunction!(shard::merge_recalls, m)?)?;
+    m.add_function(wrap_pyfunction!(shard::place, m)?)?;
+    m.add_function(wrap_pyfunction!(shard::stats, m)?)?;
+    m.add_function(wrap_pyfunction!(shard::outcome_report, m)?)?;
+    m.add_function(wrap_pyfunction!(shard::memory_from_fields, m)?)?;
     m.add("RETRIEVAL_OPTIONS", options::RETRIEVAL.to_vec())?;
     m.add("LEARNING_OPTIONS", options::LEARNING.to_vec())?;
     Ok(())

@@ -162,6 +162,14 @@ pub(crate) struct PyMemory(pub(crate) memrl::Memory);
 
 #[pymethods]
 impl PyMemory {
+    /// Pickled as its fields, each exact (Ray moves memories between processes this way).
+    fn __reduce__<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Bound<'py, PyAny>, (crate::shard::MemoryTuple,))> {
+        let rebuild = py.import("memrl._memrl")?.getattr("_memory_from_tuple")?;
+        Ok((rebuild, (crate::shard::memory_tuple(self.0.clone()),)))
+    }
     /// Stable id, unique within the bank.
     #[getter]
     fn id(&self) -> u64 {
@@ -361,6 +369,18 @@ pub(crate) struct PyOutcomeReport(pub(crate) memrl::OutcomeReport);
 
 #[pymethods]
 impl PyOutcomeReport {
+    #[allow(clippy::type_complexity)]
+    fn __reduce__<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Bound<'py, PyAny>, (usize, usize, usize, usize, usize))> {
+        let r = &self.0;
+        let rebuild = py.import("memrl._memrl")?.getattr("_outcome_report")?;
+        Ok((
+            rebuild,
+            (r.outcomes, r.updates, r.memories, r.clamped, r.skipped),
+        ))
+    }
     /// Outcomes applied.
     #[getter]
     fn outcomes(&self) -> usize {

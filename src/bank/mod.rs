@@ -42,10 +42,11 @@ use crate::config::{BankConfig, LearningConfig, Limits, RetrievalConfig};
 #[cfg(feature = "embed")]
 use crate::embed::Embedder;
 use crate::error::{Error, Result};
+use crate::index::KeyMatch;
 use crate::learn::{Outcome, OutcomeReport};
 use crate::retrieve::Hit;
 use crate::snapshot;
-use crate::store::{now_ms, Memory, NewMemory, Stats, Store};
+use crate::store::{now_ms, Memory, NewMemory, Placement, Stats, Store};
 use crate::wal::{Commit, LogWriter, RecordRef, Recovery};
 
 use pending::Pending;
@@ -482,39 +483,8 @@ impl Bank {
         if let Some(config) = config {
             config.validate()?;
         }
-        let dim = self.read().config().dim;
-        let embedded;
-        let rows: &[f32] = match queries {
-            Queries::Texts(texts) => {
-                embedded = self.embed_rows(&texts, "a text query")?;
-                &embedded
-            }
-            Queries::Vectors(vectors) => {
-                let mut flat = Vec::with_capacity(vectors.len() * dim);
-                for v in vectors {
-                    if v.len() != dim {
-                        return Err(Error::DimensionMismatch {
-                            what: "query",
-                            expected: dim,
-                            got: v.len(),
-                        });
-                    }
-                    flat.extend_from_slice(v);
-                }
-                embedded = flat;
-                &embedded
-            }
-            Queries::Rows(rows) => {
-                if rows.len() % dim != 0 {
-                    return Err(Error::DimensionMismatch {
-                        what: "query rows (length not a multiple of the dimension)",
-                        expected: dim,
-                        got: rows.len(),
-                    });
-                }
-                rows
-            }
-        };
+        let mut embedded = Vec::new();
+        let rows = self.query_rows(queries, &mut embedded)?;
         let hits = {
             let store = self.read();
             check_usable(&store)?;
@@ -531,6 +501,100 @@ impl Bank {
                 hits,
             })
             .collect())
+    }
+
+    /// The rows of `queries` (texts embedded into `buffer`), checked against the dimension.
+    fn query_rows<'a>(&self, queries: Queries<'a>, buffer: &'a mut Vec<f32>) -> Result<&'a [f32]> {
+        let dim = self.read().config().dim;
+        match queries {
+            Queries::Texts(texts) => {
+                *buffer = self.embed_rows(&texts, "a text query")?;
+                Ok(buffer)
+            }
+            Queries::Vectors(vectors) => {
+                buffer.reserve(vectors.len() * dim);
+                for v in vectors {
+                    if v.len() != dim {
+                        return Err(Error::DimensionMismatch {
+                            what: "query",
+                            expected: dim,
+                            got: v.len(),
+                        });
+                    }
+                    buffer.extend_from_slice(v);
+                }
+                Ok(buffer)
+            }
+            Queries::Rows(rows) => {
+                if rows.len() % dim != 0 {
+                    return Err(Error::DimensionMismatch {
+                        what: "query rows (length not a multiple of the dimension)",
+                        expected: dim,
+                        got: rows.len(),
+                    });
+                }
+                Ok(rows)
+            }
+        }
+    }
+
+    // ---- a shard of a sharded bank ([`crate::shard`]) ----
+
+    /// This bank as a shard: for each query, its best k1 keys at or above delta and every
+    /// memory filed under them (Phase A and the pools, without Phase B), for a coordinator to
+    /// [`crate::shard::merge`] with the other shards' recalls. Nothing is remembered for
+    /// feedback: the coordinator issues retrieval ids.
+    pub fn recall<'q>(
+        &self,
+        queries: impl Into<Queries<'q>>,
+        config: &RetrievalConfig,
+    ) -> Result<Vec<crate::shard::Recall>> {
+        config.validate()?;
+        let mut embedded = Vec::new();
+        let rows = self.query_rows(queries.into(), &mut embedded)?;
+        let store = self.read();
+        check_usable(&store)?;
+        store.recall(rows, config)
+    }
+
+    /// This bank as a shard: each row's best `k` keys at or above `delta` (by similarity, then
+    /// key id), as Phase A finds them; `k = 1`, `delta = dedup_sim` finds the key a new intent
+    /// would share.
+    pub fn search_keys(&self, rows: &[f32], k: usize, delta: f32) -> Result<Vec<Vec<KeyMatch>>> {
+        let store = self.read();
+        check_usable(&store)?;
+        store.search_keys(rows, k, delta)
+    }
+
+    /// The id this bank gives its next new key (a sharded bank's next key id is the highest of
+    /// its shards').
+    pub fn next_key_id(&self) -> u64 {
+        self.read().next_key_id()
+    }
+
+    /// Every memory's (id, Q), for a sharded bank's [`crate::shard::stats`].
+    pub fn q_by_id(&self) -> Vec<(u64, f32)> {
+        self.read().iter().map(|m| (m.id, m.q)).collect()
+    }
+
+    /// This bank as a shard: adds memories whose ids and keys the coordinator chose (see
+    /// [`crate::shard`]): each has its id and its intent embedding, and goes under an existing
+    /// key of this bank (or one an earlier memory of the batch creates) or under a new key with
+    /// the id given, above every key id this bank has used. All or nothing; one record in the
+    /// log, as [`Bank::add_many`].
+    pub fn add_placed(&self, memories: Vec<(NewMemory, Placement)>) -> Result<Vec<u64>> {
+        self.check_writable("add memories")?;
+        let (ids, commit) = {
+            let mut store = self.write();
+            check_usable(&store)?;
+            let plan = store.plan_placed_add(memories, now_ms())?;
+            self.logged(&mut store, RecordRef::Add(&plan), |store| {
+                store.apply_add(&plan)
+            })?
+        };
+        self.durable(commit)?;
+        self.settle();
+        Ok(ids)
     }
 
     // ---- writes ----

@@ -42,7 +42,19 @@ use matrix::KeyMatrix;
 
 /// The stable identifier of an intent key: assigned when the key is created, in increasing
 /// order, never reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct KeyId(pub u64);
 
 impl std::fmt::Display for KeyId {
@@ -52,7 +64,7 @@ impl std::fmt::Display for KeyId {
 }
 
 /// One key recalled for a query.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct KeyMatch {
     /// The key.
     pub key: KeyId,

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::RetrievalConfig;
 use crate::error::Result;
-use crate::index::KeyIndex;
-use crate::store::normalise_rows;
+use crate::index::{KeyIndex, KeyMatch};
 use crate::store::table::MemoryTable;
+use crate::store::{normalise_rows, Memory};
 
 pub(crate) use rank::Candidate;
 
@@ -58,49 +58,73 @@ pub(crate) fn retrieve(
     dim: usize,
     cfg: &RetrievalConfig,
 ) -> Result<Vec<Vec<Hit>>> {
+    let Some(recalled) = phase_a(index, queries, dim, cfg)? else {
+        return Ok(vec![Vec::new(); queries.len() / dim]);
+    };
+    let pools: Vec<Vec<Candidate>> = recalled
+        .iter()
+        .map(|matches| {
+            pool(matches.iter().flat_map(|m| {
+                table.members(m.key).iter().map(move |&slot| Candidate {
+                    slot,
+                    id: table.at(slot).id,
+                    sim: m.sim,
+                    q: table.at(slot).q,
+                })
+            }))
+        })
+        .collect();
+    Ok(phase_b(&pools, cfg, |slot| table.at(slot)))
+}
+
+/// Phase A for `queries`: the config checked, the rows checked and normalised, and each row's
+/// best k1 keys at or above delta (ordered by similarity, then key id). `None` when the index
+/// holds no key (every query then gets no hit).
+pub(crate) fn phase_a(
+    index: &dyn KeyIndex,
+    queries: &[f32],
+    dim: usize,
+    cfg: &RetrievalConfig,
+) -> Result<Option<Vec<Vec<KeyMatch>>>> {
     cfg.validate()?;
-    let b = queries.len() / dim;
-    if b == 0 {
-        return Ok(Vec::new());
+    if queries.len() / dim == 0 {
+        return Ok(Some(Vec::new()));
     }
     // Validate and normalise on the host: B x d is small, and errors can name the row.
     let unit = normalise_rows("query", queries, dim)?;
     if index.num_keys() == 0 {
-        return Ok(vec![Vec::new(); b]);
+        return Ok(None);
     }
+    // No query keeps more keys than there are, however large k1 is.
+    index
+        .search(&unit, cfg.k1.min(index.num_keys()), cfg.delta)
+        .map(Some)
+}
 
-    // Phase A. No query keeps more keys than there are, however large k1 is.
-    let recalled = index.search(&unit, cfg.k1.min(index.num_keys()), cfg.delta)?;
-    let mut pools = Vec::with_capacity(b);
-    for matches in &recalled {
-        let mut pool = Vec::new();
-        for m in matches {
-            for &slot in table.members(m.key) {
-                let memory = table.at(slot);
-                pool.push(Candidate {
-                    slot,
-                    id: memory.id,
-                    sim: m.sim,
-                    q: memory.q,
-                });
-            }
-        }
-        // Tie-break order: similarity desc, then memory id asc.
-        pool.sort_by(|a, b| b.sim.total_cmp(&a.sim).then(a.id.cmp(&b.id)));
-        pools.push(pool);
-    }
+/// A pool in tie-break order: similarity desc, then memory id asc (a position then stands for
+/// the tie rule).
+pub(crate) fn pool(candidates: impl Iterator<Item = Candidate>) -> Vec<Candidate> {
+    let mut pool: Vec<Candidate> = candidates.collect();
+    pool.sort_by(|a, b| b.sim.total_cmp(&a.sim).then(a.id.cmp(&b.id)));
+    pool
+}
 
-    // Phase B.
-    let ranked = rank::rank(&pools, cfg);
-    Ok(ranked
+/// Phase B over the pools, and the hits it picks, each read from `memory(slot)`.
+pub(crate) fn phase_b<'m>(
+    pools: &[Vec<Candidate>],
+    cfg: &RetrievalConfig,
+    memory: impl Fn(u32) -> &'m Memory,
+) -> Vec<Vec<Hit>> {
+    let ranked = rank::rank(pools, cfg);
+    ranked
         .into_iter()
-        .zip(&pools)
+        .zip(pools)
         .map(|(picks, pool)| {
             picks
                 .into_iter()
                 .map(|r| {
                     let c = pool[r.position];
-                    let memory = table.at(c.slot);
+                    let memory = memory(c.slot);
                     Hit {
                         id: c.id,
                         intent: memory.intent.clone(),
@@ -116,5 +140,5 @@ pub(crate) fn retrieve(
                 })
                 .collect()
         })
-        .collect())
+        .collect()
 }

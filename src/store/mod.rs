@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{BankConfig, LearningConfig, Limits, RetrievalConfig};
 use crate::error::{Error, Result};
-use crate::index::{DeviceIndex, KeyId, KeyIndex};
+use crate::index::{DeviceIndex, KeyId, KeyIndex, KeyMatch};
 use crate::learn::{self, Outcome, OutcomeReport};
 use crate::retrieve::{self, Hit};
 
@@ -211,6 +211,10 @@ pub(crate) enum KeyChoice {
     New(Vec<f32>),
     /// Under this key, which exists in the store or is created earlier in the same plan.
     Existing(KeyId),
+    /// Under a new key with this id (above every key id the store has used, and above the
+    /// plan's earlier new keys): how a shard of a sharded bank files a key whose id the
+    /// coordinator chose ([`crate::shard`]).
+    NewAt(KeyId, Vec<f32>),
     /// Under the key of this memory, which exists in the store or comes earlier in the same
     /// plan (how version-1 logs name a shared key).
     SameAsMemory(u64),
@@ -461,11 +465,184 @@ impl Store {
         retrieve::retrieve(&self.index, &self.table, queries, dim, config)
     }
 
+    /// Phase A and the pools, without Phase B: what a shard of a sharded bank answers.
+    pub(crate) fn recall(
+        &self,
+        queries: &[f32],
+        config: &RetrievalConfig,
+    ) -> Result<Vec<crate::shard::Recall>> {
+        let dim = self.config.dim;
+        Limits::check(
+            "queries in one retrieval",
+            self.limits.max_batch,
+            queries.len() / dim,
+        )?;
+        let Some(recalled) = retrieve::phase_a(&self.index, queries, dim, config)? else {
+            return Ok(vec![
+                crate::shard::Recall {
+                    keys: Vec::new(),
+                    members: Vec::new()
+                };
+                queries.len() / dim
+            ]);
+        };
+        Ok(recalled
+            .into_iter()
+            .map(|keys| {
+                let members = keys
+                    .iter()
+                    .flat_map(|m| {
+                        self.table
+                            .members(m.key)
+                            .iter()
+                            .map(move |&slot| (m.key, self.table.at(slot).clone()))
+                    })
+                    .collect();
+                crate::shard::Recall { keys, members }
+            })
+            .collect())
+    }
+
+    /// Each row's best `k` keys at or above `delta`.
+    pub(crate) fn search_keys(
+        &self,
+        rows: &[f32],
+        k: usize,
+        delta: f32,
+    ) -> Result<Vec<Vec<KeyMatch>>> {
+        let dim = self.config.dim;
+        if !rows.len().is_multiple_of(dim) {
+            return Err(Error::DimensionMismatch {
+                what: "rows (length not a multiple of the dimension)",
+                expected: dim,
+                got: rows.len(),
+            });
+        }
+        if !delta.is_finite() {
+            return Err(Error::value(
+                "delta",
+                format!("{delta} is not a finite number"),
+            ));
+        }
+        Limits::check(
+            "rows in one search",
+            self.limits.max_batch,
+            rows.len() / dim,
+        )?;
+        let unit = normalise_rows("row", rows, dim)?;
+        if self.index.num_keys() == 0 || k == 0 {
+            return Ok(vec![Vec::new(); rows.len() / dim]);
+        }
+        self.index
+            .search(&unit, k.min(self.index.num_keys()), delta)
+    }
+
     // ---- adds ----
 
     /// Validates a batch (every embedding given) and makes every decision an add takes,
     /// without changing anything.
     pub(crate) fn plan_add(&self, batch: Vec<NewMemory>, created_ms: u64) -> Result<AddPlan> {
+        let dim = self.config.dim;
+        let unit = self.check_batch(&batch)?;
+        let (ids, next_id) = self.assign_ids(&batch)?;
+        let placement = self.assign_keys(&unit)?;
+        let q_init = self.learning.q_init;
+        let memories = batch
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| PlannedMemory {
+                id: ids[i],
+                key: match placement[i] {
+                    Placement::Existing(key) => KeyChoice::Existing(key),
+                    Placement::New(_) => KeyChoice::New(unit[i * dim..(i + 1) * dim].to_vec()),
+                },
+                intent: m.intent,
+                experience: m.experience,
+                success: m.success,
+                q: m.q.unwrap_or(q_init),
+                metadata: m.metadata,
+            })
+            .collect();
+        Ok(AddPlan {
+            created_ms,
+            next_id: Some(next_id),
+            memories,
+        })
+    }
+
+    /// Plans an add whose ids and keys a sharded bank's coordinator chose ([`crate::shard`]):
+    /// every memory has an id and an embedding, and is filed under an existing key of this store
+    /// (or one created earlier in the batch) or under a new key with the id given (above every
+    /// key id used, increasing through the batch). Nothing is decided here but `created_ms`.
+    pub(crate) fn plan_placed_add(
+        &self,
+        batch: Vec<(NewMemory, Placement)>,
+        created_ms: u64,
+    ) -> Result<AddPlan> {
+        let dim = self.config.dim;
+        let (batch, placement): (Vec<NewMemory>, Vec<Placement>) = batch.into_iter().unzip();
+        let unit = self.check_batch(&batch)?;
+        let mut taken = HashSet::with_capacity(batch.len());
+        let mut created = HashSet::new();
+        let mut next_key = self.next_key_id;
+        let q_init = self.learning.q_init;
+        let mut memories = Vec::with_capacity(batch.len());
+        for (i, (m, place)) in batch.into_iter().zip(placement).enumerate() {
+            let id = m.id.ok_or_else(|| {
+                Error::value(
+                    format!("memory at index {i} of a placed add: id"),
+                    "a placed memory needs the id its coordinator chose",
+                )
+            })?;
+            if self.table.contains(id) || !taken.insert(id) {
+                return Err(Error::DuplicateId(id));
+            }
+            let key = match place {
+                Placement::Existing(key) => {
+                    if !self.index.contains(key) && !created.contains(&key) {
+                        return Err(Error::value(
+                            format!("memory {id} of a placed add: key"),
+                            format!("{key} is not a key of this bank"),
+                        ));
+                    }
+                    KeyChoice::Existing(key)
+                }
+                Placement::New(key) => {
+                    if key.0 < next_key {
+                        return Err(Error::value(
+                            format!("memory {id} of a placed add: key"),
+                            format!("{key} is not above every key id this bank has used (next {next_key})"),
+                        ));
+                    }
+                    next_key = key.0.saturating_add(1);
+                    created.insert(key);
+                    KeyChoice::NewAt(key, unit[i * dim..(i + 1) * dim].to_vec())
+                }
+            };
+            memories.push(PlannedMemory {
+                id,
+                key,
+                intent: m.intent,
+                experience: m.experience,
+                success: m.success,
+                q: m.q.unwrap_or(q_init),
+                metadata: m.metadata,
+            });
+        }
+        let next_id = memories
+            .iter()
+            .filter(|m| m.id != u64::MAX)
+            .fold(self.next_id, |acc, m| acc.max(m.id + 1));
+        Ok(AddPlan {
+            created_ms,
+            next_id: Some(next_id),
+            memories,
+        })
+    }
+
+    /// Checks a batch to add (size, embeddings given and of the bank's dimension, finite initial
+    /// Q, text sizes) and returns its intent embeddings unit-normalised.
+    fn check_batch(&self, batch: &[NewMemory]) -> Result<Vec<f32>> {
         let dim = self.config.dim;
         self.check_add_size(batch.len())?;
         let mut flat = Vec::with_capacity(batch.len() * dim);
@@ -492,31 +669,7 @@ impl Store {
             self.check_texts(index, &m.intent, &m.experience, metadata_bytes)?;
             flat.extend_from_slice(embedding);
         }
-        let unit = normalise_rows("intent embedding", &flat, dim)?;
-        let (ids, next_id) = self.assign_ids(&batch)?;
-        let assignment = self.assign_keys(&unit)?;
-        let q_init = self.learning.q_init;
-        let memories = batch
-            .into_iter()
-            .enumerate()
-            .map(|(i, m)| PlannedMemory {
-                id: ids[i],
-                key: match assignment[i] {
-                    Assignment::Key(key) => KeyChoice::Existing(key),
-                    Assignment::New => KeyChoice::New(unit[i * dim..(i + 1) * dim].to_vec()),
-                },
-                intent: m.intent,
-                experience: m.experience,
-                success: m.success,
-                q: m.q.unwrap_or(q_init),
-                metadata: m.metadata,
-            })
-            .collect();
-        Ok(AddPlan {
-            created_ms,
-            next_id: Some(next_id),
-            memories,
-        })
+        normalise_rows("intent embedding", &flat, dim)
     }
 
     /// The id of every memory of a batch (its own, or the next free one) and where the next
@@ -608,40 +761,28 @@ impl Store {
 
     /// For each unit row of a batch: file it under an existing key, under a key that an earlier
     /// row of the batch creates, or under a new key. Read-only.
-    fn assign_keys(&self, unit: &[f32]) -> Result<Vec<Assignment>> {
+    fn assign_keys(&self, unit: &[f32]) -> Result<Vec<Placement>> {
         let dim = self.config.dim;
         let n = unit.len() / dim;
         if !self.config.shares_intents() {
-            return Ok(vec![Assignment::New; n]);
+            return Ok((0..n as u64)
+                .map(|i| Placement::New(KeyId(self.next_key_id + i)))
+                .collect());
         }
-        let threshold = self.config.dedup_sim;
         // Best existing key of every row, with one search of the index.
-        let best_existing = self.index.search(unit, 1, threshold)?;
-        // Keys created within the batch: a plain scan (batches are small next to the bank).
-        let mut assignment = Vec::with_capacity(n);
-        let mut created: Vec<(usize, KeyId)> = Vec::new();
-        for (i, best) in best_existing.iter().enumerate() {
-            let row_i = &unit[i * dim..(i + 1) * dim];
-            let mut choice: Option<(f32, KeyId)> = best.first().map(|m| (m.sim, m.key));
-            for &(j, key) in &created {
-                let row_j = &unit[j * dim..(j + 1) * dim];
-                let s: f32 = row_i.iter().zip(row_j).map(|(a, b)| a * b).sum();
-                // Batch keys have higher ids than existing ones, so only a strictly higher
-                // similarity displaces the current choice (ties go to the lower key id).
-                if s >= threshold && choice.is_none_or(|(cs, _)| s > cs) {
-                    choice = Some((s, key));
-                }
-            }
-            match choice {
-                Some((_, key)) => assignment.push(Assignment::Key(key)),
-                None => {
-                    let key = KeyId(self.next_key_id + created.len() as u64);
-                    created.push((i, key));
-                    assignment.push(Assignment::New);
-                }
-            }
-        }
-        Ok(assignment)
+        let best_existing: Vec<Option<KeyMatch>> = self
+            .index
+            .search(unit, 1, self.config.dedup_sim)?
+            .into_iter()
+            .map(|best| best.first().copied())
+            .collect();
+        Ok(place_rows(
+            unit,
+            dim,
+            &best_existing,
+            self.config.dedup_sim,
+            self.next_key_id,
+        ))
     }
 
     /// Applies an add plan, all or nothing, and returns the new ids in order. It checks the plan
@@ -671,7 +812,7 @@ impl Store {
             let metadata_bytes = m.metadata.as_ref().map_or(0, |v| v.to_string().len());
             self.check_texts(i, &m.intent, &m.experience, metadata_bytes)?;
             let key = match &m.key {
-                KeyChoice::New(unit) => {
+                KeyChoice::New(unit) | KeyChoice::NewAt(_, unit) => {
                     if unit.len() != dim {
                         return Err(Error::DimensionMismatch {
                             what: "intent key",
@@ -685,6 +826,18 @@ impl Store {
                             index: i,
                             problem: "not a unit vector".into(),
                         });
+                    }
+                    if let KeyChoice::NewAt(at, _) = &m.key {
+                        // Key rows stay in id order: a named id is above every id used.
+                        if at.0 < next_key {
+                            return Err(Error::value(
+                                format!("memory {} of the add: key", m.id),
+                                format!(
+                                    "{at} is not above every key id this bank has used (next {next_key})"
+                                ),
+                            ));
+                        }
+                        next_key = at.0;
                     }
                     let key = KeyId(next_key);
                     next_key = next_key
@@ -855,10 +1008,53 @@ impl Store {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Assignment {
-    Key(KeyId),
-    New,
+/// Where a new memory is filed: under a key that exists (or that an earlier memory of the same
+/// add creates), or under a new key with this id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Placement {
+    /// Under this existing key.
+    Existing(KeyId),
+    /// Under a new key with this id.
+    New(KeyId),
+}
+
+/// Intent sharing for the unit rows of one add (`dim` wide), given each row's best existing key
+/// at or above `threshold` (ties already broken by the lower key id): a row joins that key, or a
+/// key an earlier row of the batch created if that one is strictly more similar, or creates a
+/// key, numbered from `next_key_id` in order. The one rule a bank and a sharded bank's
+/// coordinator both apply.
+pub(crate) fn place_rows(
+    unit: &[f32],
+    dim: usize,
+    best_existing: &[Option<KeyMatch>],
+    threshold: f32,
+    next_key_id: u64,
+) -> Vec<Placement> {
+    // Keys created within the batch: a plain scan (batches are small next to the bank).
+    let mut placement = Vec::with_capacity(best_existing.len());
+    let mut created: Vec<(usize, KeyId)> = Vec::new();
+    for (i, best) in best_existing.iter().enumerate() {
+        let row_i = &unit[i * dim..(i + 1) * dim];
+        let mut choice: Option<(f32, KeyId)> = best.map(|m| (m.sim, m.key));
+        for &(j, key) in &created {
+            let row_j = &unit[j * dim..(j + 1) * dim];
+            let s: f32 = row_i.iter().zip(row_j).map(|(a, b)| a * b).sum();
+            // Batch keys have higher ids than existing ones, so only a strictly higher
+            // similarity displaces the current choice (ties go to the lower key id).
+            if s >= threshold && choice.is_none_or(|(cs, _)| s > cs) {
+                choice = Some((s, key));
+            }
+        }
+        match choice {
+            Some((_, key)) => placement.push(Placement::Existing(key)),
+            None => {
+                let key = KeyId(next_key_id + created.len() as u64);
+                created.push((i, key));
+                placement.push(Placement::New(key));
+            }
+        }
+    }
+    placement
 }
 
 #[cfg(test)]

@@ -29,10 +29,29 @@ impl Store {
     /// Counts, Q quantiles and signs, a `bins`-bin histogram of Q, and the `extremes` memories
     /// of highest and lowest Q (ties by lower id).
     pub(crate) fn stats(&self, bins: usize, extremes: usize) -> Stats {
-        let mut by_q: Vec<(u64, f32)> = self.iter().map(|m| (m.id, m.q)).collect();
+        Stats::summarise(
+            self.iter().map(|m| (m.id, m.q)).collect(),
+            self.num_intents(),
+            self.table().shared_keys(),
+            bins,
+            extremes,
+        )
+    }
+}
+
+impl Stats {
+    /// The stats of memories given as (id, Q), with the key counts given: what
+    /// [`crate::Bank::stats`] computes over one bank, and a sharded bank over all its shards'
+    /// memories (each key lives on one shard, so key counts add up).
+    pub(crate) fn summarise(
+        mut by_q: Vec<(u64, f32)>,
+        intents: usize,
+        shared_intents: usize,
+        bins: usize,
+        extremes: usize,
+    ) -> Stats {
         by_q.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         let n = by_q.len();
-        let shared_intents = self.table().shared_keys();
         let mut ascending: Vec<f32> = by_q.iter().map(|p| p.1).collect();
         ascending.reverse();
         let rank = |p: f64| ascending[((p * (n - 1) as f64).round() as usize).min(n - 1)];
@@ -60,7 +79,7 @@ impl Store {
         bottom.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
         Stats {
             memories: n,
-            intents: self.num_intents(),
+            intents,
             shared_intents,
             q_quantiles,
             q_signs,

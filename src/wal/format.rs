@@ -49,6 +49,8 @@ const TAG_OUTCOME_PLAN: u8 = 7;
 const KEY_NEW: u8 = 0;
 const KEY_SAME_AS_MEMORY_V1: u8 = 1;
 const KEY_EXISTING: u8 = 2;
+/// A new key with an id the plan names (a shard of a sharded bank: key ids are global).
+const KEY_NEW_AT: u8 = 3;
 
 /// What a log's header says: the bank it belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +185,14 @@ pub(crate) fn encode_frame(
                     KeyChoice::Existing(key) => {
                         out.push(KEY_EXISTING);
                         put_u64(out, key.0);
+                    }
+                    KeyChoice::NewAt(key, unit) => {
+                        out.push(KEY_NEW_AT);
+                        put_u64(out, key.0);
+                        put_len(out, unit.len())?;
+                        for &v in unit {
+                            put_f32(out, v);
+                        }
                     }
                     KeyChoice::SameAsMemory(_) => {
                         return Err("a version-1 shared key is not written again".into())
@@ -356,6 +366,15 @@ fn decode_body(c: &mut Cursor<'_>) -> Result<(u64, Record), String> {
                     }
                     KEY_SAME_AS_MEMORY_V1 if tag == TAG_ADD_V1 => KeyChoice::SameAsMemory(c.u64()?),
                     KEY_EXISTING if tag == TAG_ADD => KeyChoice::Existing(KeyId(c.u64()?)),
+                    KEY_NEW_AT if tag == TAG_ADD => {
+                        let key = KeyId(c.u64()?);
+                        let dim = c.count(4)?;
+                        let mut unit = Vec::with_capacity(dim);
+                        for _ in 0..dim {
+                            unit.push(c.f32()?);
+                        }
+                        KeyChoice::NewAt(key, unit)
+                    }
                     other => return Err(format!("key kind {other} is unknown")),
                 };
                 let intent = c.string("intent")?;
