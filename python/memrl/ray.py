@@ -31,7 +31,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import ray
@@ -59,7 +59,13 @@ class RayShards:
     def submit(self, shard: int, method: str, *args: Any, **kwargs: Any) -> Any:
         if method not in ("call", "owned", "info", "key_counts"):
             raise _errors.InvalidInputError(f"method: {method!r} is not a shard call")
-        return (getattr(self.actors[shard], method).remote(*args, **kwargs), shard, method, args, kwargs)
+        return (
+            getattr(self.actors[shard], method).remote(*args, **kwargs),
+            shard,
+            method,
+            args,
+            kwargs,
+        )
 
     def gather(self, handles: Sequence[Any]) -> list[Any | BaseException]:
         out: list[Any | BaseException] = []
@@ -129,7 +135,8 @@ def sharded_bank(
     expected = [f"shard-{i}.safetensors" for i in range(shards)]
     if existing and existing != sorted(expected):
         raise _errors.InvalidInputError(
-            f"shards: {directory} holds {len(existing)} shards ({', '.join(existing)}), not {shards}"
+            f"shards: {directory} holds {len(existing)} shards ({', '.join(existing)}), "
+            f"not {shards}"
         )
     options = {"max_restarts": -1, "max_task_retries": 0, **dict(actor_options or {})}
     actor = ray.remote(ShardServer).options(**options)
@@ -140,7 +147,13 @@ def sharded_bank(
 class _EmbedWorker:
     """A Ray Data worker: one embedder, loaded once per actor."""
 
-    def __init__(self, model: str, precision: str, column: str, fail_once: str | None) -> None:
+    def __init__(
+        self,
+        model: str,
+        precision: Literal["f32", "int8"],
+        column: str,
+        fail_once: str | None,
+    ) -> None:
         self.embedder = Embedder(model, precision=precision)
         self.column = column
         self.fail_once = fail_once
@@ -151,7 +164,9 @@ class _EmbedWorker:
             Path(self.fail_once).touch()
             os._exit(1)
         texts = [str(t) for t in batch[self.column]]
-        vectors = self.embedder.embed(texts) if texts else np.zeros((0, self.embedder.dim), np.float32)
+        vectors = (
+            self.embedder.embed(texts) if texts else np.zeros((0, self.embedder.dim), np.float32)
+        )
         return {"embedding": np.asarray(vectors, dtype=np.float32)}
 
 
@@ -161,7 +176,7 @@ def embed_dataset(
     out: str | os.PathLike[str],
     *,
     model: str = "all-MiniLM-L6-v2",
-    precision: str = "f32",
+    precision: Literal["f32", "int8"] = "f32",
     workers: int = 1,
     batch_size: int = 1024,
     num_cpus: float = 1,
@@ -170,14 +185,16 @@ def embed_dataset(
 ) -> int:
     """Embeds column ``column`` of a Ray dataset with ``workers`` embedder actors (each
     reserving ``num_cpus`` CPUs and ``num_gpus`` GPUs: leave a CPU free for the tasks that read
-    the dataset, or the pool waits for it forever; batches of ``batch_size`` rows, which each worker cuts by tokens) and
-    writes ``out`` as ``memrl embed`` does: ``embeddings`` (N x d, in the dataset's order) and
-    ``lines`` (1-based row numbers), with the model, precision and column in its metadata.
+    the dataset, or the pool waits for it forever; batches of ``batch_size`` rows, which each
+    worker cuts by tokens) and writes ``out`` as ``memrl embed`` does: ``embeddings`` (N x d,
+    in the dataset's order) and ``lines`` (1-based row numbers), with the model, precision and
+    column in its metadata.
     Returns the number of rows. A worker that dies has its batch run again by Ray Data (its
     actor restarted); the order is kept, so no row is lost or written twice."""
-    if column not in dataset.schema().names:
+    names = dataset.schema().names
+    if column not in names:
         raise _errors.InvalidInputError(
-            f"column: {column!r} is not a column of the dataset ({', '.join(dataset.schema().names)})"
+            f"column: {column!r} is not a column of the dataset ({', '.join(names)})"
         )
     dim = Embedder(model, precision=precision).dim
     embedded = dataset.select_columns([column]).map_batches(
@@ -206,7 +223,9 @@ def embed_dataset(
     writer = _EmbeddingWriter(str(out), dim, metadata)
     line = 1
     for batch in embedded.iter_batches(batch_format="numpy", batch_size=None):
-        rows = np.ascontiguousarray(np.asarray(batch["embedding"], dtype=np.float32).reshape(-1, dim))
+        rows = np.ascontiguousarray(
+            np.asarray(batch["embedding"], dtype=np.float32).reshape(-1, dim)
+        )
         lines = np.arange(line, line + len(rows), dtype=np.uint64)
         writer.append(rows, lines)
         line += len(rows)

@@ -29,11 +29,12 @@ two handles adding to the same shards at once could give two memories the same i
 
 from __future__ import annotations
 
+import functools
 import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import numpy as np
 
@@ -259,7 +260,7 @@ class ShardedBank:
                 raise r
         return results
 
-    def _write(self, parts: dict[int, Callable[[], Any]], what: str) -> dict[int, Any]:
+    def _write(self, parts: Mapping[int, Callable[[], Any]], what: str) -> dict[int, Any]:
         """Sends a write in parts to shards: the lowest shard's part alone first (a refusal then
         refuses the whole write), then the rest together. A failure after the first part raises
         :class:`ShardedWriteError`."""
@@ -281,8 +282,10 @@ class ShardedBank:
         done = {first: result}
         rest = order[1:]
         results = self._t.gather([parts[s]() for s in rest])
-        failed, unknown, errors = [], [], {}
-        for s, r in zip(rest, results):
+        failed: list[int] = []
+        unknown: list[int] = []
+        errors: dict[int, BaseException] = {}
+        for s, r in zip(rest, results, strict=True):
             if isinstance(r, BaseException):
                 errors[s] = r
                 (unknown if self._t.is_unknown(r) else failed).append(s)
@@ -304,7 +307,7 @@ class ShardedBank:
         owned = self._all("owned", list(ids))
         owners: dict[int, int] = {}
         for s, flags in enumerate(owned):
-            for i, flag in zip(ids, flags):
+            for i, flag in zip(ids, flags, strict=True):
                 if flag:
                     owners[i] = s
         return owners
@@ -381,16 +384,13 @@ class ShardedBank:
         counts = self._all("key_counts")
         ids = np.concatenate([np.asarray(p[0], dtype=np.uint64) for p in pairs])
         q = np.concatenate([np.asarray(p[1], dtype=np.float32) for p in pairs])
-        return cast(
-            Stats,
-            _shard_stats(
-                ids,
-                q,
-                sum(c[0] for c in counts),
-                sum(c[1] for c in counts),
-                bins,
-                extremes,
-            ),
+        return _shard_stats(
+            ids,
+            q,
+            sum(c[0] for c in counts),
+            sum(c[1] for c in counts),
+            bins,
+            extremes,
         )
 
     # ---- retrieval ----
@@ -446,8 +446,12 @@ class ShardedBank:
         """Adds memories as ``memrl.Bank.add``: the same ids, keys and sharing one bank would
         give; each memory goes to the shard of its key."""
         one = isinstance(intents, str)
-        intent_list = [intents] if one else list(intents)
-        experience_list = [experiences] if isinstance(experiences, str) else list(experiences)
+        intent_list: list[str] = (
+            [intents] if isinstance(intents, str) else [str(t) for t in intents]
+        )
+        experience_list: list[str] = (
+            [experiences] if isinstance(experiences, str) else [str(t) for t in experiences]
+        )
         n = len(intent_list)
         if len(experience_list) != n:
             raise _errors.InvalidInputError(
@@ -455,9 +459,15 @@ class ShardedBank:
             )
         if n == 0:
             return []
-        rows = self._embed(intent_list) if embeddings is None else _rows(embeddings, self.dim, "embeddings")
+        rows = (
+            self._embed(intent_list)
+            if embeddings is None
+            else _rows(embeddings, self.dim, "embeddings")
+        )
         if len(rows) != n:
-            raise _errors.InvalidInputError(f"embeddings: {len(rows)} vectors given for {n} memories")
+            raise _errors.InvalidInputError(
+                f"embeddings: {len(rows)} vectors given for {n} memories"
+            )
         success_l = _as_list(success if success is not None else False, n, "success")
         q_l = _as_list(q, n, "q")
         meta_l = _as_list(metadata, n, "metadata")
@@ -488,13 +498,21 @@ class ShardedBank:
             parts: dict[int, Callable[[], Any]] = {}
             for s in sorted(set(shard_of)):
                 idx = [i for i in range(n) if shard_of[i] == s]
-                parts[s] = self._add_part(s, idx, intent_list, experience_list, rows,
-                                          memory_ids, placed, success_l, q_l, meta_l)
+                parts[s] = self._add_part(
+                    s,
+                    idx,
+                    intent_list,
+                    experience_list,
+                    rows,
+                    memory_ids,
+                    placed,
+                    success_l,
+                    q_l,
+                    meta_l,
+                )
             self._write(parts, "add")
             self._keys = counts
-            self._next_id = max(
-                [self._next_id] + [i + 1 for i in memory_ids if i != 2**64 - 1]
-            )
+            self._next_id = max([self._next_id] + [i + 1 for i in memory_ids if i != 2**64 - 1])
             new_keys = [key for is_new, key in placed if is_new]
             if new_keys:
                 self._next_key_id = max(new_keys) + 1
@@ -563,7 +581,9 @@ class ShardedBank:
             owner = self._owners([id]).get(id)
             if owner is None:
                 raise _errors.NotFoundError(f"memory {id} not found")
-            done = self._write({owner: lambda: self._t.submit(owner, "call", "remove", id)}, "remove")
+            done = self._write(
+                {owner: functools.partial(self._t.submit, owner, "call", "remove", id)}, "remove"
+            )
             self._key_counts()
             return cast(Memory, done[owner])
 
@@ -612,20 +632,17 @@ class ShardedBank:
             for s, part in by_shard.items():
                 per_shard.setdefault(s, []).append((part, reward))
         parts = {
-            s: (lambda s=s, b=b: self._t.submit(s, "call", "apply_outcomes", b))
+            s: functools.partial(self._t.submit, s, "call", "apply_outcomes", b)
             for s, b in per_shard.items()
         }
         done = self._write(parts, "feedback")
         reports = list(done.values())
-        return cast(
-            OutcomeReport,
-            _outcome_report(
-                len(batch),
-                sum(r.updates for r in reports),
-                sum(r.memories for r in reports),
-                clamped,
-                skipped,
-            ),
+        return _outcome_report(
+            len(batch),
+            sum(r.updates for r in reports),
+            sum(r.memories for r in reports),
+            clamped,
+            skipped,
         )
 
     def feedback(
@@ -659,7 +676,7 @@ class ShardedBank:
             every = sorted({i for ids in taken.values() for i in ids})
             owners = self._owners(every)
             batch, skipped = [], 0
-            for k, (_, reward) in zip(keys, rewards):
+            for k, (_, reward) in zip(keys, rewards, strict=True):
                 present = [i for i in taken[k] if i in owners]
                 skipped += len(taken[k]) - len(present)
                 batch.append((present, reward))
@@ -677,8 +694,10 @@ class ShardedBank:
         config = {**self._retrieval, **options}
         _merge_recalls([], [], **config)  # checks the options before any shard changes
         self._write(
-            {s: (lambda s=s: self._t.submit(s, "call", "set_retrieval_config", **options))
-             for s in range(len(self._t))},
+            {
+                s: functools.partial(self._t.submit, s, "call", "set_retrieval_config", **options)
+                for s in range(len(self._t))
+            },
             "set_retrieval_config",
         )
         self._retrieval = dict(self._all("info")[0]["retrieval"])
@@ -686,8 +705,10 @@ class ShardedBank:
     def set_learning_config(self, **options: Any) -> None:
         """Changes the stored learning config on every shard."""
         self._write(
-            {s: (lambda s=s: self._t.submit(s, "call", "set_learning_config", **options))
-             for s in range(len(self._t))},
+            {
+                s: functools.partial(self._t.submit, s, "call", "set_learning_config", **options)
+                for s in range(len(self._t))
+            },
             "set_learning_config",
         )
         self._learning = dict(self._all("info")[0]["learning"])
@@ -703,7 +724,7 @@ class ShardedBank:
     def __enter__(self) -> ShardedBank:
         return self
 
-    def __exit__(self, exc_type: object, exc: object, traceback: object) -> bool:
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> Literal[False]:
         try:
             if exc_type is None:
                 self.checkpoint()

@@ -87,7 +87,17 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         src.write_text("".join(next(f) for _ in range(300)), encoding="utf-8")
     out = folder / "cli.safetensors"
     subprocess.run(
-        [server_binary(), "embed", "--input", str(src), "--field", "text", "--out", str(out), "--quiet"],
+        [
+            server_binary(),
+            "embed",
+            "--input",
+            str(src),
+            "--field",
+            "text",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
         check=True,
     )
     return src, out

@@ -78,14 +78,23 @@ class Sequence:
                             experiences=[f"experience {step}.{i}" for i in range(n)],
                             embeddings=self.vectors(n),
                             success=[self.rng.random() < 0.5 for _ in range(n)],
-                            q=[None if self.rng.random() < 0.7 else self.rng.uniform(-1, 1) for _ in range(n)],
+                            q=[
+                                None if self.rng.random() < 0.7 else self.rng.uniform(-1, 1)
+                                for _ in range(n)
+                            ],
                             ids=ids,
-                            metadata=[{"step": step} if self.rng.random() < 0.3 else None for _ in range(n)],
+                            metadata=[
+                                {"step": step} if self.rng.random() < 0.3 else None
+                                for _ in range(n)
+                            ],
                         ),
                     )
                 )
             elif kind == "retrieve":
-                options: dict[str, Any] = {"k1": self.rng.randint(1, 6), "k2": self.rng.randint(1, 5)}
+                options: dict[str, Any] = {
+                    "k1": self.rng.randint(1, 6),
+                    "k2": self.rng.randint(1, 5),
+                }
                 if self.rng.random() < 0.5:
                     options.update(epsilon=0.4, seed=self.rng.randrange(1000))
                 if self.rng.random() < 0.3:
@@ -103,7 +112,10 @@ class Sequence:
                 out.append(
                     (
                         "config",
-                        dict(delta=self.rng.choice([-1.0, 0.0, 0.3]), lambda_=self.rng.choice([0.3, 0.5])),
+                        dict(
+                            delta=self.rng.choice([-1.0, 0.0, 0.3]),
+                            lambda_=self.rng.choice([0.3, 0.5]),
+                        ),
                     )
                 )
         return out
@@ -122,10 +134,12 @@ def run_both(one: memrl.Bank, sharded: ShardedBank, seed: int, count: int = 60) 
             ra = one.retrieve(rows, **options)
             rb = sharded.retrieve(rows, **options)
             assert [hits(r) for r in ra] == [hits(r) for r in rb]
-            last = list(zip(ra, rb))
+            last = list(zip(ra, rb, strict=True))
         elif kind == "feedback" and last:
             ra, rb = last.pop()
-            assert one.feedback(ra, reward=arg).to_dict() == sharded.feedback(rb, reward=arg).to_dict()
+            assert (
+                one.feedback(ra, reward=arg).to_dict() == sharded.feedback(rb, reward=arg).to_dict()
+            )
         elif kind == "outcomes" and len(one) > 0:
             ids = sorted(m.id for m in one.memories())
             chosen = ids[: max(1, int(arg * len(ids)) // 3)]
@@ -155,7 +169,9 @@ def test_new_keys_balance_the_shards() -> None:
     rng = np.random.default_rng(0)
     for _ in range(10):
         n = 7
-        sharded.add(["i"] * n, ["e"] * n, embeddings=rng.standard_normal((n, DIM)).astype(np.float32))
+        sharded.add(
+            ["i"] * n, ["e"] * n, embeddings=rng.standard_normal((n, DIM)).astype(np.float32)
+        )
     sizes = sharded.shard_sizes()
     assert sum(sizes) == 70 and max(sizes) - min(sizes) <= 1
 
@@ -170,7 +186,9 @@ def test_a_durable_sharded_bank_reopens_as_it_was(tmp_path: Path) -> None:
     same_state(one, again)
     # The counters came back: the next add gets the ids and keys one bank gives.
     v = np.ones((2, DIM), dtype=np.float32)
-    assert one.add(["a", "b"], ["x", "y"], embeddings=v) == again.add(["a", "b"], ["x", "y"], embeddings=v)
+    assert one.add(["a", "b"], ["x", "y"], embeddings=v) == again.add(
+        ["a", "b"], ["x", "y"], embeddings=v
+    )
     same_state(one, again)
 
 
@@ -216,15 +234,21 @@ class FailingShards(LocalShards):
     def submit(self, shard: int, method: str, *args: Any, **kwargs: Any) -> Any:
         if self.armed and shard == self.broken and method == "call" and args[0] == "apply_outcomes":
             error: Exception = (
-                memrl.OutcomeUnknownError("the shard died") if self.unknown else memrl.IoError("disk full")
+                memrl.OutcomeUnknownError("the shard died")
+                if self.unknown
+                else memrl.IoError("disk full")
             )
             return _Failed(error)
         return super().submit(shard, method, *args, **kwargs)
 
 
 @pytest.mark.parametrize("unknown", [False, True])
-def test_a_shard_failing_in_a_multi_shard_batch_is_reported_with_what_was_applied(unknown: bool) -> None:
-    transport = FailingShards([None] * 2, dim=DIM, model_id="toy", dedup_sim=1.0, broken=1, unknown=unknown)
+def test_a_shard_failing_in_a_multi_shard_batch_is_reported_with_what_was_applied(
+    unknown: bool,
+) -> None:
+    transport = FailingShards(
+        [None] * 2, dim=DIM, model_id="toy", dedup_sim=1.0, broken=1, unknown=unknown
+    )
     sharded = ShardedBank(transport)
     v = np.random.default_rng(1).standard_normal((12, DIM)).astype(np.float32)
     sharded.add([f"i{i}" for i in range(12)], ["e"] * 12, embeddings=v)
@@ -286,6 +310,9 @@ def test_batches_over_eight_queries_agree_to_rounding() -> None:
     one.add(["i"] * 60, ["e"] * 60, embeddings=v)
     sharded.add(["i"] * 60, ["e"] * 60, embeddings=v)
     queries = rng.standard_normal((16, DIM)).astype(np.float32)
-    for a, b in zip(one.retrieve(queries, delta=-1.0), sharded.retrieve(queries, delta=-1.0)):
+    both = zip(
+        one.retrieve(queries, delta=-1.0), sharded.retrieve(queries, delta=-1.0), strict=True
+    )
+    for a, b in both:
         assert a.memory_ids == b.memory_ids
         np.testing.assert_allclose([h.sim for h in a.hits], [h.sim for h in b.hits], atol=1e-6)
