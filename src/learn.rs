@@ -5,6 +5,10 @@
 //! which is what makes a batch all-or-nothing and its replay exact. A memory named several times
 //! in one batch is updated in arrival order (spec: "the updates apply in arrival order").
 //!
+//! With [`LearningConfig::baseline_rate`] set, the reward is replaced by its advantage over a
+//! baseline learned per intent key (see that field); the default is the paper's rule, computed
+//! by the same code as before, bit for bit.
+//!
 //! No finite input may make a stored value non-finite: an update whose result overflows f32
 //! (a Q of 3e38 rewarded -3e38) rejects the whole batch.
 
@@ -14,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{LearningConfig, OutOfRange};
 use crate::error::{Error, Result};
+use crate::index::KeyId;
 use crate::store::MemoryUpdate;
 
 /// The result of one episode: the memories that were injected and the reward it earned.
@@ -52,13 +57,34 @@ pub fn update_q(q: f32, reward: f32, alpha: f32) -> f32 {
     q + alpha * (reward - q)
 }
 
+/// How learning sees the bank's intent keys: which key a memory is filed under, and the
+/// memories under a key with their stored baselines (see
+/// [`LearningConfig::baseline_rate`]). Only baseline-corrected credit asks.
+pub(crate) trait KeyView {
+    /// The key memory `id` is filed under, `None` if there is no such memory.
+    fn key_of(&self, id: u64) -> Option<KeyId>;
+    /// Every memory filed under `key`: id and stored baseline.
+    fn members_of(&self, key: KeyId) -> Vec<(u64, Option<f32>)>;
+}
+
+/// What an outcome batch changes: the final state of every injected memory (first-touch
+/// order) and, with baseline-corrected credit, the final baseline of every memory of every
+/// touched key (keys in first-touch order, memories by id).
+pub(crate) struct Planned {
+    pub(crate) updates: Vec<MemoryUpdate>,
+    pub(crate) baselines: Vec<(u64, f32)>,
+    pub(crate) report: OutcomeReport,
+}
+
 /// Validates `outcomes` and computes the final state of every memory they touch, in first-touch
-/// order. `lookup(id)` gives a memory's current Q and visits, or `None` if it does not exist.
+/// order. `lookup(id)` gives a memory's current Q and visits, or `None` if it does not exist;
+/// `keys` is read only with baseline-corrected credit.
 pub(crate) fn plan(
     outcomes: &[Outcome],
     config: &LearningConfig,
     lookup: impl Fn(u64) -> Option<(f32, u64)>,
-) -> Result<(Vec<MemoryUpdate>, OutcomeReport)> {
+    keys: &dyn KeyView,
+) -> Result<Planned> {
     config.validate()?;
     let mut report = OutcomeReport {
         outcomes: outcomes.len(),
@@ -66,6 +92,10 @@ pub(crate) fn plan(
     };
     let mut state: HashMap<u64, MemoryUpdate> = HashMap::new();
     let mut order: Vec<u64> = Vec::new();
+    // Baseline-corrected credit: each touched key's baseline as the batch has left it so far
+    // (`None`: the key has none yet), and the keys in first-touch order.
+    let mut key_baseline: HashMap<KeyId, Option<f32>> = HashMap::new();
+    let mut key_order: Vec<KeyId> = Vec::new();
     for (index, outcome) in outcomes.iter().enumerate() {
         let mut reward = outcome.reward;
         if !reward.is_finite() {
@@ -92,6 +122,37 @@ pub(crate) fn plan(
                 }
             }
         }
+        // The keys this outcome touches, with their baselines before it.
+        let mut touched: Vec<(KeyId, Option<f32>)> = Vec::new();
+        if let Some(rate) = config.baseline_rate {
+            for &id in &outcome.memory_ids {
+                let key = keys
+                    .key_of(id)
+                    .ok_or(Error::UnknownMemory { outcome: index, id })?;
+                if touched.iter().any(|(k, _)| *k == key) {
+                    continue;
+                }
+                let before = *key_baseline.entry(key).or_insert_with(|| {
+                    key_order.push(key);
+                    stored_baseline(&keys.members_of(key))
+                });
+                touched.push((key, before));
+            }
+            for &(key, before) in &touched {
+                let after = match before {
+                    None => reward,
+                    Some(b) => update_q(b, reward, rate),
+                };
+                if !after.is_finite() {
+                    return Err(Error::InvalidReward {
+                        outcome: index,
+                        reward,
+                        problem: "so far from a key's baseline that its update overflows",
+                    });
+                }
+                key_baseline.insert(key, Some(after));
+            }
+        }
         for &id in &outcome.memory_ids {
             let entry = match state.entry(id) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -107,7 +168,18 @@ pub(crate) fn plan(
                     })
                 }
             };
-            let q = update_q(entry.q, reward, config.alpha);
+            // The target: the reward, or with baseline-corrected credit its advantage over the
+            // baseline of the memory's key before this outcome (none yet: no advantage).
+            let target = if config.baseline_rate.is_some() {
+                let before = keys
+                    .key_of(id)
+                    .and_then(|key| touched.iter().find(|(k, _)| *k == key))
+                    .and_then(|(_, before)| *before);
+                reward - before.unwrap_or(reward)
+            } else {
+                reward
+            };
+            let q = update_q(entry.q, target, config.alpha);
             if !q.is_finite() {
                 return Err(Error::InvalidReward {
                     outcome: index,
@@ -123,7 +195,30 @@ pub(crate) fn plan(
     }
     report.memories = order.len();
     let updates = order.iter().map(|id| state[id]).collect();
-    Ok((updates, report))
+    let mut baselines = Vec::new();
+    for key in key_order {
+        if let Some(Some(b)) = key_baseline.get(&key) {
+            let mut members = keys.members_of(key);
+            members.sort_unstable_by_key(|(id, _)| *id);
+            baselines.extend(members.into_iter().map(|(id, _)| (id, *b)));
+        }
+    }
+    Ok(Planned {
+        updates,
+        baselines,
+        report,
+    })
+}
+
+/// A key's stored baseline: every memory of a key that has one holds the same value (an
+/// outcome sets them all), so the one of the lowest id is taken, which does not depend on
+/// the order of the members; `None` when no memory of the key has one yet.
+fn stored_baseline(members: &[(u64, Option<f32>)]) -> Option<f32> {
+    members
+        .iter()
+        .filter_map(|&(id, b)| b.map(|b| (id, b)))
+        .min_by_key(|&(id, _)| id)
+        .map(|(_, b)| b)
 }
 
 #[cfg(test)]
@@ -132,6 +227,26 @@ mod tests {
 
     fn one(q: f32) -> impl Fn(u64) -> Option<(f32, u64)> {
         move |id| (id < 3).then_some((q, 0))
+    }
+
+    /// Memories 0, 1, 2, each under its own key, none with a baseline yet.
+    struct OwnKeys;
+
+    impl KeyView for OwnKeys {
+        fn key_of(&self, id: u64) -> Option<KeyId> {
+            (id < 3).then_some(KeyId(id))
+        }
+        fn members_of(&self, key: KeyId) -> Vec<(u64, Option<f32>)> {
+            vec![(key.0, None)]
+        }
+    }
+
+    fn plan(
+        outcomes: &[Outcome],
+        config: &LearningConfig,
+        lookup: impl Fn(u64) -> Option<(f32, u64)>,
+    ) -> Result<(Vec<MemoryUpdate>, OutcomeReport)> {
+        super::plan(outcomes, config, lookup, &OwnKeys).map(|p| (p.updates, p.report))
     }
 
     #[test]

@@ -82,6 +82,7 @@ pub(crate) fn retrieve(
                     id: memory.id,
                     sim: m.sim,
                     q: memory.q,
+                    visits: memory.visits,
                 });
             }
         }
