@@ -115,6 +115,7 @@ fn the_loop_follows_the_spec() {
             ..RetrievalConfig::default()
         },
         learning: LearningConfig::default(),
+        failure_reward: -1.0,
     };
     let device = common::device();
 
