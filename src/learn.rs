@@ -337,4 +337,115 @@ mod tests {
         });
         assert!(plan(&o, &cfg, one(0.0)).is_err());
     }
+
+    /// Memories 0 and 1 under key 7 (memory 1 with a stale baseline the key's first outcome
+    /// replaces), memory 2 under key 9.
+    struct SharedKey;
+
+    impl KeyView for SharedKey {
+        fn key_of(&self, id: u64) -> Option<KeyId> {
+            match id {
+                0 | 1 => Some(KeyId(7)),
+                2 => Some(KeyId(9)),
+                _ => None,
+            }
+        }
+        fn members_of(&self, key: KeyId) -> Vec<(u64, Option<f32>)> {
+            match key.0 {
+                7 => vec![(1, None), (0, None)],
+                9 => vec![(2, None)],
+                _ => Vec::new(),
+            }
+        }
+    }
+
+    #[test]
+    fn baseline_credit_by_hand() {
+        let cfg = LearningConfig {
+            alpha: 0.5,
+            baseline_rate: Some(0.25),
+            ..Default::default()
+        };
+        let outcomes = [
+            Outcome {
+                memory_ids: vec![0],
+                reward: 1.0,
+            },
+            Outcome {
+                memory_ids: vec![0, 2],
+                reward: -1.0,
+            },
+        ];
+        let p = super::plan(&outcomes, &cfg, one(0.0), &SharedKey).unwrap();
+        // Outcome 0: key 7 has no baseline, so no advantage (Q 0 -> 0) and B7 = 1.
+        // Outcome 1: memory 0's advantage is -1 - 1 = -2, Q 0 -> -1; key 9 has none yet, so
+        // memory 2's is 0; B7 = 1 + 0.25 (-1 - 1) = 0.5, B9 = -1.
+        assert_eq!(p.updates[0].q, -1.0);
+        assert_eq!(p.updates[0].visits, 2);
+        assert_eq!(p.updates[1].q, 0.0);
+        assert_eq!(p.updates[1].last_reward, -1.0);
+        // Every memory of a touched key, the uninjected memory 1 included, by id.
+        assert_eq!(p.baselines, vec![(0, 0.5), (1, 0.5), (2, -1.0)]);
+        assert_eq!(p.report.updates, 3);
+    }
+
+    #[test]
+    fn the_paper_rule_is_unchanged_and_writes_no_baseline() {
+        // Without baseline_rate, the same outcomes give the paper's update, exactly.
+        let cfg = LearningConfig {
+            alpha: 0.5,
+            ..Default::default()
+        };
+        let outcomes = [Outcome {
+            memory_ids: vec![0, 2],
+            reward: -1.0,
+        }];
+        let p = super::plan(&outcomes, &cfg, one(0.25), &SharedKey).unwrap();
+        assert_eq!(p.updates[0].q, update_q(0.25, -1.0, 0.5));
+        assert!(p.baselines.is_empty());
+    }
+
+    #[test]
+    fn a_stored_baseline_is_read_whatever_the_order_of_members() {
+        struct Stored;
+        impl KeyView for Stored {
+            fn key_of(&self, id: u64) -> Option<KeyId> {
+                (id < 3).then_some(KeyId(1))
+            }
+            fn members_of(&self, _: KeyId) -> Vec<(u64, Option<f32>)> {
+                // Memory 2 was added after the last outcome: no baseline yet.
+                vec![(2, None), (1, Some(0.5)), (0, Some(0.5))]
+            }
+        }
+        let cfg = LearningConfig {
+            alpha: 1.0,
+            baseline_rate: Some(1.0),
+            ..Default::default()
+        };
+        let o = [Outcome {
+            memory_ids: vec![2],
+            reward: 1.0,
+        }];
+        let p = super::plan(&o, &cfg, one(0.0), &Stored).unwrap();
+        assert_eq!(p.updates[0].q, 0.5, "advantage 1 - 0.5, alpha 1");
+        assert_eq!(p.baselines, vec![(0, 1.0), (1, 1.0), (2, 1.0)]);
+        // An advantage that overflows is refused, as the paper's update is.
+        let huge = [Outcome {
+            memory_ids: vec![2],
+            reward: f32::MAX,
+        }];
+        struct Negative;
+        impl KeyView for Negative {
+            fn key_of(&self, _: u64) -> Option<KeyId> {
+                Some(KeyId(1))
+            }
+            fn members_of(&self, _: KeyId) -> Vec<(u64, Option<f32>)> {
+                vec![(0, Some(f32::MIN))]
+            }
+        }
+        assert!(matches!(
+            super::plan(&huge, &cfg, one(0.0), &Negative),
+            Err(Error::InvalidReward { .. })
+        ));
+    }
 }

@@ -336,7 +336,10 @@ fn encode(store: &Store, bank_id: u64) -> Result<Encoded> {
             HAS_BASELINE.into(),
             vector(
                 Dtype::U8,
-                memories.iter().map(|m| m.baseline.is_some() as u8).collect(),
+                memories
+                    .iter()
+                    .map(|m| m.baseline.is_some() as u8)
+                    .collect(),
                 1,
             ),
         );
@@ -855,11 +858,7 @@ pub(crate) fn parse(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<
                 0 => None,
                 1 if values[i].is_finite() => Some(values[i]),
                 1 => return Err(corrupt(format!("memory {id} has a non-finite baseline"))),
-                other => {
-                    return Err(corrupt(format!(
-                        "memory {id} has baseline flag {other}"
-                    )))
-                }
+                other => return Err(corrupt(format!("memory {id} has baseline flag {other}"))),
             },
         };
         let metadata = if metadata_json[i].is_empty() {

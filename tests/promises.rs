@@ -511,10 +511,7 @@ fn every_numeric_setting_at_its_extremes_is_accepted_or_refused_cleanly() {
         );
         check_retrieval(
             format!("thompson = {v}"),
-            RetrievalConfig {
-                thompson: v,
-                ..d()
-            },
+            RetrievalConfig { thompson: v, ..d() },
         );
         check_retrieval(format!("ucb = {v}"), RetrievalConfig { ucb: v, ..d() });
         check_retrieval(

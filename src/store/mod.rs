@@ -518,8 +518,7 @@ impl Store {
                 intent: m.intent,
                 experience: m.experience,
                 success: m.success,
-                q: m
-                    .q
+                q: m.q
                     .unwrap_or(if m.success { q_init } else { q_init_failure }),
                 metadata: m.metadata,
             })

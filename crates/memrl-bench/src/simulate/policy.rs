@@ -225,7 +225,15 @@ pub fn run_policy(
             let ids = match &bank {
                 Some(bank) => {
                     let episode = (epoch * tasks.len() + task) as u64;
-                    select(world, bank, &truths, policy, &setup.retrieval, task, episode)?
+                    select(
+                        world,
+                        bank,
+                        &truths,
+                        policy,
+                        &setup.retrieval,
+                        task,
+                        episode,
+                    )?
                 }
                 None => Vec::new(),
             };
