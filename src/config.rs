@@ -69,14 +69,10 @@ pub struct RetrievalConfig {
     /// `Q + thompson * N(0, 1) / sqrt(1 + visits)`, so a memory that few outcomes have measured
     /// gets tried, and one measured often is ranked by its Q. The draw of a member depends on
     /// (seed, position of the query in the batch, memory id) only, so it is reproducible and does
-    /// not depend on which other memories share the pool. At least 0, at most 1e6. Left out of
-    /// the stored JSON while 0, so a default config is stored as before it existed.
-    #[serde(skip_serializing_if = "is_zero")]
+    /// not depend on which other memories share the pool. At least 0, at most 1e6.
     pub thompson: f32,
     /// An upper-confidence bonus in Phase B (0 = off): each member is ranked with
-    /// `Q + ucb / sqrt(1 + visits)` in place of Q. Deterministic. At least 0, at most 1e6. Left
-    /// out of the stored JSON while 0.
-    #[serde(skip_serializing_if = "is_zero")]
+    /// `Q + ucb / sqrt(1 + visits)` in place of Q. Deterministic. At least 0, at most 1e6.
     pub ucb: f32,
 }
 
@@ -97,11 +93,6 @@ impl Default for RetrievalConfig {
             ucb: 0.0,
         }
     }
-}
-
-/// Whether an option's scale is 0 (off): such a field is left out of the stored JSON.
-fn is_zero(v: &f32) -> bool {
-    *v == 0.0
 }
 
 /// Largest k1 and k2 a retrieval accepts: 2^20. Phase A keeps up to k1 keys per query and
@@ -233,15 +224,11 @@ pub struct LearningConfig {
     /// advantage, `Q <- Q + alpha ((r - B) - Q)` with B as it was before the outcome, so Q says
     /// whether the memory helps beyond its task's ease and is comparable across tasks. The
     /// baseline is kept in every memory of the key (the same value in each), so it travels with
-    /// the memories in snapshots and log records. Left out of the stored JSON while `None`, so a
-    /// default config is stored as before it existed.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// the memories in snapshots and log records.
     pub baseline_rate: Option<f32>,
     /// Q of a new memory written by a failed episode (`success: false`) when the memory gives no
     /// Q of its own (`None` = `q_init`, successes and failures alike, as in the paper). The
     /// writing episode's outcome is the first reward that concerns a memory; a finite number.
-    /// Left out of the stored JSON while `None`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub q_init_failure: Option<f32>,
 }
 
@@ -593,15 +580,9 @@ mod tests {
         let old = r#"{"alpha":0.3,"q_init":0.0,"reward_range":{"min":-1.0,"max":1.0,"out_of_range":"clamp"}}"#;
         let l: LearningConfig = serde_json::from_str(old).unwrap();
         assert_eq!(l.alpha, 0.3);
-        // The options added beside the paper's rule are left out while off, so a default config
-        // is stored exactly as before they existed.
-        let json = serde_json::to_string(&RetrievalConfig::default()).unwrap();
-        assert!(
-            !json.contains("thompson") && !json.contains("ucb"),
-            "{json}"
-        );
-        let json = serde_json::to_string(&LearningConfig::default()).unwrap();
-        assert_eq!(json, r#"{"alpha":0.3,"q_init":0.0,"reward_range":null}"#);
+        assert_eq!((l.baseline_rate, l.q_init_failure), (None, None));
+        // The options added beside the paper's rule: older files lack them and read as off
+        // (above); set, they round-trip.
         let on = LearningConfig {
             baseline_rate: Some(0.25),
             q_init_failure: Some(-0.5),
