@@ -603,7 +603,10 @@ fn simulate_runs_a_declared_variant_and_the_paper_only() {
     let mut args = base.to_vec();
     args.extend(["--variant", "binary", "--paper-only"]);
     let out = ok(&t.run(&args, true));
-    assert!(out.contains("rewards +1 / 0") && !out.contains("MemRL+best"), "{out}");
+    assert!(
+        out.contains("rewards +1 / 0") && !out.contains("MemRL+best"),
+        "{out}"
+    );
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).unwrap()).unwrap();
     assert_eq!(json["policies"].as_array().unwrap().len(), 9);
