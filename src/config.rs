@@ -64,6 +64,16 @@ pub struct RetrievalConfig {
     /// so the same call gives the same result; vary the seed (e.g. with the episode number) to get
     /// fresh draws on every call.
     pub seed: u64,
+    /// Thompson sampling in Phase B (0 = off, the paper's selection): each member's Q is replaced,
+    /// for ranking only, by a draw from a Gaussian posterior around it,
+    /// `Q + thompson * N(0, 1) / sqrt(1 + visits)`, so a memory that few outcomes have measured
+    /// gets tried, and one measured often is ranked by its Q. The draw of a member depends on
+    /// (seed, position of the query in the batch, memory id) only, so it is reproducible and does
+    /// not depend on which other memories share the pool. At least 0, at most 1e6.
+    pub thompson: f32,
+    /// An upper-confidence bonus in Phase B (0 = off): each member is ranked with
+    /// `Q + ucb / sqrt(1 + visits)` in place of Q. Deterministic. At least 0, at most 1e6.
+    pub ucb: f32,
 }
 
 impl Default for RetrievalConfig {
@@ -79,6 +89,8 @@ impl Default for RetrievalConfig {
             q_min: None,
             epsilon: 0.0,
             seed: 0,
+            thompson: 0.0,
+            ucb: 0.0,
         }
     }
 }
@@ -92,6 +104,10 @@ pub const MAX_K: usize = 1 << 20;
 /// Largest `z_clip`: a clip at a million standard deviations clips nothing a z-score over a
 /// pool can reach, and keeps every mixed score finite.
 pub const MAX_Z_CLIP: f32 = 1e6;
+
+/// Largest `thompson` and `ucb` scale: with Q finite and at most 1e6 added, every ranked value
+/// stays finite in f64.
+pub const MAX_EXPLORATION: f32 = 1e6;
 
 impl RetrievalConfig {
     /// Checks every field; the error names the first invalid one.
@@ -155,6 +171,15 @@ impl RetrievalConfig {
         if !(0.0..=1.0).contains(&self.epsilon) {
             return Err(Error::config("epsilon", self.epsilon, "must be in [0, 1]"));
         }
+        for (field, value) in [("thompson", self.thompson), ("ucb", self.ucb)] {
+            if !(0.0..=MAX_EXPLORATION).contains(&value) {
+                return Err(Error::config(
+                    field,
+                    value,
+                    "must be a number >= 0 and at most 1e6 (0 = off)",
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -192,6 +217,19 @@ pub struct LearningConfig {
     pub q_init: f32,
     /// Optional reward bounds; NaN and infinite rewards are always rejected.
     pub reward_range: Option<RewardRange>,
+    /// Baseline-corrected credit (`None` = the paper's rule, the default). With a rate `b` in
+    /// (0, 1], every intent key learns a baseline: what the episodes that used the key's memories
+    /// earn anyway, `B <- B + b (r - B)` per outcome that injected any memory filed under it
+    /// (the first such outcome sets `B = r`). An injected memory is then credited with the
+    /// advantage, `Q <- Q + alpha ((r - B) - Q)` with B as it was before the outcome, so Q says
+    /// whether the memory helps beyond its task's ease and is comparable across tasks. The
+    /// baseline is kept in every memory of the key (the same value in each), so it travels with
+    /// the memories in snapshots and log records.
+    pub baseline_rate: Option<f32>,
+    /// Q of a new memory written by a failed episode (`success: false`) when the memory gives no
+    /// Q of its own (`None` = `q_init`, successes and failures alike, as in the paper). The
+    /// writing episode's outcome is the first reward that concerns a memory; a finite number.
+    pub q_init_failure: Option<f32>,
 }
 
 impl Default for LearningConfig {
@@ -200,6 +238,8 @@ impl Default for LearningConfig {
             alpha: 0.3,
             q_init: 0.0,
             reward_range: None,
+            baseline_rate: None,
+            q_init_failure: None,
         }
     }
 }
@@ -223,6 +263,24 @@ impl LearningConfig {
                     "reward_range",
                     format!("[{}, {}]", range.min, range.max),
                     "must be finite with min <= max",
+                ));
+            }
+        }
+        if let Some(rate) = self.baseline_rate {
+            if !(rate > 0.0 && rate <= 1.0) {
+                return Err(Error::config(
+                    "baseline_rate",
+                    rate,
+                    "must be in (0, 1] (or null: the paper's shared credit)",
+                ));
+            }
+        }
+        if let Some(q) = self.q_init_failure {
+            if !q.is_finite() {
+                return Err(Error::config(
+                    "q_init_failure",
+                    q,
+                    "must be a finite number (or null: q_init)",
                 ));
             }
         }
@@ -443,6 +501,10 @@ mod tests {
         assert_eq!(bad(|c| c.z_clip = 1e7), "z_clip");
         assert_eq!(bad(|c| c.k1 = MAX_K + 1), "k1");
         assert_eq!(bad(|c| c.k2 = usize::MAX), "k2");
+        assert_eq!(bad(|c| c.thompson = -0.5), "thompson");
+        assert_eq!(bad(|c| c.thompson = f32::NAN), "thompson");
+        assert_eq!(bad(|c| c.ucb = f32::INFINITY), "ucb");
+        assert_eq!(bad(|c| c.ucb = 2e6), "ucb");
         assert!(RetrievalConfig {
             k1: MAX_K,
             k2: MAX_K,
@@ -470,6 +532,27 @@ mod tests {
         assert_eq!(bad_alpha(-0.1), "alpha");
         assert_eq!(bad_alpha(1.01), "alpha");
         assert_eq!(bad_alpha(f32::NAN), "alpha");
+        let bad_learning = |f: fn(&mut LearningConfig)| {
+            let mut c = LearningConfig::default();
+            f(&mut c);
+            field(c.validate().unwrap_err())
+        };
+        assert_eq!(
+            bad_learning(|c| c.baseline_rate = Some(0.0)),
+            "baseline_rate"
+        );
+        assert_eq!(
+            bad_learning(|c| c.baseline_rate = Some(1.5)),
+            "baseline_rate"
+        );
+        assert_eq!(
+            bad_learning(|c| c.baseline_rate = Some(f32::NAN)),
+            "baseline_rate"
+        );
+        assert_eq!(
+            bad_learning(|c| c.q_init_failure = Some(f32::INFINITY)),
+            "q_init_failure"
+        );
         for alpha in [0.0, 1.0] {
             assert!(LearningConfig {
                 alpha,
@@ -497,9 +580,21 @@ mod tests {
         let old = r#"{"alpha":0.3,"q_init":0.0,"reward_range":{"min":-1.0,"max":1.0,"out_of_range":"clamp"}}"#;
         let l: LearningConfig = serde_json::from_str(old).unwrap();
         assert_eq!(l.alpha, 0.3);
+        assert_eq!((l.baseline_rate, l.q_init_failure), (None, None));
+        // The options added beside the paper's rule: older files lack them and read as off
+        // (above); set, they round-trip.
+        let on = LearningConfig {
+            baseline_rate: Some(0.25),
+            q_init_failure: Some(-0.5),
+            ..LearningConfig::default()
+        };
+        let json = serde_json::to_string(&on).unwrap();
+        assert_eq!(serde_json::from_str::<LearningConfig>(&json).unwrap(), on);
         // What is written now reads back the same.
         let now = RetrievalConfig {
             clip_zsim: true,
+            thompson: 0.5,
+            ucb: 1.0,
             ..RetrievalConfig::default()
         };
         let json = serde_json::to_string(&now).unwrap();

@@ -23,16 +23,24 @@
 //! ```
 //! use memrl::shard::{self, Placement};
 //! use memrl::{Bank, BankConfig, KeyId, NewMemory, RetrievalConfig};
-//! let shards = [Bank::in_memory(BankConfig::new(2, "toy"))?, Bank::in_memory(BankConfig::new(2, "toy"))?];
+//! let shards = [
+//!     Bank::in_memory(BankConfig::new(2, "toy"))?,
+//!     Bank::in_memory(BankConfig::new(2, "toy"))?,
+//! ];
 //! // The coordinator chose ids and keys (here by hand): memory 0 under key 0 on shard 0,
 //! // memory 1 under key 1 on shard 1.
-//! shards[0].add_placed(vec![(NewMemory::new("a", "x").id(0).embedding(vec![1.0, 0.0]), Placement::New(KeyId(0)))])?;
-//! shards[1].add_placed(vec![(NewMemory::new("b", "y").id(1).embedding(vec![0.0, 1.0]), Placement::New(KeyId(1)))])?;
-//! let cfg = RetrievalConfig { delta: 0.0, ..Default::default() };
-//! let query = [0.6f32, 0.8];
+//! let a = NewMemory::new("a", "x").id(0).embedding(vec![1.0, 0.0]);
+//! let b = NewMemory::new("b", "y").id(1).embedding(vec![0.0, 1.0]);
+//! shards[0].add_placed(vec![(a, Placement::New(KeyId(0)))])?;
+//! shards[1].add_placed(vec![(b, Placement::New(KeyId(1)))])?;
+//! let cfg = RetrievalConfig {
+//!     delta: 0.0,
+//!     ..Default::default()
+//! };
+//! let query = vec![vec![0.6f32, 0.8]];
 //! let recalls = shards
 //!     .iter()
-//!     .map(|s| s.recall(&query[..], &cfg))
+//!     .map(|s| s.recall(&query, &cfg))
 //!     .collect::<memrl::Result<Vec<_>>>()?;
 //! let hits = shard::merge(&recalls, &cfg)?;
 //! assert_eq!(hits[0][0].id, 1); // the closer memory, which shard 1 holds
@@ -110,6 +118,7 @@ pub fn merge(recalls: &[Vec<Recall>], cfg: &RetrievalConfig) -> Result<Vec<Vec<H
                         id: memory.id,
                         sim,
                         q: memory.q,
+                        visits: memory.visits,
                     });
                 }
             }

@@ -15,6 +15,7 @@
 //! | `memories.created_ms`, `memories.updated_ms` | U64 | N | Unix milliseconds |
 //! | `memories.{intent,experience,metadata}.bytes` | U8 | total | UTF-8 texts, concatenated |
 //! | `memories.{intent,experience,metadata}.offsets` | U64 | N + 1 | text i is `bytes[o[i]..o[i+1]]`; empty metadata = none |
+//! | `memories.baseline`, `memories.has_baseline` | F32, U8 | N | optional pair: a memory's key baseline under baseline-corrected credit, and 0 or 1 (whether it has one); written only when some memory has one, so other banks' files are as before |
 //!
 //! Header metadata: `format` (`memrl.bank`), `format_version`, `bank_id` (16 hex digits: the
 //! identity the bank's log header carries too), `model_id`, `dim`, `dtype`, `dedup_sim`,
@@ -319,6 +320,30 @@ fn encode(store: &Store, bank_id: u64) -> Result<Encoded> {
             1,
         ),
     );
+    if memories.iter().any(|m| m.baseline.is_some()) {
+        tensors.insert(
+            BASELINE.into(),
+            vector(
+                Dtype::F32,
+                le_bytes(
+                    memories.iter().map(|m| m.baseline.unwrap_or(0.0)),
+                    f32::to_le_bytes,
+                ),
+                4,
+            ),
+        );
+        tensors.insert(
+            HAS_BASELINE.into(),
+            vector(
+                Dtype::U8,
+                memories
+                    .iter()
+                    .map(|m| m.baseline.is_some() as u8)
+                    .collect(),
+                1,
+            ),
+        );
+    }
     texts(
         "intent",
         memories.iter().map(|m| m.intent.as_str()),
@@ -561,9 +586,17 @@ pub(crate) fn parse(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<
         )));
     }
     let version = field("format_version")?;
+    let names = st.names();
+    let has_baselines = names.iter().any(|&n| n == BASELINE || n == HAS_BASELINE);
     let tensor_names = match version {
         "1" => tensor_names(true),
-        "2" => tensor_names(false),
+        "2" => {
+            let mut names = tensor_names(false);
+            if has_baselines {
+                names.extend([BASELINE, HAS_BASELINE]);
+            }
+            names
+        }
         _ => {
             return Err(Error::UnsupportedVersion {
                 path: path.to_path_buf(),
@@ -575,7 +608,6 @@ pub(crate) fn parse(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<
     let v1 = version == "1";
 
     // Integrity before meaning.
-    let names = st.names();
     let expected_names: HashSet<&str> = tensor_names.iter().copied().collect();
     for name in &names {
         if !expected_names.contains(name) {
@@ -757,6 +789,14 @@ pub(crate) fn parse(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<
     let success = column("memories.success", Dtype::U8, 1, Some(n))?;
     let created = u64s(column("memories.created_ms", Dtype::U64, 8, Some(n))?);
     let updated = u64s(column("memories.updated_ms", Dtype::U64, 8, Some(n))?);
+    let baselines: Option<(Vec<f32>, &[u8])> = if has_baselines && !v1 {
+        Some((
+            f32s(column(BASELINE, Dtype::F32, 4, Some(n))?),
+            column(HAS_BASELINE, Dtype::U8, 1, Some(n))?,
+        ))
+    } else {
+        None
+    };
     let text = |name: &str| -> Result<Vec<String>> {
         let bytes = column(&format!("memories.{name}.bytes"), Dtype::U8, 1, None)?;
         let offsets = u64s(column(
@@ -812,6 +852,15 @@ pub(crate) fn parse(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<
                 success[i]
             )));
         }
+        let baseline = match &baselines {
+            None => None,
+            Some((values, flags)) => match flags[i] {
+                0 => None,
+                1 if values[i].is_finite() => Some(values[i]),
+                1 => return Err(corrupt(format!("memory {id} has a non-finite baseline"))),
+                other => return Err(corrupt(format!("memory {id} has baseline flag {other}"))),
+            },
+        };
         let metadata = if metadata_json[i].is_empty() {
             None
         } else {
@@ -832,6 +881,7 @@ pub(crate) fn parse(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<
                 created_ms: created[i],
                 updated_ms: updated[i],
                 metadata,
+                baseline,
             },
             key_of[i],
         ));
@@ -853,6 +903,10 @@ pub(crate) fn parse(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<
         log_seq,
     })
 }
+
+/// The optional pair of columns of baseline-corrected credit (see the module docs).
+const BASELINE: &str = "memories.baseline";
+const HAS_BASELINE: &str = "memories.has_baseline";
 
 /// The memory columns every version has, after the ids and the key column.
 const MEMORY_COLUMNS: [&str; 13] = [

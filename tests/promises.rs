@@ -318,6 +318,8 @@ enum Op {
         alpha: f32,
         q_init: f32,
         range: Option<(f32, f32, bool)>,
+        baseline_rate: Option<f32>,
+        q_init_failure: Option<f32>,
     },
     Checkpoint,
     Reopen,
@@ -332,8 +334,16 @@ fn op() -> impl Strategy<Value = Op> {
             prop_oneof![Just(1.0f32), Just(f32::MIN_POSITIVE), 0.001f32..=1.0],
             finite(),
             prop::option::of((finite(), finite(), any::<bool>())),
+            prop::option::of(prop_oneof![Just(1.0f32), Just(f32::MIN_POSITIVE), 0.001f32..=1.0]),
+            prop::option::of(finite()),
         )
-            .prop_map(|(alpha, q_init, range)| Op::Learning { alpha, q_init, range }),
+            .prop_map(|(alpha, q_init, range, baseline_rate, q_init_failure)| Op::Learning {
+                alpha,
+                q_init,
+                range,
+                baseline_rate,
+                q_init_failure,
+            }),
         1 => Just(Op::Checkpoint),
         1 => Just(Op::Reopen),
     ]
@@ -342,9 +352,10 @@ fn op() -> impl Strategy<Value = Op> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
-    /// No sequence of finite inputs (initial Qs, rewards, learning rates, q_init and reward
-    /// ranges anywhere in f32's range) stores a non-finite value: after every call every
-    /// memory's Q and last reward are finite, and every snapshot written loads again. A call
+    /// No sequence of finite inputs (initial Qs, rewards, learning rates, q_init, q_init_failure,
+    /// baseline rates and reward ranges anywhere in f32's range) stores a non-finite value: after
+    /// every call every memory's Q, last reward and baseline are finite, and every snapshot
+    /// written loads again. A call
     /// that would overflow is refused whole.
     #[test]
     fn no_sequence_of_finite_inputs_stores_a_non_finite_value(ops in prop::collection::vec(op(), 1..24)) {
@@ -368,13 +379,19 @@ proptest! {
                         let _ = bank.apply_outcomes(&[memrl::Outcome { memory_ids, reward }]);
                     }
                 }
-                Op::Learning { alpha, q_init, range } => {
+                Op::Learning { alpha, q_init, range, baseline_rate, q_init_failure } => {
                     let reward_range = range.map(|(a, b, clamp)| memrl::RewardRange {
                         min: a.min(b),
                         max: a.max(b),
                         out_of_range: if clamp { memrl::OutOfRange::Clamp } else { memrl::OutOfRange::Reject },
                     });
-                    let _ = bank.set_learning_config(memrl::LearningConfig { alpha, q_init, reward_range });
+                    let _ = bank.set_learning_config(memrl::LearningConfig {
+                        alpha,
+                        q_init,
+                        reward_range,
+                        baseline_rate,
+                        q_init_failure,
+                    });
                 }
                 Op::Checkpoint => bank.checkpoint().unwrap(),
                 Op::Reopen => {
@@ -385,6 +402,7 @@ proptest! {
             for m in bank.memories() {
                 prop_assert!(m.q.is_finite(), "memory {} has Q {}", m.id, m.q);
                 prop_assert!(m.last_reward.is_none_or(f32::is_finite), "memory {}: {:?}", m.id, m.last_reward);
+                prop_assert!(m.baseline.is_none_or(f32::is_finite), "memory {}: baseline {:?}", m.id, m.baseline);
             }
         }
         bank.checkpoint().unwrap();
@@ -392,6 +410,7 @@ proptest! {
         let reopened = reader(&path).unwrap();
         reopened.debug_check().unwrap();
         prop_assert!(reopened.memories().iter().all(|m| m.q.is_finite()));
+        prop_assert!(reopened.memories().iter().all(|m| m.baseline.is_none_or(f32::is_finite)));
     }
 }
 
@@ -491,6 +510,11 @@ fn every_numeric_setting_at_its_extremes_is_accepted_or_refused_cleanly() {
             RetrievalConfig { epsilon: v, ..d() },
         );
         check_retrieval(
+            format!("thompson = {v}"),
+            RetrievalConfig { thompson: v, ..d() },
+        );
+        check_retrieval(format!("ucb = {v}"), RetrievalConfig { ucb: v, ..d() });
+        check_retrieval(
             format!("q_min = {v}"),
             RetrievalConfig {
                 q_min: Some(v),
@@ -528,7 +552,7 @@ fn every_numeric_setting_at_its_extremes_is_accepted_or_refused_cleanly() {
             let cfg = LearningConfig {
                 alpha,
                 q_init,
-                reward_range: None,
+                ..Default::default()
             };
             let case = format!("alpha = {alpha}, q_init = {q_init}");
             let valid = cfg.validate().is_ok();
@@ -539,6 +563,42 @@ fn every_numeric_setting_at_its_extremes_is_accepted_or_refused_cleanly() {
             );
         }
     }
+    // Baseline-corrected credit and the failure prior, with every reward.
+    for &rate in &FLOATS {
+        for &q_init_failure in &FLOATS {
+            let cfg = LearningConfig {
+                baseline_rate: Some(rate),
+                q_init_failure: Some(q_init_failure),
+                ..Default::default()
+            };
+            let case = format!("baseline_rate = {rate}, q_init_failure = {q_init_failure}");
+            let valid = cfg.validate().is_ok();
+            assert_eq!(
+                no_panic(&case, || bank.set_learning_config(cfg)).is_ok(),
+                valid,
+                "{case}"
+            );
+            if !valid {
+                continue;
+            }
+            for &reward in &FLOATS {
+                let case = format!("{case}, reward {reward}");
+                let _ = no_panic(&case, || {
+                    bank.apply_outcomes(&[memrl::Outcome {
+                        memory_ids: vec![0, 1, 2],
+                        reward,
+                    }])
+                });
+                assert!(
+                    bank.memories()
+                        .iter()
+                        .all(|m| m.q.is_finite() && m.baseline.is_none_or(f32::is_finite)),
+                    "{case}"
+                );
+            }
+        }
+    }
+    bank.set_learning_config(LearningConfig::default()).unwrap();
     for &min in &FLOATS {
         for &max in &FLOATS {
             let range = memrl::RewardRange {

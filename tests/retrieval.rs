@@ -50,6 +50,8 @@ fn case() -> impl Strategy<Value = Case> {
                     },
                     z_clip,
                     clip_zsim,
+                    thompson: 0.0,
+                    ucb: 0.0,
                     q_min,
                     epsilon,
                     seed,

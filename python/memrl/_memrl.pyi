@@ -36,12 +36,16 @@ class RetrievalConfig(TypedDict):
     q_min: float | None
     epsilon: float
     seed: int
+    thompson: float
+    ucb: float
 
 class LearningConfig(TypedDict):
     alpha: float
     q_init: float
     reward_range: tuple[float, float] | None
     out_of_range: Literal["clamp", "reject"] | None
+    baseline_rate: float | None
+    q_init_failure: float | None
 
 class RetrievalOptions(TypedDict, total=False):
     """The options of ``Bank.retrieve`` and ``Bank.set_retrieval_config``."""
@@ -56,6 +60,8 @@ class RetrievalOptions(TypedDict, total=False):
     q_min: float | None
     epsilon: float
     seed: int
+    thompson: float
+    ucb: float
 
 class LearningOptions(TypedDict, total=False):
     """The options of ``Bank.set_learning_config``."""
@@ -64,6 +70,8 @@ class LearningOptions(TypedDict, total=False):
     q_init: float
     reward_range: tuple[float, float] | None
     out_of_range: Literal["clamp", "reject"] | None
+    baseline_rate: float | None
+    q_init_failure: float | None
 
 class Tail(TypedDict):
     offset: int
@@ -465,8 +473,10 @@ class _Wire:
     def decode(kind: Literal["outcome_report"], body: bytes) -> OutcomeReport: ...
 
 #: A memory on the shard protocol's wire: (id, intent, experience, q, visits, last_reward,
-#: success, created_ms, updated_ms, metadata as JSON text).
-MemoryWire = tuple[int, str, str, float, int, float | None, bool, int, int, str | None]
+#: success, created_ms, updated_ms, metadata as JSON text, baseline).
+MemoryWire = tuple[
+    int, str, str, float, int, float | None, bool, int, int, str | None, float | None
+]
 #: One query's recall: keys (key id, sim), members (key id, memory).
 RecallWire = tuple[list[tuple[int, float]], list[tuple[int, MemoryWire]]]
 

@@ -572,7 +572,8 @@ impl PyBank {
         options::retrieval_dict(py, &config)
     }
 
-    /// The stored learning config (alpha, q_init, reward_range, out_of_range).
+    /// The stored learning config (alpha, q_init, reward_range, out_of_range, baseline_rate,
+    /// q_init_failure).
     #[getter]
     fn learning_config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let open = self.open_state()?;
@@ -722,10 +723,10 @@ impl PyBank {
     /// `queries`: one str or one vector (shape `(dim,)`) gives one `Retrieval`; a list of str or
     /// an array of shape `(n, dim)` gives a list. A C-contiguous float32 array is read without a
     /// copy. Options override the stored config for this call: `k1`, `k2`, `delta`, `lambda_`,
-    /// `zsim` (`"pool"` or `(mean, std)`), `z_clip`, `clip_zsim` (clip zsim as well as zq; off, as in the spec), `q_min` (None = off), `epsilon`, `seed`.
+    /// `zsim` (`"pool"` or `(mean, std)`), `z_clip`, `clip_zsim` (clip zsim as well as zq; off, as in the spec), `q_min` (None = off), `epsilon`, `seed`, `thompson` (Thompson sampling's scale: rank by Q + thompson * N(0, 1) / sqrt(1 + visits); 0 = off), `ucb` (rank by Q + ucb / sqrt(1 + visits); 0 = off).
     #[pyo3(signature = (queries, **options))]
     #[pyo3(
-        text_signature = "(self, queries, *, k1=None, k2=None, delta=None, lambda_=None, zsim=None, z_clip=None, clip_zsim=None, q_min=None, epsilon=None, seed=None)"
+        text_signature = "(self, queries, *, k1=None, k2=None, delta=None, lambda_=None, zsim=None, z_clip=None, clip_zsim=None, q_min=None, epsilon=None, seed=None, thompson=None, ucb=None)"
     )]
     fn retrieve<'py>(
         &self,
@@ -789,7 +790,7 @@ impl PyBank {
     /// stored values. Takes the options of `retrieve`.
     #[pyo3(signature = (**options))]
     #[pyo3(
-        text_signature = "(self, *, k1=None, k2=None, delta=None, lambda_=None, zsim=None, z_clip=None, clip_zsim=None, q_min=None, epsilon=None, seed=None)"
+        text_signature = "(self, *, k1=None, k2=None, delta=None, lambda_=None, zsim=None, z_clip=None, clip_zsim=None, q_min=None, epsilon=None, seed=None, thompson=None, ucb=None)"
     )]
     fn set_retrieval_config(
         &self,
@@ -807,11 +808,14 @@ impl PyBank {
 
     /// Replaces the stored learning config (one logged write): `alpha` (learning rate, in
     /// (0, 1]), `q_init` (Q of new memories), `reward_range` (`(min, max)` or None) and
-    /// `out_of_range` (`"reject"`, the default, or `"clamp"`). Options not given keep their
-    /// stored values.
+    /// `out_of_range` (`"reject"`, the default, or `"clamp"`), `baseline_rate` (baseline-corrected
+    /// credit: each intent key learns what its episodes earn anyway at this rate, in (0, 1], and
+    /// memories are credited with the reward minus it; None = the paper's rule) and
+    /// `q_init_failure` (Q of a new memory of a failed episode; None = `q_init`). Options not
+    /// given keep their stored values.
     #[pyo3(signature = (**options))]
     #[pyo3(
-        text_signature = "(self, *, alpha=None, q_init=None, reward_range=None, out_of_range=None)"
+        text_signature = "(self, *, alpha=None, q_init=None, reward_range=None, out_of_range=None, baseline_rate=None, q_init_failure=None)"
     )]
     fn set_learning_config(
         &self,

@@ -30,9 +30,18 @@ pub(crate) const RETRIEVAL: &[&str] = &[
     "q_min",
     "epsilon",
     "seed",
+    "thompson",
+    "ucb",
 ];
 /// The names `Bank.set_learning_config` accepts.
-pub(crate) const LEARNING: &[&str] = &["alpha", "q_init", "reward_range", "out_of_range"];
+pub(crate) const LEARNING: &[&str] = &[
+    "alpha",
+    "q_init",
+    "reward_range",
+    "out_of_range",
+    "baseline_rate",
+    "q_init_failure",
+];
 
 fn unknown(call: &str, name: &str, known: &[&str]) -> PyErr {
     let hint = match name {
@@ -140,6 +149,8 @@ pub(crate) struct RetrievalPatch {
     q_min: Option<Option<f32>>,
     epsilon: Option<f32>,
     seed: Option<u64>,
+    thompson: Option<f32>,
+    ucb: Option<f32>,
 }
 
 impl RetrievalPatch {
@@ -187,6 +198,8 @@ impl RetrievalPatch {
                 }
                 "epsilon" => patch.epsilon = Some(float("epsilon", &value)? as f32),
                 "seed" => patch.seed = Some(uint("seed", &value)?),
+                "thompson" => patch.thompson = Some(float("thompson", &value)? as f32),
+                "ucb" => patch.ucb = Some(float("ucb", &value)? as f32),
                 other => return Err(unknown(call, other, RETRIEVAL)),
             }
         }
@@ -205,6 +218,8 @@ impl RetrievalPatch {
             && self.q_min.is_none()
             && self.epsilon.is_none()
             && self.seed.is_none()
+            && self.thompson.is_none()
+            && self.ucb.is_none()
     }
 
     /// The given options as the JSON fields of a `memrl serve` request (the retrieval config's
@@ -245,6 +260,12 @@ impl RetrievalPatch {
         if let Some(v) = self.seed {
             put("seed", json!(v));
         }
+        if let Some(v) = self.thompson {
+            put("thompson", json!(v));
+        }
+        if let Some(v) = self.ucb {
+            put("ucb", json!(v));
+        }
         out
     }
 
@@ -256,7 +277,8 @@ impl RetrievalPatch {
             };
         }
         given!(k1 => k1, k2 => k2, delta => delta, lambda => lambda, zsim => zsim,
-               z_clip => z_clip, clip_zsim => clip_zsim, q_min => q_min, epsilon => epsilon, seed => seed);
+               z_clip => z_clip, clip_zsim => clip_zsim, q_min => q_min, epsilon => epsilon, seed => seed,
+               thompson => thompson, ucb => ucb);
         base.validate()?;
         Ok(base)
     }
@@ -281,6 +303,8 @@ pub(crate) fn retrieval_dict<'py>(
     dict.set_item("q_min", c.q_min.map(shortest))?;
     dict.set_item("epsilon", shortest(c.epsilon))?;
     dict.set_item("seed", c.seed)?;
+    dict.set_item("thompson", shortest(c.thompson))?;
+    dict.set_item("ucb", shortest(c.ucb))?;
     Ok(dict)
 }
 
@@ -291,6 +315,8 @@ pub(crate) struct LearningPatch {
     q_init: Option<f32>,
     reward_range: Option<Option<(f32, f32)>>,
     out_of_range: Option<Option<OutOfRange>>,
+    baseline_rate: Option<Option<f32>>,
+    q_init_failure: Option<Option<f32>>,
 }
 
 impl LearningPatch {
@@ -330,6 +356,20 @@ impl LearningPatch {
                         })
                     })
                 }
+                "baseline_rate" => {
+                    patch.baseline_rate = Some(if value.is_none() {
+                        None
+                    } else {
+                        Some(float("baseline_rate", &value)? as f32)
+                    })
+                }
+                "q_init_failure" => {
+                    patch.q_init_failure = Some(if value.is_none() {
+                        None
+                    } else {
+                        Some(float("q_init_failure", &value)? as f32)
+                    })
+                }
                 other => return Err(unknown(call, other, LEARNING)),
             }
         }
@@ -343,6 +383,12 @@ impl LearningPatch {
         }
         if let Some(v) = self.q_init {
             base.q_init = v;
+        }
+        if let Some(v) = self.baseline_rate {
+            base.baseline_rate = v;
+        }
+        if let Some(v) = self.q_init_failure {
+            base.q_init_failure = v;
         }
         let policy = match self.out_of_range {
             Some(p) => p,
@@ -397,6 +443,8 @@ pub(crate) fn learning_dict<'py>(
             dict.set_item("out_of_range", py.None())?;
         }
     }
+    dict.set_item("baseline_rate", c.baseline_rate.map(shortest))?;
+    dict.set_item("q_init_failure", c.q_init_failure.map(shortest))?;
     Ok(dict)
 }
 

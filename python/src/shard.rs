@@ -17,7 +17,7 @@ use crate::options::RetrievalPatch;
 use crate::records::{PyMemory, PyOutcomeReport, PyRetrieval, PyStats};
 
 /// A memory on the wire: (id, intent, experience, q, visits, last_reward, success, created_ms,
-/// updated_ms, metadata as JSON text or None).
+/// updated_ms, metadata as JSON text or None, baseline).
 pub(crate) type MemoryTuple = (
     u64,
     String,
@@ -29,6 +29,7 @@ pub(crate) type MemoryTuple = (
     u64,
     u64,
     Option<String>,
+    Option<f32>,
 );
 
 /// One query's recall on the wire: the keys `(key id, sim)` and the members `(key id, memory)`.
@@ -47,6 +48,7 @@ pub(crate) fn memory_tuple(m: Memory) -> MemoryTuple {
         created_ms,
         updated_ms,
         metadata,
+        baseline,
     } = m;
     (
         id,
@@ -59,11 +61,24 @@ pub(crate) fn memory_tuple(m: Memory) -> MemoryTuple {
         created_ms,
         updated_ms,
         metadata.map(|v| v.to_string()),
+        baseline,
     )
 }
 
 fn memory_from_tuple(t: MemoryTuple) -> PyResult<Memory> {
-    let (id, intent, experience, q, visits, last_reward, success, created_ms, updated_ms, meta) = t;
+    let (
+        id,
+        intent,
+        experience,
+        q,
+        visits,
+        last_reward,
+        success,
+        created_ms,
+        updated_ms,
+        meta,
+        baseline,
+    ) = t;
     let metadata = match meta {
         None => None,
         Some(text) => Some(
@@ -82,6 +97,7 @@ fn memory_from_tuple(t: MemoryTuple) -> PyResult<Memory> {
         created_ms,
         updated_ms,
         metadata,
+        baseline,
     })
 }
 

@@ -136,6 +136,8 @@ def test_learning_moves_q(toy: memrl.Bank) -> None:
         "q_init": 0.0,
         "reward_range": (-1.0, 1.0),
         "out_of_range": "clamp",
+        "baseline_rate": None,
+        "q_init_failure": None,
     }
     toy.set_learning_config(reward_range=None)
     assert toy.learning_config["reward_range"] is None
@@ -153,6 +155,8 @@ def test_stored_retrieval_config_and_calibration(toy: memrl.Bank) -> None:
         "q_min": None,
         "epsilon": 0.0,
         "seed": 0,
+        "thompson": 0.0,
+        "ucb": 0.0,
     }
     c = toy.calibrate()
     assert c.pairs == 190 and not c.sampled and -1.0 <= c.delta <= 1.0 and c.std > 0

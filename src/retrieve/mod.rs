@@ -70,6 +70,7 @@ pub(crate) fn retrieve(
                     id: table.at(slot).id,
                     sim: m.sim,
                     q: table.at(slot).q,
+                    visits: table.at(slot).visits,
                 })
             }))
         })

@@ -11,6 +11,13 @@
 //!   by uniform random keys instead of scores, which picks k2 members uniformly without
 //!   replacement. Its hits still carry their real zsim, zq and score.
 //!
+//! - Uncertainty (`thompson`, `ucb`; both 0 by default, and then nothing below changes): the Q
+//!   a member is ranked by becomes `Q + thompson * N(0, 1) / sqrt(1 + visits)` (a draw from a
+//!   Gaussian posterior, seeded by (seed, query position, memory id)) plus
+//!   `ucb / sqrt(1 + visits)`. `q_min` still filters on the stored Q, and hits still carry the
+//!   stored Q; zq and the score are those of the ranked value. Everything it reads is in the
+//!   pool's own records, so Phase B stays a function of (pools, config).
+//!
 //! **Ties.** The spec orders by score, then similarity, then lower memory id, and a tie is an
 //! equality in real arithmetic: in a pool of two where the closer memory has the lower Q, both
 //! z-scores are exactly ±1 and at lambda 0.5 both scores are exactly 0. Floating point cannot
@@ -46,6 +53,9 @@ pub(crate) struct Candidate {
     pub(crate) id: u64,
     pub(crate) sim: f32,
     pub(crate) q: f32,
+    /// Outcomes that have updated the memory: the weight of its Q in Thompson sampling and the
+    /// upper-confidence bonus.
+    pub(crate) visits: u64,
 }
 
 /// One selected candidate: its position in the pool and its Phase B figures.
@@ -138,6 +148,26 @@ fn tolerance(zsim_error: f64, zq_error: f64, lambda: f64, max_score: f64) -> f64
     (4.0 * per_score).max(TOLERANCE_FLOOR)
 }
 
+/// The value a member is ranked by under Thompson sampling and the confidence bonus: its Q
+/// plus a Gaussian draw and a bonus, both shrinking as `1 / sqrt(1 + visits)`. The draw's stream
+/// is (seed, query position, memory id): reproducible, and the same whatever else the pool
+/// holds.
+fn uncertain_q(c: &Candidate, index: usize, cfg: &RetrievalConfig) -> f64 {
+    let width = 1.0 / (1.0 + c.visits as f64).sqrt();
+    let mut q = c.q as f64 + cfg.ucb as f64 * width;
+    if cfg.thompson > 0.0 {
+        let mut rng = SplitMix64::for_item(
+            SplitMix64::for_item(cfg.seed ^ THOMPSON_STREAM, index as u64).next_u64(),
+            c.id,
+        );
+        q += cfg.thompson as f64 * width * rng.gaussian() as f64;
+    }
+    q
+}
+
+/// Separates the Thompson draws' streams from epsilon-greedy's, which use the same seed.
+const THOMPSON_STREAM: u64 = 0x7468_6f6d_7073_6f6e;
+
 fn rank_pool(pool: &[Candidate], index: usize, cfg: &RetrievalConfig) -> Vec<Ranked> {
     // Exploration draws come first and cover the whole pool, so they do not depend on Q.
     let mut explore_keys: Option<Vec<f32>> = None;
@@ -155,7 +185,14 @@ fn rank_pool(pool: &[Candidate], index: usize, cfg: &RetrievalConfig) -> Vec<Ran
         return Vec::new();
     }
     let z_clip = cfg.z_clip as f64;
-    let qs: Vec<f64> = members.iter().map(|&j| pool[j].q as f64).collect();
+    let qs: Vec<f64> = if cfg.thompson > 0.0 || cfg.ucb > 0.0 {
+        members
+            .iter()
+            .map(|&j| uncertain_q(&pool[j], index, cfg))
+            .collect()
+    } else {
+        members.iter().map(|&j| pool[j].q as f64).collect()
+    };
     let sims: Vec<f64> = members.iter().map(|&j| pool[j].sim as f64).collect();
 
     let q_spread = spread(&qs);
@@ -254,6 +291,7 @@ mod tests {
                 id,
                 sim,
                 q,
+                visits: 0,
             })
             .collect();
         pool.sort_by(|a, b| b.sim.total_cmp(&a.sim).then(a.id.cmp(&b.id)));
@@ -361,5 +399,74 @@ mod tests {
             let all = ids(&pool, &everything);
             assert_eq!(ids(&pool, &cfg), all[..k2.min(n)].to_vec(), "round {round}");
         }
+    }
+
+    fn with_visits(mut pool: Vec<Candidate>, visits: &[(u64, u64)]) -> Vec<Candidate> {
+        for c in &mut pool {
+            if let Some(&(_, v)) = visits.iter().find(|(id, _)| *id == c.id) {
+                c.visits = v;
+            }
+        }
+        pool
+    }
+
+    #[test]
+    fn thompson_draws_are_seeded_per_memory_and_do_not_depend_on_the_pool() {
+        let members: Vec<(u64, f32, f32)> = (0..12u64)
+            .map(|i| (i * 3 + 1, 0.5 + i as f32 / 64.0, 0.1 * (i % 4) as f32))
+            .collect();
+        let full = pool(&members);
+        let cfg = RetrievalConfig {
+            k2: 12,
+            lambda: 1.0,
+            thompson: 1.0,
+            seed: 42,
+            ..RetrievalConfig::default()
+        };
+        // The same call gives the same order; another seed another order.
+        assert_eq!(ids(&full, &cfg), ids(&full, &cfg));
+        let other = RetrievalConfig {
+            seed: 43,
+            ..cfg.clone()
+        };
+        assert_ne!(ids(&full, &cfg), ids(&full, &other));
+        // A member's ranked value does not depend on who else is in the pool.
+        let part = pool(&members[3..9]);
+        for c in &part {
+            let a = uncertain_q(c, 0, &cfg);
+            let b = uncertain_q(full.iter().find(|f| f.id == c.id).unwrap(), 0, &cfg);
+            assert_eq!(a.to_bits(), b.to_bits());
+        }
+        // With lambda 1 the full order is the order of those values.
+        let mut by_value: Vec<(f64, u64)> = full
+            .iter()
+            .map(|c| (uncertain_q(c, 0, &cfg), c.id))
+            .collect();
+        by_value.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let want: Vec<u64> = by_value.into_iter().map(|(_, id)| id).collect();
+        assert_eq!(ids(&full, &cfg), want);
+    }
+
+    #[test]
+    fn the_bonus_shrinks_with_visits_and_off_changes_nothing() {
+        // Equal Q: the unvisited memory ranks first under UCB, the closer one without it.
+        let p = with_visits(pool(&[(1, 0.9, 0.2), (2, 0.5, 0.2)]), &[(1, 50), (2, 0)]);
+        let ucb = RetrievalConfig {
+            k2: 2,
+            lambda: 1.0,
+            ucb: 1.0,
+            ..RetrievalConfig::default()
+        };
+        assert_eq!(ids(&p, &ucb), vec![2, 1]);
+        let off = RetrievalConfig { ucb: 0.0, ..ucb };
+        assert_eq!(ids(&p, &off), vec![1, 2]);
+        // Hits carry the stored Q's figures only through zq and the score; q_min filters on
+        // the stored Q.
+        let filtered = RetrievalConfig {
+            q_min: Some(0.3),
+            ucb: 1e6,
+            ..off
+        };
+        assert!(ids(&p, &filtered).is_empty());
     }
 }

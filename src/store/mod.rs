@@ -60,6 +60,12 @@ pub struct Memory {
     pub updated_ms: u64,
     /// Free-form user metadata.
     pub metadata: Option<serde_json::Value>,
+    /// The baseline of the memory's intent key under baseline-corrected credit
+    /// ([`LearningConfig::baseline_rate`]): what episodes that used the key's memories earn
+    /// anyway. `None` until an outcome with that credit touches the key; every memory of a key
+    /// that has one holds the same value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<f32>,
 }
 
 /// A memory to add.
@@ -228,6 +234,9 @@ pub(crate) struct OutcomePlan {
     pub(crate) applied_ms: u64,
     /// The final state of every touched memory, in first-touch order.
     pub(crate) updates: Vec<MemoryUpdate>,
+    /// With baseline-corrected credit: the final baseline of every memory of every touched
+    /// intent key (empty otherwise, and then the log record is the one older versions wrote).
+    pub(crate) baselines: Vec<(u64, f32)>,
 }
 
 /// The state an outcome batch leaves one memory in.
@@ -547,6 +556,7 @@ impl Store {
         let (ids, next_id) = self.assign_ids(&batch)?;
         let placement = self.assign_keys(&unit)?;
         let q_init = self.learning.q_init;
+        let q_init_failure = self.learning.q_init_failure.unwrap_or(q_init);
         let memories = batch
             .into_iter()
             .enumerate()
@@ -559,7 +569,8 @@ impl Store {
                 intent: m.intent,
                 experience: m.experience,
                 success: m.success,
-                q: m.q.unwrap_or(q_init),
+                q: m.q
+                    .unwrap_or(if m.success { q_init } else { q_init_failure }),
                 metadata: m.metadata,
             })
             .collect();
@@ -586,6 +597,7 @@ impl Store {
         let mut created = HashSet::new();
         let mut next_key = self.next_key_id;
         let q_init = self.learning.q_init;
+        let q_init_failure = self.learning.q_init_failure.unwrap_or(q_init);
         let mut memories = Vec::with_capacity(batch.len());
         for (i, (m, place)) in batch.into_iter().zip(placement).enumerate() {
             let id = m.id.ok_or_else(|| {
@@ -625,7 +637,8 @@ impl Store {
                 intent: m.intent,
                 experience: m.experience,
                 success: m.success,
-                q: m.q.unwrap_or(q_init),
+                q: m.q
+                    .unwrap_or(if m.success { q_init } else { q_init_failure }),
                 metadata: m.metadata,
             });
         }
@@ -885,6 +898,7 @@ impl Store {
                     created_ms: plan.created_ms,
                     updated_ms: plan.created_ms,
                     metadata: m.metadata.clone(),
+                    baseline: None,
                 },
                 key,
             );
@@ -935,15 +949,19 @@ impl Store {
             self.limits.max_batch,
             ids,
         )?;
-        let (updates, report) = learn::plan(outcomes, config, |id| {
-            self.table.get(id).map(|m| (m.q, m.visits))
-        })?;
+        let planned = learn::plan(
+            outcomes,
+            config,
+            |id| self.table.get(id).map(|m| (m.q, m.visits)),
+            &self.table,
+        )?;
         Ok((
             OutcomePlan {
                 applied_ms,
-                updates,
+                updates: planned.updates,
+                baselines: planned.baselines,
             },
-            report,
+            planned.report,
         ))
     }
 
@@ -965,12 +983,28 @@ impl Store {
             }
             slots.push(slot);
         }
+        let mut baseline_slots = Vec::with_capacity(plan.baselines.len());
+        for (i, &(id, b)) in plan.baselines.iter().enumerate() {
+            let slot = self
+                .table
+                .slot(id)
+                .ok_or(Error::UnknownMemory { outcome: i, id })?;
+            if !b.is_finite() {
+                return Err(Error::Internal(format!(
+                    "memory {id}: planned baseline {b} is not finite"
+                )));
+            }
+            baseline_slots.push(slot);
+        }
         for (u, slot) in plan.updates.iter().zip(slots) {
             let m = self.table.at_mut(slot);
             m.q = u.q;
             m.visits = u.visits;
             m.last_reward = Some(u.last_reward);
             m.updated_ms = plan.applied_ms;
+        }
+        for (&(_, b), slot) in plan.baselines.iter().zip(baseline_slots) {
+            self.table.at_mut(slot).baseline = Some(b);
         }
         Ok(())
     }

@@ -136,3 +136,19 @@ impl MemoryTable {
         Ok(())
     }
 }
+
+impl crate::learn::KeyView for MemoryTable {
+    fn key_of(&self, id: u64) -> Option<KeyId> {
+        MemoryTable::key_of(self, id)
+    }
+
+    fn members_of(&self, key: KeyId) -> Vec<(u64, Option<f32>)> {
+        self.members(key)
+            .iter()
+            .map(|&slot| {
+                let m = self.at(slot);
+                (m.id, m.baseline)
+            })
+            .collect()
+    }
+}

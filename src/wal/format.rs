@@ -12,7 +12,9 @@
 //! id u64 | q f32 | success u8 | key: 0 then dim u32 and dim f32 (a new unit key), or 2 then the
 //! key id u64 it is filed under | intent str | experience str | 0, or 1 then metadata JSON str`),
 //! `2` remove (`id u64`), `7` outcome plan (`applied_ms u64 | count u32 | per touched memory:
-//! id u64 | q f32 | visits u64 | last_reward f32`), `4` retrieval config and `5` learning config
+//! id u64 | q f32 | visits u64 | last_reward f32`), `8` outcome plan with baselines (as `7`, then
+//! `count u32 | per memory of a touched key: id u64 | baseline f32`; written only by
+//! baseline-corrected credit), `4` retrieval config and `5` learning config
 //! (one JSON str each). Version-1 logs also hold `1` add (as `6` without `next_id`, and key kind
 //! 1 then the id u64 of the memory whose key it shares) and `3` outcomes (`applied_ms u64 | alpha
 //! f32 | q_init f32 | 0, or 1 then min f32 max f32 mode u8 (0 clamp, 1 reject) | count u32 | per
@@ -45,6 +47,7 @@ const TAG_RETRIEVAL: u8 = 4;
 const TAG_LEARNING: u8 = 5;
 const TAG_ADD: u8 = 6;
 const TAG_OUTCOME_PLAN: u8 = 7;
+const TAG_OUTCOME_PLAN_BASELINES: u8 = 8;
 
 const KEY_NEW: u8 = 0;
 const KEY_SAME_AS_MEMORY_V1: u8 = 1;
@@ -214,7 +217,12 @@ pub(crate) fn encode_frame(
             put_u64(out, id);
         }
         RecordRef::Outcomes(plan) => {
-            out.push(TAG_OUTCOME_PLAN);
+            // A plan without baselines (the paper's credit) is written as before.
+            out.push(if plan.baselines.is_empty() {
+                TAG_OUTCOME_PLAN
+            } else {
+                TAG_OUTCOME_PLAN_BASELINES
+            });
             put_u64(out, plan.applied_ms);
             put_len(out, plan.updates.len())?;
             for u in &plan.updates {
@@ -222,6 +230,13 @@ pub(crate) fn encode_frame(
                 put_f32(out, u.q);
                 put_u64(out, u.visits);
                 put_f32(out, u.last_reward);
+            }
+            if !plan.baselines.is_empty() {
+                put_len(out, plan.baselines.len())?;
+                for &(id, b) in &plan.baselines {
+                    put_u64(out, id);
+                    put_f32(out, b);
+                }
             }
         }
         RecordRef::RetrievalConfig(config) => {
@@ -405,7 +420,7 @@ fn decode_body(c: &mut Cursor<'_>) -> Result<(u64, Record), String> {
             })
         }
         TAG_REMOVE => Record::Remove(c.u64()?),
-        TAG_OUTCOME_PLAN => {
+        tag @ (TAG_OUTCOME_PLAN | TAG_OUTCOME_PLAN_BASELINES) => {
             let applied_ms = c.u64()?;
             let count = c.count(24)?;
             let mut updates = Vec::with_capacity(count);
@@ -417,9 +432,18 @@ fn decode_body(c: &mut Cursor<'_>) -> Result<(u64, Record), String> {
                     last_reward: c.f32()?,
                 });
             }
+            let mut baselines = Vec::new();
+            if tag == TAG_OUTCOME_PLAN_BASELINES {
+                let count = c.count(12)?;
+                baselines.reserve(count);
+                for _ in 0..count {
+                    baselines.push((c.u64()?, c.f32()?));
+                }
+            }
             Record::Outcomes(OutcomePlan {
                 applied_ms,
                 updates,
+                baselines,
             })
         }
         TAG_OUTCOMES_V1 => {
@@ -459,6 +483,8 @@ fn decode_body(c: &mut Cursor<'_>) -> Result<(u64, Record), String> {
                     alpha,
                     q_init,
                     reward_range,
+                    // Version 1 knew only the paper's credit.
+                    ..LearningConfig::default()
                 },
                 outcomes,
             }

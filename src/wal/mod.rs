@@ -23,7 +23,8 @@
 //!   cut off the log again before the error returns.
 //! - **Records hold decisions, not inputs.** An add's record is its plan: the ids, the unit keys
 //!   and the key id each memory is filed under; an outcome batch's record is the final Q, visits
-//!   and last reward of every memory it touched, and the time it was applied. A replay therefore
+//!   and last reward of every memory it touched (with baseline-corrected credit also the final
+//!   baseline of every memory of every key it touched), and the time it was applied. A replay therefore
 //!   recomputes nothing: it is exact (bit for bit, timestamps included) on any device, whatever
 //!   learning rule made the values.
 //! - **A log belongs to one bank.** Its header holds the bank's identity (a random id fixed at

@@ -77,18 +77,30 @@ fn mutate(engine: &Bank) {
                 max: 1.0,
                 out_of_range: OutOfRange::Clamp,
             }),
+            // Baseline-corrected credit from here on: the next outcome's record carries the
+            // baselines of both keys it touches (memories 0 and 10 too, not injected).
+            baseline_rate: Some(0.25),
+            q_init_failure: Some(-0.5),
         })
         .unwrap();
     engine
-        .apply_outcomes(&[Outcome {
-            memory_ids: vec![1, 11],
-            reward: 3.0,
-        }])
+        .apply_outcomes(&[
+            Outcome {
+                memory_ids: vec![1, 11],
+                reward: 3.0,
+            },
+            Outcome {
+                memory_ids: vec![11],
+                reward: -1.0,
+            },
+        ])
         .unwrap();
     engine.remove(0).unwrap();
     engine
         .set_retrieval_config(RetrievalConfig {
             k1: 7,
+            thompson: 0.5,
+            ucb: 0.25,
             ..Default::default()
         })
         .unwrap();
@@ -211,6 +223,12 @@ fn every_record_kind_round_trips_through_its_frame() {
                 last_reward: -1.0,
             },
         ],
+        baselines: Vec::new(),
+    };
+    // Baseline-corrected credit: the same plan with the baselines of the touched keys.
+    let with_baselines = OutcomePlan {
+        baselines: vec![(1, -0.25), (2, -0.25), (u64::MAX, 1e-30)],
+        ..outcomes.clone()
     };
     let cases: Vec<(RecordRef<'_>, Record)> = vec![
         (RecordRef::Add(&add), Record::Add(add.clone())),
@@ -218,6 +236,10 @@ fn every_record_kind_round_trips_through_its_frame() {
         (
             RecordRef::Outcomes(&outcomes),
             Record::Outcomes(outcomes.clone()),
+        ),
+        (
+            RecordRef::Outcomes(&with_baselines),
+            Record::Outcomes(with_baselines.clone()),
         ),
         (
             RecordRef::RetrievalConfig(&retrieval),

@@ -10,7 +10,8 @@ use memrl::embed::Embedder;
 use memrl::ingest::TaskRecord;
 use memrl::{BankConfig, LearningConfig, RetrievalConfig};
 use memrl_bench::simulate::{
-    run_policy, simulate, EngineSetup, Policy, Report, SimConfig, World, WorldParams,
+    run_policy, simulate, EngineSetup, LearningOptions, Policy, Report, SimConfig, Variant, World,
+    WorldParams, VARIANTS,
 };
 
 fn tiny() -> (tempfile::TempDir, Embedder) {
@@ -54,7 +55,13 @@ fn a_seeded_run_is_reproducible() {
     assert_ne!(figures(&a)["seeds"], figures(&c)["seeds"]);
     // Every policy of the config is reported, per seed and over seeds.
     let names: Vec<String> = config.policies().into_iter().map(|p| p.name).collect();
-    assert_eq!(names.len(), 9);
+    // The paper's 9, the 5 option policies, and the best combination's 4 other lambdas.
+    assert_eq!(names.len(), 18);
+    let paper_only = SimConfig {
+        options: false,
+        ..config.clone()
+    };
+    assert_eq!(paper_only.policies().len(), 9);
     for seed in &a.seeds {
         let reported: Vec<&str> = seed.runs.iter().map(|r| r.policy.as_str()).collect();
         assert_eq!(
@@ -115,6 +122,7 @@ fn the_loop_follows_the_spec() {
             ..RetrievalConfig::default()
         },
         learning: LearningConfig::default(),
+        failure_reward: -1.0,
     };
     let device = common::device();
 
@@ -172,4 +180,87 @@ fn bad_configs_are_errors_not_panics() {
         let config = SimConfig { tasks: 5, ..bad };
         assert!(simulate(&corpus, &embedder, &config, &mut |_| {}).is_err());
     }
+}
+
+#[test]
+fn the_options_run_seeded_and_do_what_their_fields_say() {
+    let (_dir, embedder) = tiny();
+    let corpus = common::task_corpus(4, 8, 5);
+    let texts: Vec<&str> = corpus.iter().map(|r| r.text.as_str()).collect();
+    let rows = embedder.embed(&texts).unwrap().to_rows().unwrap();
+    let world = World::new(corpus.clone(), rows.clone(), WorldParams::default(), 3, 13).unwrap();
+    let setup = EngineSetup {
+        bank: BankConfig::new(embedder.dim(), embedder.name()),
+        retrieval: RetrievalConfig {
+            delta: -1.0,
+            ..RetrievalConfig::default()
+        },
+        learning: LearningConfig::default(),
+        failure_reward: -1.0,
+    };
+    let device = common::device();
+    let options = LearningOptions {
+        thompson: 1.0,
+        ucb: 0.5,
+        baseline_rate: Some(0.3),
+        q_init_failure: Some(-0.6),
+    };
+    let policy = Policy::memrl_with("all", 0.5, 0.3, options);
+    let a = run_policy(&world, &policy, &setup, &device).unwrap();
+    let b = run_policy(&world, &policy, &setup, &device).unwrap();
+    // Thompson's draws are seeded by the world and the attempt: the same run twice.
+    assert_eq!(a.history, b.history);
+    let bank = a.bank.unwrap();
+    bank.debug_check().unwrap();
+    let memories = bank.memories();
+    let learned = |ms: &[memrl::Memory]| -> Vec<(u64, u32, u64, Option<u32>)> {
+        ms.iter()
+            .map(|m| (m.id, m.q.to_bits(), m.visits, m.baseline.map(f32::to_bits)))
+            .collect()
+    };
+    assert_eq!(learned(&memories), learned(&b.bank.unwrap().memories()));
+    // A never-updated memory of a failure starts at the prior, one of a success at q_init.
+    for m in memories.iter().filter(|m| m.visits == 0) {
+        assert_eq!(m.q, if m.success { 0.0 } else { -0.6 }, "{m:?}");
+    }
+    // Baseline credit keeps one baseline per key, in every memory under it that has one.
+    assert!(memories.iter().any(|m| m.baseline.is_some()));
+    assert!(memories
+        .iter()
+        .all(|m| m.baseline.is_none_or(|b| (-1.0..=1.0).contains(&b))));
+    for m in memories.iter().filter(|m| m.baseline.is_some()) {
+        let key = bank.intent_key(m.id).unwrap();
+        for other in memories.iter().filter(|o| o.baseline.is_some()) {
+            if bank.intent_key(other.id).unwrap() == key {
+                assert_eq!(m.baseline, other.baseline);
+            }
+        }
+    }
+
+    // The paper's MemRL is the same policy with every option off.
+    assert!(Policy::memrl("MemRL", 0.5, 0.3).options.is_paper());
+
+    // Variants: each named one exists and changes its world; an unknown name is an error.
+    let base = SimConfig::default();
+    for v in VARIANTS {
+        let mut c = base.clone();
+        Variant::named(v.name).unwrap().apply(&mut c);
+        assert_eq!(c == base, v.name == "default", "{}", v.name);
+    }
+    assert!(Variant::named("alfworld").is_err());
+
+    // With write_share below 1, only some attempts write a memory (the same ones for every
+    // policy: the draw is the world's).
+    let sparse = WorldParams {
+        write_share: 0.3,
+        ..WorldParams::default()
+    };
+    let world = World::new(corpus.clone(), rows, sparse, 3, 13).unwrap();
+    let writes = (0..3)
+        .flat_map(|e| (0..corpus.len()).map(move |t| (e, t)))
+        .filter(|&(e, t)| world.writes(e, t))
+        .count();
+    let run = run_policy(&world, &Policy::rag(), &setup, &device).unwrap();
+    assert_eq!(run.bank.unwrap().len(), writes);
+    assert!(writes < 3 * corpus.len());
 }

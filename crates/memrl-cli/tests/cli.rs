@@ -555,6 +555,11 @@ fn simulate_writes_the_table_the_json_and_the_pictures() {
         "| MemP |",
         "| MemRL |",
         "| Oracle |",
+        "| MemRL+baseline |",
+        "| MemRL+Thompson |",
+        "| MemRL+UCB |",
+        "| MemRL+failure prior |",
+        "| MemRL+best |",
         "| 0.25 |",
     ] {
         assert!(out.contains(row), "{row} missing from:\n{out}");
@@ -563,7 +568,7 @@ fn simulate_writes_the_table_the_json_and_the_pictures() {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).unwrap()).unwrap();
     assert_eq!(json["seeds"].as_array().unwrap().len(), 2);
-    assert_eq!(json["policies"].as_array().unwrap().len(), 9);
+    assert_eq!(json["policies"].as_array().unwrap().len(), 18);
     assert_eq!(
         std::fs::read_to_string(out_dir.join("results.md")).unwrap(),
         out.split("figures:").next().unwrap().trim_end().to_string() + "\n"
@@ -575,6 +580,43 @@ fn simulate_writes_the_table_the_json_and_the_pictures() {
         svg.starts_with("<svg") && svg.contains("MemRL"),
         "{svg:.200}"
     );
+}
+
+#[test]
+fn simulate_runs_a_declared_variant_and_the_paper_only() {
+    let t = Setup::new();
+    let corpus = corpus_file(&t);
+    let out_dir = t.path("sim");
+    let base = [
+        "simulate",
+        "--corpus",
+        s(&corpus),
+        "--tasks",
+        "20",
+        "--epochs",
+        "2",
+        "--seeds",
+        "1",
+        "--out",
+        s(&out_dir),
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--variant", "binary", "--paper-only"]);
+    let out = ok(&t.run(&args, true));
+    assert!(
+        out.contains("rewards +1 / 0") && !out.contains("MemRL+best"),
+        "{out}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["policies"].as_array().unwrap().len(), 9);
+    let mut args = base.to_vec();
+    args.extend(["--variant", "k2-3"]);
+    assert!(ok(&t.run(&args, true)).contains("k1 5, k2 3"));
+    let mut args = base.to_vec();
+    args.extend(["--variant", "alfworld"]);
+    let err = failed(&t.run(&args, true));
+    assert!(err.contains("variant") && err.contains("sparse"), "{err}");
 }
 
 #[test]

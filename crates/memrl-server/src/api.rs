@@ -743,6 +743,8 @@ pub struct RetrieveIn {
     q_min: Option<Option<f32>>,
     epsilon: Option<f32>,
     seed: Option<u64>,
+    thompson: Option<f32>,
+    ucb: Option<f32>,
 }
 
 impl RetrieveIn {
@@ -757,6 +759,8 @@ impl RetrieveIn {
             || self.q_min.is_some()
             || self.epsilon.is_some()
             || self.seed.is_some()
+            || self.thompson.is_some()
+            || self.ucb.is_some()
     }
 
     /// The stored config with this request's options, checked.
@@ -788,6 +792,8 @@ impl RetrieveIn {
         }
         c.epsilon = self.epsilon.unwrap_or(c.epsilon);
         c.seed = self.seed.unwrap_or(c.seed);
+        c.thompson = self.thompson.unwrap_or(c.thompson);
+        c.ucb = self.ucb.unwrap_or(c.ucb);
         c.validate()?;
         Ok(c)
     }

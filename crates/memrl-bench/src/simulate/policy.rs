@@ -18,6 +18,8 @@ pub struct EngineSetup {
     pub retrieval: RetrievalConfig,
     /// `q_init` (and reward range) of every bank; alpha comes from the policy.
     pub learning: LearningConfig,
+    /// Reward of a failed attempt (a success earns 1): -1 as in the authors' code, or 0.
+    pub failure_reward: f32,
 }
 
 /// How a policy picks the memories injected into an attempt.
@@ -45,6 +47,29 @@ pub struct Policy {
     pub selection: Selection,
     /// Learning rate of the Q update after every attempt; `None` keeps every Q at `q_init`.
     pub alpha: Option<f32>,
+    /// The engine's learning options beyond the paper's rule (all off for the paper's policies).
+    pub options: LearningOptions,
+}
+
+/// The engine's options beside the paper's rule, as one policy uses them: each is a field of
+/// the engine's retrieval or learning config (see there), and all off is the paper's MemRL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct LearningOptions {
+    /// [`RetrievalConfig::thompson`]: Thompson sampling in Phase B (0 = off).
+    pub thompson: f32,
+    /// [`RetrievalConfig::ucb`]: an upper-confidence bonus in Phase B (0 = off).
+    pub ucb: f32,
+    /// [`LearningConfig::baseline_rate`]: baseline-corrected credit (`None` = off).
+    pub baseline_rate: Option<f32>,
+    /// [`LearningConfig::q_init_failure`]: Q of a memory written by a failed attempt.
+    pub q_init_failure: Option<f32>,
+}
+
+impl LearningOptions {
+    /// Whether every option is off (the paper's rule).
+    pub fn is_paper(&self) -> bool {
+        *self == LearningOptions::default()
+    }
 }
 
 impl Policy {
@@ -73,11 +98,25 @@ impl Policy {
         Self::new("Oracle", Selection::Oracle, None)
     }
 
+    /// MemRL with some of the engine's options beside the paper's rule.
+    pub fn memrl_with(
+        name: impl Into<String>,
+        lambda: f32,
+        alpha: f32,
+        options: LearningOptions,
+    ) -> Policy {
+        Policy {
+            options,
+            ..Self::memrl(name, lambda, alpha)
+        }
+    }
+
     fn new(name: impl Into<String>, selection: Selection, alpha: Option<f32>) -> Policy {
         Policy {
             name: name.into(),
             selection,
             alpha,
+            options: LearningOptions::default(),
         }
     }
 }
@@ -161,6 +200,8 @@ pub fn run_policy(
     let tasks = world.tasks();
     let learning = policy.alpha.map(|alpha| LearningConfig {
         alpha,
+        baseline_rate: policy.options.baseline_rate,
+        q_init_failure: policy.options.q_init_failure,
         ..setup.learning.clone()
     });
     let bank = match policy.selection {
@@ -182,7 +223,18 @@ pub fn run_policy(
         let (mut own, mut other_source) = (0usize, 0usize);
         for &task in world.order(epoch) {
             let ids = match &bank {
-                Some(bank) => select(world, bank, &truths, policy, &setup.retrieval, task)?,
+                Some(bank) => {
+                    let episode = (epoch * tasks.len() + task) as u64;
+                    select(
+                        world,
+                        bank,
+                        &truths,
+                        policy,
+                        &setup.retrieval,
+                        task,
+                        episode,
+                    )?
+                }
                 None => Vec::new(),
             };
             let injected = truths_of(&truths, &ids)?;
@@ -205,9 +257,12 @@ pub fn run_policy(
             if learning.is_some() && !ids.is_empty() {
                 let outcome = Outcome {
                     memory_ids: ids,
-                    reward: if success { 1.0 } else { -1.0 },
+                    reward: if success { 1.0 } else { setup.failure_reward },
                 };
                 bank.apply_outcomes(&[outcome])?;
+            }
+            if !world.writes(epoch, task) {
+                continue;
             }
             let experience = if success {
                 "what worked: "
@@ -246,7 +301,8 @@ pub fn run_policy(
     })
 }
 
-/// The memory ids the policy injects into an attempt at `task`.
+/// The memory ids the policy injects into an attempt at `task`, the world's `episode`-th (which
+/// seeds Thompson sampling: fresh draws every attempt, the same in every run of the world).
 fn select(
     world: &World,
     bank: &Bank,
@@ -254,15 +310,21 @@ fn select(
     policy: &Policy,
     retrieval: &RetrievalConfig,
     task: usize,
+    episode: u64,
 ) -> Result<Vec<u64>> {
     let query = std::slice::from_ref(&world.tasks()[task].embedding);
     match policy.selection {
         Selection::None => Ok(Vec::new()),
         Selection::Engine { lambda } => {
-            let cfg = RetrievalConfig {
+            let mut cfg = RetrievalConfig {
                 lambda,
                 ..retrieval.clone()
             };
+            if !policy.options.is_paper() {
+                cfg.thompson = policy.options.thompson;
+                cfg.ucb = policy.options.ucb;
+                cfg.seed = world.seed().wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ episode;
+            }
             let hits = bank.retrieve_with(query, &cfg)?;
             Ok(hits
                 .into_iter()

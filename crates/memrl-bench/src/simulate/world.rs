@@ -26,6 +26,9 @@ pub struct WorldParams {
     pub skill_transfer: f32,
     /// Scale of the harm a memory does to a task of another source: `scale * |N(0, 1)|`.
     pub cross_source_harm: f32,
+    /// Share of attempts that write a memory (1: every attempt, the default), decided per
+    /// (epoch, task) by a draw every policy shares.
+    pub write_share: f32,
 }
 
 impl Default for WorldParams {
@@ -38,6 +41,7 @@ impl Default for WorldParams {
             quality_sd: 0.6,
             skill_transfer: 0.5,
             cross_source_harm: 0.3,
+            write_share: 1.0,
         }
     }
 }
@@ -61,6 +65,13 @@ impl WorldParams {
             if scale && value < 0.0 {
                 return Err(Error::config(field, value, "must be >= 0"));
             }
+        }
+        if !(0.0..=1.0).contains(&self.write_share) {
+            return Err(Error::config(
+                "write_share",
+                self.write_share,
+                "must be in [0, 1]",
+            ));
         }
         Ok(())
     }
@@ -102,6 +113,7 @@ enum Stream {
     Attempt,
     Quality,
     Harm,
+    Write,
 }
 
 /// A seeded world: the tasks, their hidden difficulty, the order of every epoch and every draw.
@@ -246,6 +258,14 @@ impl World {
     /// the success probability.
     pub fn attempt_draw(&self, epoch: usize, task: usize) -> f64 {
         stream(self.seed, Stream::Attempt, self.item(epoch, task)).next_f64()
+    }
+
+    /// Whether the attempt at `task` in `epoch` writes a memory: always with the default
+    /// `write_share` of 1 (no draw is made), else with that probability.
+    pub fn writes(&self, epoch: usize, task: usize) -> bool {
+        self.params.write_share >= 1.0
+            || stream(self.seed, Stream::Write, self.item(epoch, task)).next_f64()
+                < f64::from(self.params.write_share)
     }
 
     /// The hidden truth of the memory written after the attempt at `task` in `epoch`. The normal

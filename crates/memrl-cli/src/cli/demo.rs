@@ -41,7 +41,9 @@ pub(crate) struct DemoArgs {
 
 pub(crate) fn demo(args: &DemoArgs) -> Result<()> {
     let start = Instant::now();
-    let config = args.shared.config(args.tasks, args.epochs, vec![args.seed]);
+    let config = args
+        .shared
+        .config(args.tasks, args.epochs, vec![args.seed])?;
     let simulation = args.shared.run(&config)?;
     let table = write_outputs(&simulation.report, &args.out)?;
     println!("{table}");

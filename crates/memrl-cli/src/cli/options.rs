@@ -100,13 +100,22 @@ pub(crate) struct RetrievalArgs {
     /// Seed of the exploration draws.
     #[arg(long)]
     pub(crate) seed: Option<u64>,
+    /// Thompson sampling in Phase B: rank each member by Q + THOMPSON * N(0, 1) / sqrt(1 +
+    /// visits), seeded by --seed, so memories few outcomes have measured get tried (>= 0;
+    /// default 0, off).
+    #[arg(long)]
+    pub(crate) thompson: Option<f32>,
+    /// An upper-confidence bonus in Phase B: rank each member by Q + UCB / sqrt(1 + visits)
+    /// (>= 0; default 0, off).
+    #[arg(long)]
+    pub(crate) ucb: Option<f32>,
 }
 
 impl RetrievalArgs {
     /// The flags given, by name.
     pub(crate) fn given(&self) -> Vec<&'static str> {
         let mut given = Vec::new();
-        let flags: [(&'static str, bool); 10] = [
+        let flags: [(&'static str, bool); 12] = [
             ("--k1", self.k1.is_some()),
             ("--k2", self.k2.is_some()),
             ("--delta", self.delta.is_some()),
@@ -117,6 +126,8 @@ impl RetrievalArgs {
             ("--q-min", self.q_min.is_some()),
             ("--epsilon", self.epsilon.is_some()),
             ("--seed", self.seed.is_some()),
+            ("--thompson", self.thompson.is_some()),
+            ("--ucb", self.ucb.is_some()),
         ];
         for (name, set) in flags {
             if set {
@@ -141,6 +152,8 @@ impl RetrievalArgs {
         }
         cfg.epsilon = self.epsilon.unwrap_or(cfg.epsilon);
         cfg.seed = self.seed.unwrap_or(cfg.seed);
+        cfg.thompson = self.thompson.unwrap_or(cfg.thompson);
+        cfg.ucb = self.ucb.unwrap_or(cfg.ucb);
         cfg.validate()?;
         Ok(cfg)
     }
@@ -161,6 +174,11 @@ pub(crate) struct UpdateArgs {
     /// the whole batch.
     #[arg(long, value_enum)]
     pub(crate) out_of_range: Option<OutOfRangeArg>,
+    /// Baseline-corrected credit: each intent key learns what its episodes earn anyway at this
+    /// rate, in (0, 1], and an injected memory is credited with the reward minus that baseline;
+    /// `off` is the paper's rule (the default).
+    #[arg(long, value_parser = parse_q_min, value_name = "RATE|off")]
+    pub(crate) baseline_rate: Option<QMin>,
 }
 
 impl UpdateArgs {
@@ -170,6 +188,7 @@ impl UpdateArgs {
             ("--alpha", self.alpha.is_some()),
             ("--reward-range", self.reward_range.is_some()),
             ("--out-of-range", self.out_of_range.is_some()),
+            ("--baseline-rate", self.baseline_rate.is_some()),
         ] {
             if set {
                 given.push(name);
@@ -200,6 +219,9 @@ impl UpdateArgs {
                 OutOfRangeArg::Reject => OutOfRange::Reject,
             };
         }
+        if let Some(QMin(rate)) = self.baseline_rate {
+            cfg.baseline_rate = rate;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -216,6 +238,16 @@ pub(crate) struct LearningArgs {
         help_heading = "Learning options (unset: the bank's stored value)"
     )]
     pub(crate) q_init: Option<f32>,
+    /// Q of a new memory written by a failed episode when it gives none; `off` uses --q-init
+    /// for failures too (the default, the paper's).
+    #[arg(
+        long,
+        value_parser = parse_q_min,
+        value_name = "Q|off",
+        allow_hyphen_values = true,
+        help_heading = "Learning options (unset: the bank's stored value)"
+    )]
+    pub(crate) q_init_failure: Option<QMin>,
 }
 
 impl LearningArgs {
@@ -224,6 +256,9 @@ impl LearningArgs {
         if self.q_init.is_some() {
             given.push("--q-init");
         }
+        if self.q_init_failure.is_some() {
+            given.push("--q-init-failure");
+        }
         given
     }
 
@@ -231,6 +266,9 @@ impl LearningArgs {
     pub(crate) fn apply(&self, base: &LearningConfig) -> Result<LearningConfig> {
         let mut cfg = self.update.apply(base)?;
         cfg.q_init = self.q_init.unwrap_or(cfg.q_init);
+        if let Some(QMin(q)) = self.q_init_failure {
+            cfg.q_init_failure = q;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -289,18 +327,58 @@ mod tests {
         };
         assert!(bad.apply(&cfg).unwrap_err().to_string().contains("lambda"));
 
+        let explore = RetrievalArgs {
+            thompson: Some(0.5),
+            ucb: Some(1.0),
+            ..Default::default()
+        };
+        let cfg = explore.apply(&cfg).unwrap();
+        assert_eq!((cfg.thompson, cfg.ucb, cfg.k2), (0.5, 1.0, 3));
+        assert_eq!(explore.given(), vec!["--thompson", "--ucb"]);
+        let bad = RetrievalArgs {
+            ucb: Some(-1.0),
+            ..Default::default()
+        };
+        assert!(bad.apply(&cfg).unwrap_err().to_string().contains("ucb"));
+
         let update = UpdateArgs {
             alpha: Some(0.0),
             reward_range: Some(RangeArg(Some((-1.0, 1.0)))),
             out_of_range: Some(OutOfRangeArg::Reject),
+            baseline_rate: Some(QMin(Some(0.25))),
         };
         let learning = LearningArgs {
             update,
             q_init: Some(0.25),
+            q_init_failure: Some(QMin(Some(-0.5))),
         }
         .apply(&LearningConfig::default())
         .unwrap();
         assert_eq!((learning.alpha, learning.q_init), (0.0, 0.25));
+        assert_eq!(
+            (learning.baseline_rate, learning.q_init_failure),
+            (Some(0.25), Some(-0.5))
+        );
+        let off = LearningArgs {
+            update: UpdateArgs {
+                baseline_rate: Some(QMin(None)),
+                ..Default::default()
+            },
+            q_init_failure: Some(QMin(None)),
+            ..Default::default()
+        }
+        .apply(&learning)
+        .unwrap();
+        assert_eq!((off.baseline_rate, off.q_init_failure), (None, None));
+        let bad_rate = UpdateArgs {
+            baseline_rate: Some(QMin(Some(0.0))),
+            ..Default::default()
+        };
+        assert!(bad_rate
+            .apply(&LearningConfig::default())
+            .unwrap_err()
+            .to_string()
+            .contains("baseline_rate"));
         assert_eq!(
             learning.reward_range.unwrap().out_of_range,
             OutOfRange::Reject

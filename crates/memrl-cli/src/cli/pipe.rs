@@ -37,12 +37,12 @@ never ends the loop; an unknown field is an error naming it.
 
   retrieve    {\"text\": \"...\"} | {\"texts\": [...]} | {\"embedding\": [...]} | {\"embeddings\": [[...]]},
               any retrieval option (k1, k2, delta, lambda, zsim (\"pool\" or {\"mean\", \"std\"}),
-              z_clip, clip_zsim, q_min (null: off), epsilon, seed) for this request
+              z_clip, clip_zsim, q_min (null: off), epsilon, seed, thompson, ucb) for this request
               -> {\"retrieval\": \"R\", \"hits\": [...]} (one query) or {\"results\": [{\"retrieval\", \"hits\"}, ...]}
   feedback    {\"retrieval\": \"R\", \"reward\": 1} | {\"memory_ids\": [3, 17], \"reward\": 1}
               | {\"rewards\": [{\"retrieval\", \"reward\"}, ...]} | {\"outcomes\": [{\"memory_ids\", \"reward\"}, ...]},
-              alpha and reward_range ({\"min\", \"max\", \"out_of_range\": \"clamp\"|\"reject\"} or null)
-              for this batch -> {\"outcomes\", \"updates\", \"memories\", \"clamped\", \"skipped\"}
+              alpha, reward_range ({\"min\", \"max\", \"out_of_range\": \"clamp\"|\"reject\"} or null)
+              and baseline_rate (null: off) for this batch -> {\"outcomes\", \"updates\", \"memories\", \"clamped\", \"skipped\"}
   add         {\"memory\": {...}} | {\"memories\": [{...}, ...]} (objects as `memrl index` lines) -> {\"ids\": [...]}
   get         {\"memory_id\": 3} | {\"memory_ids\": [...]} -> {\"memory\": {...}} | {\"memories\": [...]}
   remove      {\"memory_id\": 3} -> {\"removed\": {...}}
@@ -171,7 +171,7 @@ fn retrieval_id(value: &Value, name: &str) -> Result<RetrievalId, Failure> {
     })
 }
 
-const RETRIEVAL_FIELDS: [&str; 10] = [
+const RETRIEVAL_FIELDS: [&str; 12] = [
     "k1",
     "k2",
     "delta",
@@ -182,6 +182,8 @@ const RETRIEVAL_FIELDS: [&str; 10] = [
     "q_min",
     "epsilon",
     "seed",
+    "thompson",
+    "ucb",
 ];
 
 /// `base` with the retrieval options of `request` applied, validated.
@@ -198,6 +200,8 @@ fn retrieval_config(
     cfg.clip_zsim = field(request, "clip_zsim")?.unwrap_or(cfg.clip_zsim);
     cfg.epsilon = field(request, "epsilon")?.unwrap_or(cfg.epsilon);
     cfg.seed = field(request, "seed")?.unwrap_or(cfg.seed);
+    cfg.thompson = field(request, "thompson")?.unwrap_or(cfg.thompson);
+    cfg.ucb = field(request, "ucb")?.unwrap_or(cfg.ucb);
     if request.contains_key("q_min") {
         cfg.q_min = field(request, "q_min")?;
     }
@@ -226,7 +230,8 @@ fn retrieval_config(
     Ok(cfg)
 }
 
-/// `base` with `alpha`, `reward_range` and `q_init` of `request` applied, validated.
+/// `base` with `alpha`, `reward_range`, `q_init`, `baseline_rate` and `q_init_failure` of
+/// `request` applied (null turns the last two off), validated.
 fn learning_config(
     request: &Map<String, Value>,
     base: &LearningConfig,
@@ -234,6 +239,12 @@ fn learning_config(
     let mut cfg = base.clone();
     cfg.alpha = field(request, "alpha")?.unwrap_or(cfg.alpha);
     cfg.q_init = field(request, "q_init")?.unwrap_or(cfg.q_init);
+    if request.contains_key("baseline_rate") {
+        cfg.baseline_rate = field(request, "baseline_rate")?;
+    }
+    if request.contains_key("q_init_failure") {
+        cfg.q_init_failure = field(request, "q_init_failure")?;
+    }
     match request.get("reward_range") {
         None => {}
         Some(Value::Null) => cfg.reward_range = None,
@@ -352,6 +363,7 @@ fn feedback(bank: &Bank, request: &Map<String, Value>) -> Answer {
             "outcomes",
             "alpha",
             "reward_range",
+            "baseline_rate",
         ],
     )?;
     let config = learning_config(request, &bank.learning_config())?;
@@ -501,7 +513,17 @@ fn set_config(bank: &Bank, request: &Map<String, Value>) -> Answer {
     };
     let learning = match object("learning")? {
         Some(l) => {
-            known("learning", l, &["alpha", "q_init", "reward_range"])?;
+            known(
+                "learning",
+                l,
+                &[
+                    "alpha",
+                    "q_init",
+                    "reward_range",
+                    "baseline_rate",
+                    "q_init_failure",
+                ],
+            )?;
             Some(learning_config(l, &bank.learning_config())?)
         }
         None => None,

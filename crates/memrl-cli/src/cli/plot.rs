@@ -29,6 +29,7 @@ fn colour(name: &str, sweep_rank: Option<(usize, usize)>) -> RGBColor {
         "MemP" => RGBColor(23, 190, 207),
         "MemRL" => RGBColor(214, 39, 40),
         "Oracle" => RGBColor(44, 160, 44),
+        "MemRL+best" => RGBColor(0, 0, 0),
         _ => RGBColor(148, 103, 189),
     }
 }
@@ -79,6 +80,10 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, report: &Report) -> Dr
         .policies
         .iter()
         .filter(|p| !sweep.contains(&p.policy.name.as_str()) || p.policy.name == "MemRL")
+        // The best combination's own lambda sweep is in the tables, not the picture; the
+        // options one by one would crowd it too, so it shows their combination only.
+        .filter(|p| !p.policy.name.contains(" lambda="))
+        .filter(|p| p.policy.options.is_paper() || p.policy.name == memrl_bench::simulate::BEST)
         .map(|p| {
             let label = match p.policy.name.as_str() {
                 "MemP" => "MemP (= RAG: Q frozen)".to_string(),

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use memrl::ingest::{read_jsonl, TaskRecord};
 use memrl::{LearningConfig, RetrievalConfig};
-use memrl_bench::simulate::{simulate, MeanStd, Report, SimConfig, Simulation};
+use memrl_bench::simulate::{simulate, MeanStd, Report, SimConfig, Simulation, Variant, BEST};
 
 use super::plot::learning_curves;
 use super::ModelArgs;
@@ -66,13 +66,23 @@ pub(crate) struct SimArgs {
     /// Memories injected per attempt.
     #[arg(long, default_value_t = 5)]
     k2: usize,
+    /// The world: `default` (today's), or a declared variant: `sparse` (higher base success,
+    /// 30% of attempts write a memory, as in ALFWorld), `binary` (rewards 0 / 1), `k2-3` (k1 5,
+    /// k2 3; overrides --k1 and --k2), `equal-quality` (reflections as good as scripts).
+    #[arg(long, default_value = "default")]
+    variant: String,
+    /// Leave out the engine's learning options beside the paper's rule (baseline credit,
+    /// Thompson, UCB, failure prior, their combination): the paper's policies only.
+    #[arg(long)]
+    paper_only: bool,
     #[command(flatten)]
     model: ModelArgs,
 }
 
 impl SimArgs {
     /// A config with these settings over `tasks`, `epochs` and `seeds`.
-    pub(crate) fn config(&self, tasks: u64, epochs: u64, seeds: Vec<u64>) -> SimConfig {
+    pub(crate) fn config(&self, tasks: u64, epochs: u64, seeds: Vec<u64>) -> Result<SimConfig> {
+        let variant = Variant::named(&self.variant)?;
         let mut config = SimConfig {
             tasks: tasks as usize,
             epochs: epochs as usize,
@@ -83,13 +93,15 @@ impl SimArgs {
                 ..RetrievalConfig::default()
             },
             learning: LearningConfig::default(),
+            options: !self.paper_only,
             ..SimConfig::default()
         };
         if let Some(delta) = self.delta {
             config.retrieval.delta = delta;
             config.calibrate_delta = false;
         }
-        config
+        variant.apply(&mut config);
+        Ok(config)
     }
 
     /// Reads the corpus, loads the model and runs the simulation, printing progress to stderr.
@@ -118,7 +130,7 @@ impl SimArgs {
 
 pub(crate) fn run(args: &SimulateArgs) -> Result<()> {
     let seeds = (0..args.seeds).map(|i| args.first_seed + i).collect();
-    let config = args.shared.config(args.tasks, args.epochs, seeds);
+    let config = args.shared.config(args.tasks, args.epochs, seeds)?;
     let simulation = args.shared.run(&config)?;
     let table = write_outputs(&simulation.report, &args.out)?;
     println!("{table}");
@@ -188,7 +200,7 @@ pub(crate) fn markdown(report: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{} tasks x {} epochs, {seeds}; model {}; k1 {}, k2 {}, {delta}; MemRL lambda {}, alpha {}, q_init {}; {:.0} s\n",
+        "{} tasks x {} epochs, {seeds}; model {}; k1 {}, k2 {}, {delta}; MemRL lambda {}, alpha {}, q_init {}; rewards +1 / {}; world {}; {:.0} s\n",
         config.tasks,
         config.epochs,
         report.model,
@@ -197,18 +209,23 @@ pub(crate) fn markdown(report: &Report) -> String {
         config.lambda,
         config.learning.alpha,
         config.learning.q_init,
+        config.failure_reward,
+        serde_json::to_string(&config.world).unwrap_or_default(),
         report.seconds
     );
     let _ = writeln!(
         s,
-        "| policy | epoch 1 | last epoch | CSR | forgetting | all epochs | harmful injections, last epoch |"
+        "| policy | epoch 1 | last epoch | CSR | forgetting | all epochs | harmful injections, last epoch | corr(Q, quality) | corr(Q, task ease) |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
     let swept: Vec<&str> = report.sweep.iter().map(|p| p.policy.as_str()).collect();
     for p in &report.policies {
-        if swept.contains(&p.policy.name.as_str()) && p.policy.name != "MemRL" {
+        if (swept.contains(&p.policy.name.as_str()) && p.policy.name != "MemRL")
+            || p.policy.name.contains(" lambda=")
+        {
             continue;
         }
+        let fit = |f: Option<MeanStd>| f.map_or("-".to_string(), |m| cell(m, n));
         let m = &p.summary;
         let harmful = p.harmful_share.last().copied().unwrap_or(0.0);
         let harmful = if p.policy.name == "No memory" {
@@ -218,25 +235,30 @@ pub(crate) fn markdown(report: &Report) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {harmful} |",
+            "| {} | {} | {} | {} | {} | {} | {harmful} | {} | {} |",
             p.policy.name,
             cell(m.per_epoch[0], n),
             cell(m.last_epoch, n),
             cell(m.csr, n),
             cell(m.forgetting, n),
             cell(m.mean_success, n),
+            fit(p.q_vs_quality),
+            fit(p.q_vs_task_ease),
         );
     }
+    let best_sweep = report.policy(BEST).is_some();
     let _ = writeln!(
         s,
-        "\nMemRL lambda sweep (alpha {}):\n\n| lambda | epoch 1 | last epoch | CSR | forgetting |\n|---|---|---|---|---|",
-        config.learning.alpha
+        "\nMemRL lambda sweep (alpha {}){}:\n\n| lambda | epoch 1 | last epoch | CSR | forgetting |{}\n|---|---|---|---|---|{}",
+        config.learning.alpha,
+        if best_sweep { ", and the same sweep of MemRL+best" } else { "" },
+        if best_sweep { " MemRL+best: last epoch | forgetting |" } else { "" },
+        if best_sweep { "---|---|" } else { "" },
     );
     for point in &report.sweep {
         if let Some(p) = report.policy(&point.policy) {
             let m = &p.summary;
-            let _ = writeln!(
-                s,
+            let mut row = format!(
                 "| {} | {} | {} | {} | {} |",
                 point.lambda,
                 cell(m.per_epoch[0], n),
@@ -244,6 +266,20 @@ pub(crate) fn markdown(report: &Report) -> String {
                 cell(m.csr, n),
                 cell(m.forgetting, n)
             );
+            let best = if point.lambda == config.lambda {
+                report.policy(BEST)
+            } else {
+                report.policy(&format!("{BEST} lambda={}", point.lambda))
+            };
+            if let Some(b) = best {
+                let _ = write!(
+                    row,
+                    " {} | {} |",
+                    cell(b.summary.last_epoch, n),
+                    cell(b.summary.forgetting, n)
+                );
+            }
+            let _ = writeln!(s, "{row}");
         }
     }
     s
