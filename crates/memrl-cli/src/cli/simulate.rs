@@ -23,8 +23,10 @@ succeeds with probability logistic(base difficulty + the hidden effects of the i
 memories): a memory helps its own task by its hidden quality, helps tasks of the same source by \
 half of it, and harms tasks of other sources however alike they read. Every attempt writes a \
 memory. Policies: No memory, RAG (lambda 0), MemP (the MemRL loop with alpha 0), MemRL (lambda \
-0.5, alpha 0.3), an oracle re-ranker that knows the hidden effects, and a lambda sweep; all see \
-the same world and the same random draws. Delta is calibrated per world (the paper's top-20% \
+0.5, alpha 0.3), an oracle re-ranker that knows the hidden effects, a lambda sweep, and the \
+engine's learning options beside the paper's rule (MemRL+baseline, +Thompson, +UCB, +failure \
+prior, and their best combination MemRL+best with its own lambda sweep; --paper-only leaves them \
+out); all see the same world and the same random draws. --variant picks a declared world variant. Delta is calibrated per world (the paper's top-20% \
 pairwise similarity) unless --delta is given.
 
 Writes <OUT>/results.md, <OUT>/results.json, <OUT>/learning-curves.svg and .png.";
