@@ -6,10 +6,11 @@
 //! as Ray actors); this module is what both sides compute:
 //!
 //! - **Retrieval.** Each shard recalls ([`Bank::recall`]): its own best k1 keys at or above
-//!   delta, ordered by similarity then key id, with every memory filed under them. The
-//!   coordinator [`merge`]s the recalls: the global best k1 keys (the best k1 of the union of
-//!   every shard's best k1, by the same order), the pools of those keys, and Phase B once, so
-//!   pools, ties and seeded exploration are those of one bank.
+//!   delta, ordered by similarity then key id, with what Phase B reads of every memory filed
+//!   under them. The coordinator [`merge`]s the recalls: the global best k1 keys (the best k1 of
+//!   the union of every shard's best k1, by the same order), the pools of those keys, and Phase
+//!   B once, so pools, ties and seeded exploration are those of one bank; then it reads the
+//!   records of the picked memories from their shards ([`Pick::hit`]).
 //! - **Adds.** Key ids and memory ids are global. The coordinator asks every shard for each new
 //!   row's nearest key ([`Bank::search_keys`] with k = 1 and delta = `dedup_sim`), keeps the best
 //!   (ties to the lower key id), and [`place`]s the rows by the rule a bank applies itself
@@ -42,8 +43,11 @@
 //!     .iter()
 //!     .map(|s| s.recall(&query, &cfg))
 //!     .collect::<memrl::Result<Vec<_>>>()?;
-//! let hits = shard::merge(&recalls, &cfg)?;
-//! assert_eq!(hits[0][0].id, 1); // the closer memory, which shard 1 holds
+//! let picks = shard::merge(&recalls, &cfg)?;
+//! let best = picks[0][0];
+//! assert_eq!((best.id, best.shard), (1, 1)); // the closer memory, which shard 1 holds
+//! let hit = best.hit(&shards[best.shard].get(best.id).unwrap());
+//! assert_eq!(hit.experience, "y");
 //! # Ok::<(), memrl::Error>(())
 //! ```
 
@@ -63,13 +67,65 @@ use crate::Bank;
 pub use crate::store::Placement;
 
 /// One shard's recall of one query ([`Bank::recall`]): its best k1 keys at or above delta, by
-/// similarity then key id, and every memory filed under them.
+/// similarity then key id, and every memory filed under them, with what Phase B reads of each
+/// (the records stay on the shard until [`merge`] has picked the hits).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Recall {
     /// The keys, best first.
     pub keys: Vec<KeyMatch>,
-    /// The memories filed under those keys, each with its key.
-    pub members: Vec<(KeyId, Memory)>,
+    /// The memories filed under those keys.
+    pub members: Vec<Member>,
+}
+
+/// A memory of a recalled pool: what Phase B reads of it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    /// The key it is filed under.
+    pub key: KeyId,
+    /// Memory id.
+    pub id: u64,
+    /// Its utility.
+    pub q: f32,
+    /// The outcomes that have updated it.
+    pub visits: u64,
+}
+
+/// One hit picked by [`merge`], before its record is read: the shard (index into the
+/// recalls) that holds the memory, and every figure of the [`Hit`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pick {
+    /// The shard that holds the memory.
+    pub shard: usize,
+    /// Memory id.
+    pub id: u64,
+    /// Its utility when recalled.
+    pub q: f32,
+    /// Similarity of its key to the query.
+    pub sim: f32,
+    /// Standardised similarity.
+    pub zsim: f32,
+    /// Standardised utility.
+    pub zq: f32,
+    /// Its score.
+    pub score: f32,
+}
+
+impl Pick {
+    /// The hit, given the memory's record (read from [`Pick::shard`]).
+    pub fn hit(&self, memory: &Memory) -> Hit {
+        Hit {
+            id: self.id,
+            intent: memory.intent.clone(),
+            experience: memory.experience.clone(),
+            success: memory.success,
+            metadata: memory.metadata.clone(),
+            q: self.q,
+            sim: self.sim,
+            zsim: self.zsim,
+            zq: self.zq,
+            score: self.score,
+        }
+    }
 }
 
 /// The rows of an add, placed ([`place`]).
@@ -83,8 +139,9 @@ pub struct Placed {
 
 /// Retrieval over shards: `recalls[s][i]` is shard `s`'s recall of query `i` (every shard
 /// recalled the same queries with `cfg`). Keeps the best `cfg.k1` keys of all shards, pools
-/// their members and runs Phase B once: the hits one bank holding every shard's memories gives.
-pub fn merge(recalls: &[Vec<Recall>], cfg: &RetrievalConfig) -> Result<Vec<Vec<Hit>>> {
+/// their members and runs Phase B once: the picks one bank holding every shard's memories
+/// makes, best first; [`Pick::hit`] with each memory's record gives the hits.
+pub fn merge(recalls: &[Vec<Recall>], cfg: &RetrievalConfig) -> Result<Vec<Vec<Pick>>> {
     cfg.validate()?;
     let queries = recalls.first().map_or(0, Vec::len);
     if let Some((s, r)) = recalls.iter().enumerate().find(|(_, r)| r.len() != queries) {
@@ -96,7 +153,8 @@ pub fn merge(recalls: &[Vec<Recall>], cfg: &RetrievalConfig) -> Result<Vec<Vec<H
             ),
         ));
     }
-    let mut records: Vec<&Memory> = Vec::new();
+    // The shard of each candidate, by its slot.
+    let mut shard_of: Vec<usize> = Vec::new();
     let mut pools = Vec::with_capacity(queries);
     for i in 0..queries {
         let mut keys: Vec<KeyMatch> = recalls
@@ -107,27 +165,41 @@ pub fn merge(recalls: &[Vec<Recall>], cfg: &RetrievalConfig) -> Result<Vec<Vec<H
         keys.truncate(cfg.k1);
         let kept: HashMap<KeyId, f32> = keys.iter().map(|m| (m.key, m.sim)).collect();
         let mut candidates = Vec::new();
-        for shard in recalls {
-            for (key, memory) in &shard[i].members {
-                if let Some(&sim) = kept.get(key) {
-                    let slot = u32::try_from(records.len())
+        for (s, shard) in recalls.iter().enumerate() {
+            for m in &shard[i].members {
+                if let Some(&sim) = kept.get(&m.key) {
+                    let slot = u32::try_from(shard_of.len())
                         .map_err(|_| Error::value("recalls", "more than 2^32 memories recalled"))?;
-                    records.push(memory);
+                    shard_of.push(s);
                     candidates.push(Candidate {
                         slot,
-                        id: memory.id,
+                        id: m.id,
                         sim,
-                        q: memory.q,
-                        visits: memory.visits,
+                        q: m.q,
+                        visits: m.visits,
                     });
                 }
             }
         }
         pools.push(retrieve::pool(candidates.into_iter()));
     }
-    Ok(retrieve::phase_b(&pools, cfg, |slot| {
-        records[slot as usize]
-    }))
+    Ok(retrieve::phase_b_picks(&pools, cfg)
+        .into_iter()
+        .map(|picks| {
+            picks
+                .into_iter()
+                .map(|(c, r)| Pick {
+                    shard: shard_of[c.slot as usize],
+                    id: c.id,
+                    q: c.q,
+                    sim: c.sim,
+                    zsim: r.zsim,
+                    zq: r.zq,
+                    score: r.score,
+                })
+                .collect()
+        })
+        .collect())
 }
 
 /// Intent sharing for an add over shards: `rows` (`n x dim`, the intents' embeddings as given),

@@ -96,7 +96,16 @@ impl Sharded {
             .iter()
             .map(|s| s.recall(queries, cfg).unwrap())
             .collect();
-        shard::merge(&recalls, cfg).unwrap()
+        shard::merge(&recalls, cfg)
+            .unwrap()
+            .into_iter()
+            .map(|picks| {
+                picks
+                    .iter()
+                    .map(|p| p.hit(&self.shards[p.shard].get(p.id).unwrap()))
+                    .collect()
+            })
+            .collect()
     }
 }
 

@@ -402,7 +402,7 @@ class Bank:
     def __enter__(self) -> Bank: ...
     def __exit__(self, exc_type: object, exc: object, traceback: object) -> bool: ...
     # The shard protocol of memrl.sharded (not for direct use).
-    def _recall(self, rows: ArrayLike, **options: Any) -> list[RecallWire]: ...
+    def _recall(self, rows: ArrayLike, **options: Any) -> RecallArrays: ...
     def _search_keys(
         self, rows: ArrayLike, k: int, delta: float
     ) -> list[list[tuple[int, float]]]: ...
@@ -477,11 +477,20 @@ class _Wire:
 MemoryWire = tuple[
     int, str, str, float, int, float | None, bool, int, int, str | None, float | None
 ]
-#: One query's recall: keys (key id, sim), members (key id, memory).
-RecallWire = tuple[list[tuple[int, float]], list[tuple[int, MemoryWire]]]
+U64Array = npt.NDArray[np.uint64]
+#: A shard's recall of a batch: (key_offsets, key_ids, key_sims, member_offsets, member_keys,
+#: member_ids, member_q, member_visits).
+RecallArrays = tuple[
+    U64Array, U64Array, FloatArray, U64Array, U64Array, U64Array, FloatArray, U64Array
+]
+#: A pick: (shard, id, q, sim, zsim, zq, score).
+Pick = tuple[int, int, float, float, float, float, float]
 
-def _merge_recalls(
-    recalls: Sequence[Sequence[RecallWire]], retrieval_ids: Sequence[int], **options: Any
+def _merge_recalls(recalls: Sequence[RecallArrays], **options: Any) -> list[list[Pick]]: ...
+def _retrievals(
+    picks: Sequence[Sequence[Pick]],
+    records: Sequence[Sequence[Memory]],
+    retrieval_ids: Sequence[int],
 ) -> list[Retrieval]: ...
 def _place(
     rows: FloatArray,

@@ -39,7 +39,7 @@ import ray.exceptions
 
 from memrl import _errors
 from memrl._memrl import Embedder, _EmbeddingWriter
-from memrl.sharded import ShardedBank, ShardServer
+from memrl.sharded import SHARD_CALLS, ShardedBank, ShardServer
 
 __all__ = ["RayShards", "sharded_bank", "embed_dataset"]
 
@@ -57,7 +57,7 @@ class RayShards:
         return len(self.actors)
 
     def submit(self, shard: int, method: str, *args: Any, **kwargs: Any) -> Any:
-        if method not in ("call", "owned", "info", "key_counts"):
+        if method not in SHARD_CALLS:
             raise _errors.InvalidInputError(f"method: {method!r} is not a shard call")
         return (
             getattr(self.actors[shard], method).remote(*args, **kwargs),

@@ -49,6 +49,7 @@ from memrl._memrl import (
     _merge_recalls,
     _outcome_report,
     _place,
+    _retrievals,
     _shard_stats,
 )
 
@@ -56,6 +57,9 @@ if TYPE_CHECKING:
     from memrl._memrl import LearningConfig, RetrievalConfig
 
 __all__ = ["ShardServer", "LocalShards", "ShardedBank", "ShardedWriteError", "Transport"]
+
+#: The methods of :class:`ShardServer` a transport may call.
+SHARD_CALLS = frozenset({"call", "owned", "info", "key_counts", "get_many"})
 
 #: Retrievals remembered for feedback by retrieval id (the oldest is forgotten first).
 DEFAULT_PENDING = 65536
@@ -101,6 +105,10 @@ class ShardServer:
     def owned(self, ids: Sequence[int]) -> list[bool]:
         """Whether each id is a memory of this shard."""
         return [i in self.bank for i in ids]
+
+    def get_many(self, ids: Sequence[int]) -> list[Memory | None]:
+        """The records of memories ``ids`` (None for one this shard does not hold)."""
+        return [self.bank.get(i) for i in ids]
 
     def key_counts(self) -> tuple[int, int]:
         """Intent keys, and those shared by more than one memory."""
@@ -152,7 +160,7 @@ class LocalShards:
 
     def submit(self, shard: int, method: str, *args: Any, **kwargs: Any) -> Any:
         server = self.servers[shard]
-        if method not in ("call", "owned", "info", "key_counts"):
+        if method not in SHARD_CALLS:
             raise _errors.InvalidInputError(f"method: {method!r} is not a shard call")
         try:
             return getattr(server, method)(*args, **kwargs)
@@ -418,11 +426,30 @@ class ShardedBank:
         config = {**self._retrieval, **options}
         rows, one = self._query_rows(queries)
         if len(rows) == 0:
-            _merge_recalls([], [], **config)  # checks the options
+            _merge_recalls([], **config)  # checks the options
             return []
-        recalls = self._all("call", "_recall", rows, **config)
-        ids = [secrets.randbits(63) for _ in range(len(rows))]
-        retrievals = _merge_recalls(recalls, ids, **config)
+        # Under the lock: no memory picked from a recall is removed before its record is read.
+        with self._lock:
+            recalls = self._all("call", "_recall", rows, **config)
+            picks = _merge_recalls(recalls, **config)
+            wanted: dict[int, list[int]] = {}
+            for query in picks:
+                for shard, memory_id, *_ in query:
+                    wanted.setdefault(shard, []).append(memory_id)
+            shards = sorted(wanted)
+            got = self._t.gather([self._t.submit(s, "get_many", wanted[s]) for s in shards])
+            records: dict[tuple[int, int], Memory] = {}
+            for s, found in zip(shards, got, strict=True):
+                if isinstance(found, BaseException):
+                    raise found
+                for memory_id, m in zip(wanted[s], found, strict=True):
+                    if m is None:
+                        raise _errors.InternalError(f"shard {s} lost memory {memory_id}")
+                    records[(s, memory_id)] = m
+            ids = [secrets.randbits(63) for _ in range(len(rows))]
+            retrievals = _retrievals(
+                picks, [[records[(p[0], p[1])] for p in query] for query in picks], ids
+            )
         with self._lock:
             for r in retrievals:
                 self._pending[r.id] = r.memory_ids
@@ -692,7 +719,7 @@ class ShardedBank:
     def set_retrieval_config(self, **options: Any) -> None:
         """Changes the stored retrieval config on every shard."""
         config = {**self._retrieval, **options}
-        _merge_recalls([], [], **config)  # checks the options before any shard changes
+        _merge_recalls([], **config)  # checks the options before any shard changes
         self._write(
             {
                 s: functools.partial(self._t.submit, s, "call", "set_retrieval_config", **options)

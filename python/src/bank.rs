@@ -1056,18 +1056,17 @@ impl PyBank {
     /// Shard protocol: each query row's best k1 keys at or above delta and their members,
     /// with a complete retrieval config given as options.
     #[pyo3(signature = (rows, **options))]
-    fn _recall(
+    fn _recall<'py>(
         &self,
-        py: Python<'_>,
-        rows: &Bound<'_, PyAny>,
-        options: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<Vec<crate::shard::RecallTuple>> {
+        py: Python<'py>,
+        rows: &Bound<'py, PyAny>,
+        options: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<crate::shard::RecallArrays<'py>> {
         let config = crate::shard::full_config(options)?;
         let open = self.open_state()?;
         let rows = float_rows(rows, "query", open.config.dim)?;
         let flat = rows.as_slice()?;
-        py.detach(|| crate::shard::recall(&open.bank, flat, &config))
-            .py()
+        crate::shard::recall(py, &open.bank, flat, &config)
     }
 
     /// Shard protocol: each row's best `k` keys at or above `delta`, as `(key id, sim)`.

@@ -29,6 +29,7 @@ fn _memrl(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<remote::Wire>()?;
     m.add_class::<embedfile::PyEmbeddingWriter>()?;
     m.add_function(wrap_pyfunction!(shard::merge_recalls, m)?)?;
+    m.add_function(wrap_pyfunction!(shard::retrievals, m)?)?;
     m.add_function(wrap_pyfunction!(shard::place, m)?)?;
     m.add_function(wrap_pyfunction!(shard::stats, m)?)?;
     m.add_function(wrap_pyfunction!(shard::outcome_report, m)?)?;

@@ -9,7 +9,7 @@ use numpy::{PyArray1, PyReadonlyArray1};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use memrl::shard::{self, Placement, Recall};
+use memrl::shard::{self, Member, Pick, Placement, Recall};
 use memrl::{Bank, KeyId, KeyMatch, Memory, NewMemory, RetrievalConfig, RetrievalId};
 
 use crate::errors::{invalid, IntoPy};
@@ -32,8 +32,35 @@ pub(crate) type MemoryTuple = (
     Option<f32>,
 );
 
-/// One query's recall on the wire: the keys `(key id, sim)` and the members `(key id, memory)`.
-pub(crate) type RecallTuple = (Vec<(u64, f32)>, Vec<(u64, MemoryTuple)>);
+/// A shard's recall of a batch on the wire, as numpy arrays (Ray moves them without copying):
+/// `(key_offsets, key_ids, key_sims, member_offsets, member_keys, member_ids, member_q,
+/// member_visits)`; query `i`'s keys are `key_offsets[i]..key_offsets[i + 1]`, its members
+/// likewise.
+pub(crate) type RecallArrays<'py> = (
+    Bound<'py, PyArray1<u64>>,
+    Bound<'py, PyArray1<u64>>,
+    Bound<'py, PyArray1<f32>>,
+    Bound<'py, PyArray1<u64>>,
+    Bound<'py, PyArray1<u64>>,
+    Bound<'py, PyArray1<u64>>,
+    Bound<'py, PyArray1<f32>>,
+    Bound<'py, PyArray1<u64>>,
+);
+
+/// [`RecallArrays`] as the coordinator receives them.
+pub(crate) type RecallArraysIn<'py> = (
+    PyReadonlyArray1<'py, u64>,
+    PyReadonlyArray1<'py, u64>,
+    PyReadonlyArray1<'py, f32>,
+    PyReadonlyArray1<'py, u64>,
+    PyReadonlyArray1<'py, u64>,
+    PyReadonlyArray1<'py, u64>,
+    PyReadonlyArray1<'py, f32>,
+    PyReadonlyArray1<'py, u64>,
+);
+
+/// A pick on the wire: (shard, id, q, sim, zsim, zq, score).
+pub(crate) type PickTuple = (usize, u64, f32, f32, f32, f32, f32);
 
 pub(crate) fn memory_tuple(m: Memory) -> MemoryTuple {
     // Every field, named: a field added to `Memory` fails to compile here until it travels.
@@ -101,43 +128,93 @@ fn memory_from_tuple(t: MemoryTuple) -> PyResult<Memory> {
     })
 }
 
-fn recall_tuple(r: Recall) -> RecallTuple {
-    (
-        r.keys.into_iter().map(|m| (m.key.0, m.sim)).collect(),
-        r.members
-            .into_iter()
-            .map(|(key, m)| (key.0, memory_tuple(m)))
-            .collect(),
-    )
-}
-
-fn recall_from_tuple((keys, members): RecallTuple) -> PyResult<Recall> {
-    Ok(Recall {
-        keys: keys
-            .into_iter()
-            .map(|(key, sim)| KeyMatch {
-                key: KeyId(key),
-                sim,
-            })
-            .collect(),
-        members: members
-            .into_iter()
-            .map(|(key, m)| Ok((KeyId(key), memory_from_tuple(m)?)))
-            .collect::<PyResult<_>>()?,
-    })
-}
-
-/// A shard's recall of query rows (`n x dim`, flat) with a complete retrieval config.
-pub(crate) fn recall(
+/// A shard's recall of query rows (`n x dim`, flat) with a complete retrieval config, as arrays.
+pub(crate) fn recall<'py>(
+    py: Python<'py>,
     bank: &Bank,
     rows: &[f32],
     config: &RetrievalConfig,
-) -> memrl::Result<Vec<RecallTuple>> {
-    Ok(bank
-        .recall(memrl::Queries::Rows(rows), config)?
-        .into_iter()
-        .map(recall_tuple)
-        .collect())
+) -> PyResult<RecallArrays<'py>> {
+    let recalls = py
+        .detach(|| bank.recall(memrl::Queries::Rows(rows), config))
+        .py()?;
+    let (mut key_offsets, mut member_offsets) = (vec![0u64], vec![0u64]);
+    let (mut key_ids, mut key_sims) = (Vec::new(), Vec::new());
+    let (mut member_keys, mut member_ids, mut member_q, mut member_visits) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in recalls {
+        for m in r.keys {
+            key_ids.push(m.key.0);
+            key_sims.push(m.sim);
+        }
+        for m in r.members {
+            member_keys.push(m.key.0);
+            member_ids.push(m.id);
+            member_q.push(m.q);
+            member_visits.push(m.visits);
+        }
+        key_offsets.push(key_ids.len() as u64);
+        member_offsets.push(member_ids.len() as u64);
+    }
+    Ok((
+        PyArray1::from_vec(py, key_offsets),
+        PyArray1::from_vec(py, key_ids),
+        PyArray1::from_vec(py, key_sims),
+        PyArray1::from_vec(py, member_offsets),
+        PyArray1::from_vec(py, member_keys),
+        PyArray1::from_vec(py, member_ids),
+        PyArray1::from_vec(py, member_q),
+        PyArray1::from_vec(py, member_visits),
+    ))
+}
+
+fn span(offsets: &[u64], i: usize, len: usize, what: &str) -> PyResult<std::ops::Range<usize>> {
+    let (lo, hi) = (offsets[i] as usize, offsets[i + 1] as usize);
+    if lo > hi || hi > len {
+        return Err(invalid(
+            "recalls",
+            format!("{what} offsets {lo}..{hi} outside 0..{len}"),
+        ));
+    }
+    Ok(lo..hi)
+}
+
+fn recalls_from_arrays(r: &RecallArraysIn<'_>) -> PyResult<Vec<Recall>> {
+    let (ko, kid, ksim, mo, mkey, mid, mq, mv) = (
+        r.0.as_slice()?,
+        r.1.as_slice()?,
+        r.2.as_slice()?,
+        r.3.as_slice()?,
+        r.4.as_slice()?,
+        r.5.as_slice()?,
+        r.6.as_slice()?,
+        r.7.as_slice()?,
+    );
+    if ko.len() != mo.len() || ko.is_empty() || kid.len() != ksim.len() {
+        return Err(invalid("recalls", "the key arrays do not match"));
+    }
+    if mkey.len() != mid.len() || mid.len() != mq.len() || mq.len() != mv.len() {
+        return Err(invalid("recalls", "the member arrays do not match"));
+    }
+    (0..ko.len() - 1)
+        .map(|i| {
+            let keys = span(ko, i, kid.len(), "key")?
+                .map(|j| KeyMatch {
+                    key: KeyId(kid[j]),
+                    sim: ksim[j],
+                })
+                .collect();
+            let members = span(mo, i, mid.len(), "member")?
+                .map(|j| Member {
+                    key: KeyId(mkey[j]),
+                    id: mid[j],
+                    q: mq[j],
+                    visits: mv[j],
+                })
+                .collect();
+            Ok(Recall { keys, members })
+        })
+        .collect()
 }
 
 /// A placement on the wire: (is new, key id).
@@ -178,38 +255,87 @@ pub(crate) fn full_config(options: Option<&Bound<'_, PyDict>>) -> PyResult<Retri
         .py()
 }
 
-/// The coordinator's retrieval: every shard's recalls merged, Phase B once, each query's hits
-/// under the retrieval id given for it.
+/// The coordinator's retrieval: every shard's recalls merged and Phase B run once; each
+/// query's picks, best first, as `(shard, id, q, sim, zsim, zq, score)`.
 #[pyfunction]
-#[pyo3(name = "_merge_recalls", signature = (recalls, retrieval_ids, **options))]
+#[pyo3(name = "_merge_recalls", signature = (recalls, **options))]
 pub(crate) fn merge_recalls(
     py: Python<'_>,
-    recalls: Vec<Vec<RecallTuple>>,
-    retrieval_ids: Vec<u64>,
+    recalls: Vec<RecallArraysIn<'_>>,
     options: Option<&Bound<'_, PyDict>>,
-) -> PyResult<Vec<PyRetrieval>> {
+) -> PyResult<Vec<Vec<PickTuple>>> {
     let config = full_config(options)?;
     let recalls = recalls
-        .into_iter()
-        .map(|shard| shard.into_iter().map(recall_from_tuple).collect())
+        .iter()
+        .map(recalls_from_arrays)
         .collect::<PyResult<Vec<Vec<Recall>>>>()?;
-    let hits = py.detach(|| shard::merge(&recalls, &config)).py()?;
-    if hits.len() != retrieval_ids.len() {
-        return Err(invalid(
-            "retrieval_ids",
-            format!("{} ids for {} queries", retrieval_ids.len(), hits.len()),
-        ));
-    }
-    Ok(hits
+    let picks = py.detach(|| shard::merge(&recalls, &config)).py()?;
+    Ok(picks
         .into_iter()
-        .zip(retrieval_ids)
-        .map(|(hits, id)| {
-            PyRetrieval(memrl::Retrieval {
-                id: RetrievalId(id),
-                hits,
-            })
+        .map(|q| {
+            q.into_iter()
+                .map(|p| (p.shard, p.id, p.q, p.sim, p.zsim, p.zq, p.score))
+                .collect()
         })
         .collect())
+}
+
+/// The coordinator's retrievals: each query's picks with their memories' records (in the same
+/// order), under the retrieval id given for the query.
+#[pyfunction]
+#[pyo3(name = "_retrievals")]
+pub(crate) fn retrievals(
+    picks: Vec<Vec<PickTuple>>,
+    records: Vec<Vec<PyRef<'_, PyMemory>>>,
+    retrieval_ids: Vec<u64>,
+) -> PyResult<Vec<PyRetrieval>> {
+    if picks.len() != records.len() || picks.len() != retrieval_ids.len() {
+        return Err(invalid(
+            "records",
+            format!(
+                "{} queries of picks, {} of records, {} retrieval ids",
+                picks.len(),
+                records.len(),
+                retrieval_ids.len()
+            ),
+        ));
+    }
+    picks
+        .into_iter()
+        .zip(records)
+        .zip(retrieval_ids)
+        .map(|((picks, records), id)| {
+            if picks.len() != records.len() {
+                return Err(invalid("records", "a record for every pick, in order"));
+            }
+            let hits = picks
+                .into_iter()
+                .zip(records)
+                .map(|((shard, id, q, sim, zsim, zq, score), record)| {
+                    if record.0.id != id {
+                        return Err(invalid(
+                            "records",
+                            format!("memory {} given for pick {id}", record.0.id),
+                        ));
+                    }
+                    let pick = Pick {
+                        shard,
+                        id,
+                        q,
+                        sim,
+                        zsim,
+                        zq,
+                        score,
+                    };
+                    Ok(pick.hit(&record.0))
+                })
+                .collect::<PyResult<Vec<_>>>()?;
+            Ok(PyRetrieval(memrl::Retrieval {
+                id: RetrievalId(id),
+                hits,
+            }))
+        })
+        .collect()
 }
 
 /// The coordinator's intent sharing for an add: where each row goes (`(is new, key id)`), given

@@ -101,6 +101,11 @@ class Sequence:
                     options["q_min"] = -0.5
                 if self.rng.random() < 0.3:
                     options["lambda_"] = self.rng.choice([0.0, 0.5, 0.9])
+                choice = self.rng.random()
+                if choice < 0.2:
+                    options.update(thompson=0.5, seed=self.rng.randrange(1000))
+                elif choice < 0.35:
+                    options["ucb"] = 0.3
                 out.append(("retrieve", (self.vectors(self.rng.randint(1, 8)), options)))
             elif kind == "feedback":
                 out.append(("feedback", self.rng.choice([-1.0, 0.0, 1.0, 0.5])))
@@ -155,12 +160,20 @@ def run_both(one: memrl.Bank, sharded: ShardedBank, seed: int, count: int = 60) 
     same_state(one, sharded)
 
 
+#: The paper's learning rule, and the learning options beside it.
+LEARNING: list[dict[str, Any]] = [{}, {"baseline_rate": 0.3, "q_init_failure": -0.5}]
+
+
 @pytest.mark.parametrize("shards", [1, 2, 3])
 @pytest.mark.parametrize("seed", range(8))
-def test_sharded_gives_what_one_bank_gives(shards: int, seed: int) -> None:
+@pytest.mark.parametrize("learning", range(len(LEARNING)))
+def test_sharded_gives_what_one_bank_gives(shards: int, seed: int, learning: int) -> None:
     for dedup in (0.95, 1.0):
         one = memrl.Bank.in_memory(dim=DIM, model_id="toy", dedup_sim=dedup)
         sharded = ShardedBank.local([None] * shards, dim=DIM, model_id="toy", dedup_sim=dedup)
+        if LEARNING[learning]:
+            one.set_learning_config(**LEARNING[learning])
+            sharded.set_learning_config(**LEARNING[learning])
         run_both(one, sharded, seed)
 
 

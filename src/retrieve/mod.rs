@@ -16,7 +16,7 @@ use crate::index::{KeyIndex, KeyMatch};
 use crate::store::table::MemoryTable;
 use crate::store::{normalise_rows, Memory};
 
-pub(crate) use rank::Candidate;
+pub(crate) use rank::{Candidate, Ranked};
 
 /// One retrieved memory: what the agent is given, what the memory is, and the figures that
 /// ranked it. Serialised (JSON), the fields appear in this order; `intent`, `success` and
@@ -110,35 +110,46 @@ pub(crate) fn pool(candidates: impl Iterator<Item = Candidate>) -> Vec<Candidate
     pool
 }
 
+/// Phase B over the pools: each query's picks, best first, as (candidate, figures).
+pub(crate) fn phase_b_picks(
+    pools: &[Vec<Candidate>],
+    cfg: &RetrievalConfig,
+) -> Vec<Vec<(Candidate, Ranked)>> {
+    rank::rank(pools, cfg)
+        .into_iter()
+        .zip(pools)
+        .map(|(picks, pool)| picks.into_iter().map(|r| (pool[r.position], r)).collect())
+        .collect()
+}
+
+/// A hit: a pick and the record of its memory.
+pub(crate) fn hit(c: &Candidate, r: &Ranked, memory: &Memory) -> Hit {
+    Hit {
+        id: c.id,
+        intent: memory.intent.clone(),
+        experience: memory.experience.clone(),
+        success: memory.success,
+        metadata: memory.metadata.clone(),
+        q: c.q,
+        sim: c.sim,
+        zsim: r.zsim,
+        zq: r.zq,
+        score: r.score,
+    }
+}
+
 /// Phase B over the pools, and the hits it picks, each read from `memory(slot)`.
 pub(crate) fn phase_b<'m>(
     pools: &[Vec<Candidate>],
     cfg: &RetrievalConfig,
     memory: impl Fn(u32) -> &'m Memory,
 ) -> Vec<Vec<Hit>> {
-    let ranked = rank::rank(pools, cfg);
-    ranked
+    phase_b_picks(pools, cfg)
         .into_iter()
-        .zip(pools)
-        .map(|(picks, pool)| {
+        .map(|picks| {
             picks
-                .into_iter()
-                .map(|r| {
-                    let c = pool[r.position];
-                    let memory = memory(c.slot);
-                    Hit {
-                        id: c.id,
-                        intent: memory.intent.clone(),
-                        experience: memory.experience.clone(),
-                        success: memory.success,
-                        metadata: memory.metadata.clone(),
-                        q: c.q,
-                        sim: c.sim,
-                        zsim: r.zsim,
-                        zq: r.zq,
-                        score: r.score,
-                    }
-                })
+                .iter()
+                .map(|(c, r)| hit(c, r, memory(c.slot)))
                 .collect()
         })
         .collect()

@@ -501,10 +501,15 @@ impl Store {
                 let members = keys
                     .iter()
                     .flat_map(|m| {
-                        self.table
-                            .members(m.key)
-                            .iter()
-                            .map(move |&slot| (m.key, self.table.at(slot).clone()))
+                        self.table.members(m.key).iter().map(move |&slot| {
+                            let memory = self.table.at(slot);
+                            crate::shard::Member {
+                                key: m.key,
+                                id: memory.id,
+                                q: memory.q,
+                                visits: memory.visits,
+                            }
+                        })
                     })
                     .collect();
                 crate::shard::Recall { keys, members }
