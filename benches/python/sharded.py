@@ -129,9 +129,14 @@ def embedding(a: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     for workers in (1, 2):
         ds = ray.data.read_json(str(src))
         t0 = time.perf_counter()
-        # Workers of 2/3 of a CPU: the read tasks keep a share of the cluster's CPUs.
+        # The workers share all but one CPU: the read tasks need the last one.
+        cpus = os.cpu_count() or 2
         memrl.ray.embed_dataset(
-            ds, "text", tmp / f"ray{workers}.st", workers=workers, num_cpus=2 / 3
+            ds,
+            "text",
+            tmp / f"ray{workers}.st",
+            workers=workers,
+            num_cpus=max(cpus - 1, 1) / workers,
         )
         s = time.perf_counter() - t0
         rows.append(
