@@ -29,6 +29,7 @@ two handles adding to the same shards at once could give two memories the same i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import secrets
 import threading
@@ -537,12 +538,21 @@ class ShardedBank:
                     q_l,
                     meta_l,
                 )
-            self._write(parts, "add")
-            self._keys = counts
+            # Ids and key ids are spent before the write: after a part-applied add they may be
+            # on a shard, and a later add must never hand them out again (a gap is harmless).
             self._next_id = max([self._next_id] + [i + 1 for i in memory_ids if i != 2**64 - 1])
             new_keys = [key for is_new, key in placed if is_new]
             if new_keys:
                 self._next_key_id = max(new_keys) + 1
+            try:
+                self._write(parts, "add")
+            except ShardedWriteError:
+                # Which parts landed is unknown here; the key counts (balance only) are read back
+                # when the shards answer.
+                with contextlib.suppress(Exception):
+                    self._key_counts()
+                raise
+            self._keys = counts
         return memory_ids[0] if one else memory_ids
 
     def _add_part(

@@ -243,9 +243,10 @@ class FailingShards(LocalShards):
     def __init__(self, *args: Any, broken: int, unknown: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.broken, self.unknown, self.armed = broken, unknown, False
+        self.fails = "apply_outcomes"
 
     def submit(self, shard: int, method: str, *args: Any, **kwargs: Any) -> Any:
-        if self.armed and shard == self.broken and method == "call" and args[0] == "apply_outcomes":
+        if self.armed and shard == self.broken and method == "call" and args[0] == self.fails:
             error: Exception = (
                 memrl.OutcomeUnknownError("the shard died")
                 if self.unknown
@@ -329,3 +330,22 @@ def test_batches_over_eight_queries_agree_to_rounding() -> None:
     for a, b in both:
         assert a.memory_ids == b.memory_ids
         np.testing.assert_allclose([h.sim for h in a.hits], [h.sim for h in b.hits], atol=1e-6)
+
+
+def test_ids_of_a_part_applied_add_are_never_handed_out_again() -> None:
+    transport = FailingShards(
+        [None] * 2, dim=DIM, model_id="toy", dedup_sim=1.0, broken=1, unknown=True
+    )
+    transport.fails = "_add_placed"
+    sharded = ShardedBank(transport)
+    v = np.random.default_rng(2).standard_normal((8, DIM)).astype(np.float32)
+    transport.armed = True
+    with pytest.raises(ShardedWriteError) as caught:
+        sharded.add([f"i{i}" for i in range(4)], ["e"] * 4, embeddings=v[:4])
+    assert caught.value.acknowledged == [0]
+    landed = [i for i in range(4) if i in transport.servers[0].bank]
+    assert landed
+    transport.armed = False
+    ids = sharded.add([f"j{i}" for i in range(4)], ["e"] * 4, embeddings=v[4:])
+    assert not set(ids) & set(range(4))
+    assert len(sharded) == len(landed) + 4
