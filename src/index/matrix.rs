@@ -46,6 +46,10 @@ impl KeyMatrix {
         self.data.dim(0).unwrap_or(0)
     }
 
+    pub(crate) fn dtype(&self) -> DType {
+        self.data.dtype()
+    }
+
     pub(crate) fn device(&self) -> &Device {
         self.data.device()
     }

@@ -30,6 +30,7 @@
 mod matrix;
 mod scan;
 mod simd;
+mod sketch;
 pub(crate) mod topk;
 
 use candle_core::{DType, Device, Tensor};
@@ -39,6 +40,7 @@ use crate::error::{Error, Result};
 pub use simd::read_sum;
 
 use matrix::KeyMatrix;
+use sketch::Int8Sketch;
 
 /// The stable identifier of an intent key: assigned when the key is created, in increasing
 /// order, never reused.
@@ -98,6 +100,15 @@ pub trait KeyIndex: Send + Sync {
 pub(crate) struct DeviceIndex {
     matrix: KeyMatrix,
     ids: Vec<KeyId>,
+    /// The keys' int8 sketch, row for row (CPU f32 and f16 keys only): scans of few queries
+    /// read it first (`sketch.rs`). A quarter of the f32 keys' bytes, half of f16's.
+    sketch: Option<Int8Sketch>,
+}
+
+/// Whether keys of `dtype` on `device` get an int8 sketch: only where the CPU's fused scan
+/// reads them (the GPU and the tiled path are bound by arithmetic, not reading).
+fn sketched(dtype: DType, device: &Device) -> bool {
+    device.is_cpu() && matches!(dtype, DType::F32 | DType::F16)
 }
 
 impl DeviceIndex {
@@ -106,6 +117,7 @@ impl DeviceIndex {
         Ok(Self {
             matrix: KeyMatrix::new(dim, dtype, device)?,
             ids: Vec::new(),
+            sketch: sketched(dtype, device).then(|| Int8Sketch::new(dim)),
         })
     }
 
@@ -148,7 +160,16 @@ impl DeviceIndex {
             return Ok(());
         }
         let tensor = Tensor::from_vec(rows, (ids.len(), dim), &Device::Cpu)?;
+        // The sketch is made first, from the keys as the matrix will store them (f16 rounding
+        // included), so that nothing can fail once the matrix has grown.
+        let sketch_rows = match &self.sketch {
+            Some(sketch) => Some(sketch.prepare(&stored_f32(&tensor, self.matrix.dtype())?)),
+            None => None,
+        };
         self.matrix.push_rows(&tensor)?;
+        if let (Some(sketch), Some(rows)) = (self.sketch.as_mut(), sketch_rows) {
+            sketch.append(rows);
+        }
         self.ids.extend_from_slice(ids);
         Ok(())
     }
@@ -164,7 +185,18 @@ impl DeviceIndex {
         }
         let mut matrix = KeyMatrix::new(dim, keys.dtype(), device)?;
         matrix.push_rows(&keys.to_device(device)?)?;
-        Ok(Self { matrix, ids })
+        let sketch = if sketched(keys.dtype(), device) {
+            let mut sketch = Int8Sketch::new(dim);
+            sketch.append(sketch.prepare(&stored_f32(keys, keys.dtype())?));
+            Some(sketch)
+        } else {
+            None
+        };
+        Ok(Self {
+            matrix,
+            ids,
+            sketch,
+        })
     }
 
     /// Removes a key. Rows after it shift up (their ids keep their order). An error part-way
@@ -174,6 +206,9 @@ impl DeviceIndex {
             .row_of(key)
             .ok_or_else(|| Error::Internal(format!("{key} is not in the index")))?;
         self.matrix.remove(row)?;
+        if let Some(sketch) = self.sketch.as_mut() {
+            sketch.remove(row);
+        }
         self.ids.remove(row);
         Ok(())
     }
@@ -202,6 +237,16 @@ impl DeviceIndex {
     }
 }
 
+/// `keys` as host f32 rows after rounding to `dtype`: the values a matrix of that dtype holds.
+fn stored_f32(keys: &Tensor, dtype: DType) -> Result<Vec<f32>> {
+    Ok(keys
+        .to_device(&Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()?)
+}
+
 impl KeyIndex for DeviceIndex {
     fn dim(&self) -> usize {
         self.matrix.dim()
@@ -228,10 +273,20 @@ impl KeyIndex for DeviceIndex {
         if b == 0 || k == 0 || self.ids.is_empty() {
             return Ok(vec![Vec::new(); b]);
         }
-        // f32 here: the scan casts to the key dtype only where a matmul needs it.
-        let queries =
-            Tensor::from_slice(queries, (b, dim), &Device::Cpu)?.to_device(self.matrix.device())?;
-        let top = scan::top_keys(&queries, &self.matrix.view()?, k)?;
+        let view = self.matrix.view()?;
+        let sketched = self
+            .sketch
+            .as_ref()
+            .and_then(|sketch| scan::top_keys_sketched(queries, b, &view, sketch, k));
+        let top = match sketched {
+            Some(top) => top,
+            None => {
+                // f32 here: the scan casts to the key dtype only where a matmul needs it.
+                let queries = Tensor::from_slice(queries, (b, dim), &Device::Cpu)?
+                    .to_device(self.matrix.device())?;
+                scan::top_keys(&queries, &view, k)?
+            }
+        };
         Ok(top
             .sims
             .iter()
@@ -274,6 +329,79 @@ mod tests {
         assert_eq!(keys, vec![0, 40]);
         assert_eq!(index.key(KeyId(30)).unwrap(), vec![0.6, 0.8]);
         assert!(!index.contains(KeyId(20)));
+    }
+
+    /// What the plain scan (no sketch) returns over the index's matrix, as key matches.
+    fn plain_search(index: &DeviceIndex, queries: &[f32], k: usize) -> Vec<Vec<KeyMatch>> {
+        let dim = index.dim();
+        let b = queries.len() / dim;
+        let q = Tensor::from_slice(queries, (b, dim), &Device::Cpu).unwrap();
+        let top = scan::top_keys(&q, &index.keys().unwrap(), k).unwrap();
+        top.sims
+            .iter()
+            .zip(&top.rows)
+            .map(|(sims, rows)| {
+                sims.iter()
+                    .zip(rows)
+                    .map(|(&sim, &row)| KeyMatch {
+                        key: index.ids()[row as usize],
+                        sim,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_sketch_follows_every_push_removal_and_rebuild() {
+        // Enough keys for searches of few queries to go through the sketch; if its rows ever
+        // fell out of step with the matrix's, it would prune the wrong keys.
+        let dim = 32;
+        let mut rng = crate::rng::SplitMix64::new(11);
+        for dtype in [DType::F32, DType::F16] {
+            let mut index = DeviceIndex::new(dim, dtype, &Device::Cpu).unwrap();
+            let mut next = 0u64;
+            for batch in [1usize, 700, 3000, 2500] {
+                let ids: Vec<KeyId> = (0..batch).map(|i| KeyId(next + 3 * i as u64)).collect();
+                next += 3 * batch as u64;
+                let rows: Vec<f32> = (0..batch).flat_map(|_| rng.unit_vector(dim)).collect();
+                index.push(&ids, rows).unwrap();
+            }
+            for _ in 0..60 {
+                let ids = index.ids().to_vec();
+                let victim = ids[rng.below(ids.len() as u64) as usize];
+                index.remove(victim).unwrap();
+            }
+            let rebuilt =
+                DeviceIndex::from_parts(index.ids().to_vec(), &index.keys().unwrap(), &Device::Cpu)
+                    .unwrap();
+            for b in 1..=8 {
+                let queries: Vec<f32> = (0..b).flat_map(|_| rng.unit_vector(dim)).collect();
+                let want = plain_search(&index, &queries, 10);
+                for idx in [&index, &rebuilt] {
+                    let sketch = idx
+                        .sketch
+                        .as_ref()
+                        .expect("CPU f32 and f16 keys are sketched");
+                    let keys = idx.keys().unwrap();
+                    let through = scan::top_keys_sketched(&queries, b, &keys, sketch, 10);
+                    assert!(
+                        through.is_some(),
+                        "{dtype:?} b {b}: the sketch was not used"
+                    );
+                }
+                assert_eq!(
+                    index.search(&queries, 10, -1.0).unwrap(),
+                    want,
+                    "{dtype:?} b {b}"
+                );
+                assert_eq!(
+                    rebuilt.search(&queries, 10, -1.0).unwrap(),
+                    want,
+                    "{dtype:?} b {b}"
+                );
+            }
+        }
     }
 
     #[test]

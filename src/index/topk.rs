@@ -35,7 +35,7 @@ const PARALLEL_ROW_MIN: usize = 1 << 16;
 
 /// Score descending, then index ascending: the order of the result.
 #[inline]
-fn better(a: &(f32, u32), b: &(f32, u32)) -> Ordering {
+pub(crate) fn better(a: &(f32, u32), b: &(f32, u32)) -> Ordering {
     b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
 }
 
