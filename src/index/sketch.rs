@@ -697,6 +697,45 @@ mod tests {
     }
 
     #[test]
+    fn every_integer_kernel_matches_the_plain_dot() {
+        // The property test runs only the kernel this CPU picks; here each one this CPU can run.
+        let mut rng = SplitMix64::new(5);
+        for d in [1usize, 15, 16, 31, 32, 33, 384] {
+            for b in [1usize, 3, 8] {
+                let rows = 7;
+                let mut draw = |n: usize| -> Vec<i8> {
+                    (0..n)
+                        .map(|_| (rng.below(255) as i16 - 127) as i8)
+                        .collect()
+                };
+                let (queries, codes) = (draw(b * d), draw(rows * d));
+                let want: Vec<i32> = (0..b)
+                    .flat_map(|i| (0..rows).map(move |r| (i, r)))
+                    .map(|(i, r)| int_dot(&queries[i * d..(i + 1) * d], &codes[r * d..(r + 1) * d]))
+                    .collect();
+                let mut out = vec![0i32; b * rows];
+                int_dots_portable(&queries, b, &codes, d, &mut out);
+                assert_eq!(out, want, "portable, d {d} b {b}");
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if std::arch::is_x86_feature_detected!("avx2") {
+                        let mut out = vec![0i32; b * rows];
+                        // SAFETY: the CPU has AVX2 (checked just above).
+                        unsafe { x86::int_dots_avx2(&queries, b, &codes, d, &mut out) };
+                        assert_eq!(out, want, "AVX2, d {d} b {b}");
+                    }
+                    if std::arch::is_x86_feature_detected!("avx512bw") {
+                        let mut out = vec![0i32; b * rows];
+                        // SAFETY: the CPU has AVX-512F and BW (checked just above).
+                        unsafe { x86::int_dots_avx512(&queries, b, &codes, d, &mut out) };
+                        assert_eq!(out, want, "AVX-512, d {d} b {b}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn round_up_never_rounds_down() {
         for v in [0.0, 1.0, 0.1, 1e-40, 3.4e38, 0.3333333333333333] {
             assert!(f64::from(round_up(v)) >= v);
