@@ -61,23 +61,17 @@ def logistic(x: np.ndarray | float) -> np.ndarray | float:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def oracle(
-    state: TaskState, quality: list[float], rng: np.random.Generator
-) -> list[int]:
+def oracle(state: TaskState, quality: list[float], rng: np.random.Generator) -> list[int]:
     ranked = sorted(range(len(quality)), key=lambda i: (-quality[i], i))
     return [i for i in ranked if quality[i] > 0][:K2]
 
 
-def oldest_five(
-    state: TaskState, quality: list[float], rng: np.random.Generator
-) -> list[int]:
+def oldest_five(state: TaskState, quality: list[float], rng: np.random.Generator) -> list[int]:
     return list(range(len(quality)))[:K2]
 
 
 def memrl(q_init_failure: float, ucb: float) -> Policy:
-    def policy(
-        state: TaskState, quality: list[float], rng: np.random.Generator
-    ) -> list[int]:
+    def policy(state: TaskState, quality: list[float], rng: np.random.Generator) -> list[int]:
         n = len(state.written_success)
         q = [0.0 if s else q_init_failure for s in state.written_success]
         visits = [0] * n
@@ -93,15 +87,11 @@ def memrl(q_init_failure: float, ucb: float) -> Policy:
 
 
 def bayes(know_base: bool) -> Policy:
-    def policy(
-        state: TaskState, quality: list[float], rng: np.random.Generator
-    ) -> list[int]:
+    def policy(state: TaskState, quality: list[float], rng: np.random.Generator) -> list[int]:
         n = len(state.written_success)
         if n == 0:
             return []
-        prior = np.array(
-            [SUCCESS_MEAN if s else FAILURE_MEAN for s in state.written_success]
-        )
+        prior = np.array([SUCCESS_MEAN if s else FAILURE_MEAN for s in state.written_success])
         draws = prior + QUALITY_SD * rng.standard_normal((DRAWS, n))
         if know_base:
             base = np.full(DRAWS, state.base)
@@ -135,18 +125,14 @@ def run(policy: Policy, tasks: int, seed: int) -> list[float]:
     bases = world.normal(BASE_MEAN, BASE_SD, tasks)
     attempts = world.random((tasks, EPOCHS))
     normals = world.standard_normal((tasks, EPOCHS))
-    own = np.random.default_rng(
-        seed + 10_000
-    )  # the policy's own draws (Bayes sampling)
+    own = np.random.default_rng(seed + 10_000)  # the policy's own draws (Bayes sampling)
     per_epoch = np.zeros(EPOCHS)
     for t in range(tasks):
         state = TaskState(base=float(bases[t]))
         quality: list[float] = []
         for e in range(EPOCHS):
             ids = policy(state, quality, own)
-            success = bool(
-                attempts[t, e] < logistic(bases[t] + sum(quality[i] for i in ids))
-            )
+            success = bool(attempts[t, e] < logistic(bases[t] + sum(quality[i] for i in ids)))
             per_epoch[e] += success
             state.episodes.append((ids, success))
             state.written_success.append(success)
