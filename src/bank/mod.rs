@@ -46,7 +46,7 @@ use crate::index::KeyMatch;
 use crate::learn::{Outcome, OutcomeReport};
 use crate::retrieve::Hit;
 use crate::snapshot;
-use crate::store::{now_ms, Memory, NewMemory, Placement, Stats, Store};
+use crate::store::{now_ms, AddPlan, Memory, NewMemory, Placement, Stats, Store};
 use crate::wal::{Commit, LogWriter, RecordRef, Recovery};
 
 use pending::Pending;
@@ -584,17 +584,7 @@ impl Bank {
     /// log, as [`Bank::add_many`].
     pub fn add_placed(&self, memories: Vec<(NewMemory, Placement)>) -> Result<Vec<u64>> {
         self.check_writable("add memories")?;
-        let (ids, commit) = {
-            let mut store = self.write();
-            check_usable(&store)?;
-            let plan = store.plan_placed_add(memories, now_ms())?;
-            self.logged(&mut store, RecordRef::Add(&plan), |store| {
-                store.apply_add(&plan)
-            })?
-        };
-        self.durable(commit)?;
-        self.settle();
-        Ok(ids)
+        self.commit_add(|store| store.plan_placed_add(memories, now_ms()))
     }
 
     // ---- writes ----
@@ -611,10 +601,16 @@ impl Bank {
     pub fn add_many(&self, memories: Vec<NewMemory>) -> Result<Vec<u64>> {
         self.check_writable("add memories")?;
         let (memories, _) = self.embed_missing(memories)?;
+        self.commit_add(|store| store.plan_add(memories, now_ms()))
+    }
+
+    /// What every add does once its memories are ready: plan under the lock, log the plan,
+    /// apply it, then make it durable. One record in the log; all or nothing.
+    fn commit_add(&self, plan: impl FnOnce(&Store) -> Result<AddPlan>) -> Result<Vec<u64>> {
         let (ids, commit) = {
             let mut store = self.write();
             check_usable(&store)?;
-            let plan = store.plan_add(memories, now_ms())?;
+            let plan = plan(&store)?;
             self.logged(&mut store, RecordRef::Add(&plan), |store| {
                 store.apply_add(&plan)
             })?

@@ -159,12 +159,18 @@ impl DeviceIndex {
         if ids.is_empty() {
             return Ok(());
         }
-        let tensor = Tensor::from_vec(rows, (ids.len(), dim), &Device::Cpu)?;
         // The sketch is made first, from the keys as the matrix will store them (f16 rounding
-        // included), so that nothing can fail once the matrix has grown.
+        // included), so that nothing can fail once the matrix has grown. f32 rows are stored as
+        // they are: no copy to read them back.
+        let dtype = self.matrix.dtype();
         let sketch_rows = match &self.sketch {
-            Some(sketch) => Some(sketch.prepare(&stored_f32(&tensor, self.matrix.dtype())?)),
-            None => None,
+            Some(sketch) if dtype == DType::F32 => Some(sketch.prepare(&rows)),
+            _ => None,
+        };
+        let tensor = Tensor::from_vec(rows, (ids.len(), dim), &Device::Cpu)?;
+        let sketch_rows = match (&self.sketch, sketch_rows) {
+            (Some(sketch), None) => Some(sketch.prepare(&stored_f32(&tensor, dtype)?)),
+            (_, prepared) => prepared,
         };
         self.matrix.push_rows(&tensor)?;
         if let (Some(sketch), Some(rows)) = (self.sketch.as_mut(), sketch_rows) {
