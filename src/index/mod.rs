@@ -100,13 +100,13 @@ pub trait KeyIndex: Send + Sync {
 pub(crate) struct DeviceIndex {
     matrix: KeyMatrix,
     ids: Vec<KeyId>,
-    /// The keys' int8 sketch, row for row (CPU f32 and f16 keys only): scans of few queries
-    /// read it first (`sketch.rs`). A quarter of the f32 keys' bytes, half of f16's.
+    /// The keys' int8 sketch, row for row (CPU f32 and f16 keys only): scans read it first
+    /// (`sketch.rs`). A quarter of the f32 keys' bytes, half of f16's.
     sketch: Option<Int8Sketch>,
 }
 
-/// Whether keys of `dtype` on `device` get an int8 sketch: only where the CPU's fused scan
-/// reads them (the GPU and the tiled path are bound by arithmetic, not reading).
+/// Whether keys of `dtype` on `device` get an int8 sketch: CPU f32 and f16 keys (a GPU's
+/// matrix products need none, and bf16 keys take the tiled path).
 fn sketched(dtype: DType, device: &Device) -> bool {
     device.is_cpu() && matches!(dtype, DType::F32 | DType::F16)
 }
@@ -337,12 +337,24 @@ mod tests {
         assert!(!index.contains(KeyId(20)));
     }
 
-    /// What the plain scan (no sketch) returns over the index's matrix, as key matches.
+    /// What the plain fused scan (no sketch, all queries in one call) returns over the index's
+    /// matrix, as key matches: what the sketched scan must return at any batch size.
     fn plain_search(index: &DeviceIndex, queries: &[f32], k: usize) -> Vec<Vec<KeyMatch>> {
         let dim = index.dim();
         let b = queries.len() / dim;
-        let q = Tensor::from_slice(queries, (b, dim), &Device::Cpu).unwrap();
-        let top = scan::top_keys(&q, &index.keys().unwrap(), k).unwrap();
+        let keys = index.keys().unwrap();
+        let (storage, layout) = keys.storage_and_layout();
+        let (start, end) = layout.contiguous_offsets().unwrap();
+        let slice = match &*storage {
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) => {
+                simd::Keys::F32(&data[start..end])
+            }
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F16(data)) => {
+                simd::Keys::F16(&data[start..end])
+            }
+            _ => unreachable!("CPU f32 or f16 keys"),
+        };
+        let top = scan::fused_cpu_scan(queries, slice, b, k);
         top.sims
             .iter()
             .zip(&top.rows)
@@ -381,7 +393,7 @@ mod tests {
             let rebuilt =
                 DeviceIndex::from_parts(index.ids().to_vec(), &index.keys().unwrap(), &Device::Cpu)
                     .unwrap();
-            for b in 1..=8 {
+            for b in [1, 2, 5, 8, 9, 13, 20] {
                 let queries: Vec<f32> = (0..b).flat_map(|_| rng.unit_vector(dim)).collect();
                 let want = plain_search(&index, &queries, 10);
                 for idx in [&index, &rebuilt] {

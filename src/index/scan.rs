@@ -13,7 +13,8 @@
 //!   The CPU has three paths, all exact: up to `FUSED_MAX_QUERIES` queries over f32/f16 keys, a
 //!   fused loop (`simd.rs` kernels picked at run time) with no score tile; otherwise tiles of
 //!   matrix products whose scores feed a running top-k per query, with f16/bf16 tiles widened
-//!   to f32 first.
+//!   to f32 first. In front of both, over enough f32/f16 keys, the int8 sketch
+//!   (`top_keys_sketched`, `sketch.rs`) returns the fused loop's lists at any batch size.
 
 use candle_core::{CpuStorage, DType, Storage, Tensor};
 use rayon::prelude::*;
@@ -43,10 +44,15 @@ const WIDEN_MAX_ROWS: usize = 16_384;
 /// 100k candidates per query, about a tenth of a B = 1 call over 1M keys).
 const FUSED_CHUNK_ROWS: usize = 16_384;
 
-/// From this many keys on, a scan of up to `FUSED_MAX_QUERIES` queries reads the int8 sketch
-/// first (`sketch.rs`). Measured at d = 384, 2 cores, B = 1 / 8: 4096 keys 0.13 / 1.1 ms with
-/// the sketch vs 0.31 / 1.4 ms without; at 1024 keys B = 8 loses (0.44 vs 0.30 ms).
+/// From this many keys on, a scan of f32 or f16 keys on the CPU reads the int8 sketch first
+/// (`sketch.rs`). Measured at d = 384, 2 cores, B = 1 / 8: 4096 keys 0.13 / 1.1 ms with the
+/// sketch vs 0.31 / 1.4 ms without; at 1024 keys B = 8 loses (0.44 vs 0.30 ms).
 const SKETCH_MIN_KEYS: usize = 4096;
+/// And at least this many keys per query: over few keys a large batch keeps many keys per
+/// query near its threshold, and the matrix products win. Measured at d = 384, 2 cores, k 10:
+/// B = 256 over 16,384 keys 38 ms with the sketch vs 25 ms tiled, level at 32,768 (41 vs 42
+/// ms), ahead at 65,536 (48-62 vs 81-99 ms); B = 64 level at 16,384, ahead at 32,768.
+const SKETCH_MIN_KEYS_PER_QUERY: usize = 256;
 
 /// The best keys of each query, best first.
 pub(crate) struct TopKeys {
@@ -65,9 +71,11 @@ impl TopKeys {
     }
 }
 
-/// The same lists as [`top_keys`], read through the keys' int8 sketch when that pays (few
-/// queries, many CPU f32 or f16 keys); `None` when it does not apply or too many keys survive
-/// the sketch, and the caller runs [`top_keys`].
+/// The fused scan's lists ([`fused_cpu_scan`], at any batch size), read through the keys' int8
+/// sketch when that pays (many CPU f32 or f16 keys); `None` when it does not apply or too many
+/// keys survive the sketch, and the caller runs [`top_keys`]. Up to `FUSED_MAX_QUERIES` queries
+/// these are [`top_keys`]' lists bit for bit; above, [`top_keys`] takes matrix products whose
+/// rounding differs in the last bits.
 pub(crate) fn top_keys_sketched(
     queries: &[f32],
     b: usize,
@@ -76,7 +84,7 @@ pub(crate) fn top_keys_sketched(
     k: usize,
 ) -> Option<TopKeys> {
     let (n, _) = keys.dims2().ok()?;
-    if b == 0 || b > FUSED_MAX_QUERIES || n < SKETCH_MIN_KEYS || sketch.len() != n {
+    if b == 0 || n < SKETCH_MIN_KEYS.max(SKETCH_MIN_KEYS_PER_QUERY * b) || sketch.len() != n {
         return None;
     }
     let (storage, layout) = keys.storage_and_layout();
@@ -237,7 +245,7 @@ fn widen_cpu(tile: &Tensor) -> Result<Tensor> {
 /// Similarity and top-k in one pass over the keys on the CPU, chunks of keys in parallel.
 /// Same result order as the tiled path: (similarity desc, row asc), since each chunk's list has
 /// global rows and `merge_sorted` orders by the same rule.
-fn fused_cpu_scan(queries: &[f32], keys: Keys<'_>, b: usize, k: usize) -> TopKeys {
+pub(crate) fn fused_cpu_scan(queries: &[f32], keys: Keys<'_>, b: usize, k: usize) -> TopKeys {
     let d = queries.len() / b;
     let n = match keys {
         Keys::F32(s) => s.len(),
