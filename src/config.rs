@@ -74,6 +74,13 @@ pub struct RetrievalConfig {
     /// An upper-confidence bonus in Phase B (0 = off): each member is ranked with
     /// `Q + ucb / sqrt(1 + visits)` in place of Q. Deterministic. At least 0, at most 1e6.
     pub ucb: f32,
+    /// Phase B ranks only the pool members whose similarity is within this of the pool's most
+    /// similar member (`None` = off, the paper's selection). A memory's Q measures how it did
+    /// on the queries it was injected for, which resemble its own intent; one much less similar
+    /// than the best candidate would be ranked on utility earned elsewhere, and with lambda above
+    /// 0.5 such memories (of easier tasks, higher Q) take the slots. In [0, 2] (2 keeps every
+    /// member of a cosine pool).
+    pub sim_margin: Option<f32>,
 }
 
 impl Default for RetrievalConfig {
@@ -91,6 +98,7 @@ impl Default for RetrievalConfig {
             seed: 0,
             thompson: 0.0,
             ucb: 0.0,
+            sim_margin: None,
         }
     }
 }
@@ -170,6 +178,15 @@ impl RetrievalConfig {
         }
         if !(0.0..=1.0).contains(&self.epsilon) {
             return Err(Error::config("epsilon", self.epsilon, "must be in [0, 1]"));
+        }
+        if let Some(margin) = self.sim_margin {
+            if !(0.0..=2.0).contains(&margin) {
+                return Err(Error::config(
+                    "sim_margin",
+                    margin,
+                    "must be a number in [0, 2] (similarities lie in [-1, 1]), or off",
+                ));
+            }
         }
         for (field, value) in [("thompson", self.thompson), ("ucb", self.ucb)] {
             if !(0.0..=MAX_EXPLORATION).contains(&value) {
@@ -505,6 +522,9 @@ mod tests {
         assert_eq!(bad(|c| c.thompson = f32::NAN), "thompson");
         assert_eq!(bad(|c| c.ucb = f32::INFINITY), "ucb");
         assert_eq!(bad(|c| c.ucb = 2e6), "ucb");
+        assert_eq!(bad(|c| c.sim_margin = Some(-0.1)), "sim_margin");
+        assert_eq!(bad(|c| c.sim_margin = Some(2.5)), "sim_margin");
+        assert_eq!(bad(|c| c.sim_margin = Some(f32::NAN)), "sim_margin");
         assert!(RetrievalConfig {
             k1: MAX_K,
             k2: MAX_K,

@@ -30,11 +30,24 @@ fn case() -> impl Strategy<Value = Case> {
         prop::bool::ANY,
         (prop::sample::select(vec![3.0f32, 1.0]), prop::bool::ANY),
         prop::option::of(prop::sample::select(vec![-0.5f32, 0.0, 0.25])),
-        prop::sample::select(vec![0.0f32, 0.0, 0.5, 1.0]),
+        (
+            prop::sample::select(vec![0.0f32, 0.0, 0.5, 1.0]),
+            prop::option::of(prop::sample::select(vec![0.05f32, 0.3, 2.0])),
+        ),
         any::<u64>(),
     )
         .prop_map(
-            |(k1, k2, delta, lambda, fixed, (z_clip, clip_zsim), q_min, epsilon, seed)| {
+            |(
+                k1,
+                k2,
+                delta,
+                lambda,
+                fixed,
+                (z_clip, clip_zsim),
+                q_min,
+                (epsilon, sim_margin),
+                seed,
+            )| {
                 RetrievalConfig {
                     k1,
                     k2,
@@ -55,6 +68,7 @@ fn case() -> impl Strategy<Value = Case> {
                     q_min,
                     epsilon,
                     seed,
+                    sim_margin,
                 }
             },
         );

@@ -38,6 +38,7 @@ class RetrievalConfig(TypedDict):
     seed: int
     thompson: float
     ucb: float
+    sim_margin: float | None
 
 class LearningConfig(TypedDict):
     alpha: float
@@ -62,6 +63,7 @@ class RetrievalOptions(TypedDict, total=False):
     seed: int
     thompson: float
     ucb: float
+    sim_margin: float | None
 
 class LearningOptions(TypedDict, total=False):
     """The options of ``Bank.set_learning_config``."""

@@ -152,8 +152,8 @@ class MemrlStore(BaseStore):
     every namespace. ``fields``: the value paths that are embedded (LangGraph's syntax;
     default ``["$"]``, the whole value). Retrieval options (``k1``, ``delta``, ``lambda_``,
     ``zsim``, ``z_clip``, ``clip_zsim``, ``q_min``, ``epsilon``, ``seed``, ``thompson``,
-    ``ucb``) apply to every search; the store's default ``delta`` is -1 (no similarity gate: a
-    search ranks every candidate, as LangGraph stores do), and ``k1`` is raised to
+    ``ucb``, ``sim_margin``) apply to every search; the store's default ``delta`` is -1 (no
+    similarity gate: a search ranks every candidate, as LangGraph stores do), and ``k1`` is raised to
     ``offset + limit`` when a page needs more. Learning options (``alpha``, ``q_init``, ...) are
     set on each new bank. ``sync`` is the banks' sync policy.
     """
@@ -189,6 +189,7 @@ class MemrlStore(BaseStore):
             "seed",
             "thompson",
             "ucb",
+            "sim_margin",
         }
         if unknown:
             raise TypeError(

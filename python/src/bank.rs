@@ -723,10 +723,10 @@ impl PyBank {
     /// `queries`: one str or one vector (shape `(dim,)`) gives one `Retrieval`; a list of str or
     /// an array of shape `(n, dim)` gives a list. A C-contiguous float32 array is read without a
     /// copy. Options override the stored config for this call: `k1`, `k2`, `delta`, `lambda_`,
-    /// `zsim` (`"pool"` or `(mean, std)`), `z_clip`, `clip_zsim` (clip zsim as well as zq; off, as in the spec), `q_min` (None = off), `epsilon`, `seed`, `thompson` (Thompson sampling's scale: rank by Q + thompson * N(0, 1) / sqrt(1 + visits); 0 = off), `ucb` (rank by Q + ucb / sqrt(1 + visits); 0 = off).
+    /// `zsim` (`"pool"` or `(mean, std)`), `z_clip`, `clip_zsim` (clip zsim as well as zq; off, as in the spec), `q_min` (None = off), `epsilon`, `seed`, `thompson` (Thompson sampling's scale: rank by Q + thompson * N(0, 1) / sqrt(1 + visits); 0 = off), `ucb` (rank by Q + ucb / sqrt(1 + visits); 0 = off), `sim_margin` (rank only the pool members whose similarity is within this of the most similar one; None = off).
     #[pyo3(signature = (queries, **options))]
     #[pyo3(
-        text_signature = "(self, queries, *, k1=None, k2=None, delta=None, lambda_=None, zsim=None, z_clip=None, clip_zsim=None, q_min=None, epsilon=None, seed=None, thompson=None, ucb=None)"
+        text_signature = "(self, queries, *, k1=None, k2=None, delta=None, lambda_=None, zsim=None, z_clip=None, clip_zsim=None, q_min=None, epsilon=None, seed=None, thompson=None, ucb=None, sim_margin=None)"
     )]
     fn retrieve<'py>(
         &self,
@@ -790,7 +790,7 @@ impl PyBank {
     /// stored values. Takes the options of `retrieve`.
     #[pyo3(signature = (**options))]
     #[pyo3(
-        text_signature = "(self, *, k1=None, k2=None, delta=None, lambda_=None, zsim=None, z_clip=None, clip_zsim=None, q_min=None, epsilon=None, seed=None, thompson=None, ucb=None)"
+        text_signature = "(self, *, k1=None, k2=None, delta=None, lambda_=None, zsim=None, z_clip=None, clip_zsim=None, q_min=None, epsilon=None, seed=None, thompson=None, ucb=None, sim_margin=None)"
     )]
     fn set_retrieval_config(
         &self,

@@ -32,6 +32,7 @@ pub(crate) const RETRIEVAL: &[&str] = &[
     "seed",
     "thompson",
     "ucb",
+    "sim_margin",
 ];
 /// The names `Bank.set_learning_config` accepts.
 pub(crate) const LEARNING: &[&str] = &[
@@ -151,6 +152,7 @@ pub(crate) struct RetrievalPatch {
     seed: Option<u64>,
     thompson: Option<f32>,
     ucb: Option<f32>,
+    sim_margin: Option<Option<f32>>,
 }
 
 impl RetrievalPatch {
@@ -200,6 +202,13 @@ impl RetrievalPatch {
                 "seed" => patch.seed = Some(uint("seed", &value)?),
                 "thompson" => patch.thompson = Some(float("thompson", &value)? as f32),
                 "ucb" => patch.ucb = Some(float("ucb", &value)? as f32),
+                "sim_margin" => {
+                    patch.sim_margin = Some(if value.is_none() {
+                        None
+                    } else {
+                        Some(float("sim_margin", &value)? as f32)
+                    })
+                }
                 other => return Err(unknown(call, other, RETRIEVAL)),
             }
         }
@@ -220,6 +229,7 @@ impl RetrievalPatch {
             && self.seed.is_none()
             && self.thompson.is_none()
             && self.ucb.is_none()
+            && self.sim_margin.is_none()
     }
 
     /// The given options as the JSON fields of a `memrl serve` request (the retrieval config's
@@ -266,6 +276,9 @@ impl RetrievalPatch {
         if let Some(v) = self.ucb {
             put("ucb", json!(v));
         }
+        if let Some(v) = self.sim_margin {
+            put("sim_margin", json!(v));
+        }
         out
     }
 
@@ -278,7 +291,7 @@ impl RetrievalPatch {
         }
         given!(k1 => k1, k2 => k2, delta => delta, lambda => lambda, zsim => zsim,
                z_clip => z_clip, clip_zsim => clip_zsim, q_min => q_min, epsilon => epsilon, seed => seed,
-               thompson => thompson, ucb => ucb);
+               thompson => thompson, ucb => ucb, sim_margin => sim_margin);
         base.validate()?;
         Ok(base)
     }
@@ -305,6 +318,7 @@ pub(crate) fn retrieval_dict<'py>(
     dict.set_item("seed", c.seed)?;
     dict.set_item("thompson", shortest(c.thompson))?;
     dict.set_item("ucb", shortest(c.ucb))?;
+    dict.set_item("sim_margin", c.sim_margin.map(shortest))?;
     Ok(dict)
 }
 

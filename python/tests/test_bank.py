@@ -157,6 +157,7 @@ def test_stored_retrieval_config_and_calibration(toy: memrl.Bank) -> None:
         "seed": 0,
         "thompson": 0.0,
         "ucb": 0.0,
+        "sim_margin": None,
     }
     c = toy.calibrate()
     assert c.pairs == 190 and not c.sampled and -1.0 <= c.delta <= 1.0 and c.std > 0
@@ -167,6 +168,12 @@ def test_stored_retrieval_config_and_calibration(toy: memrl.Bank) -> None:
     toy.set_retrieval_config(**toy.retrieval_config)  # the dict round-trips
     toy.set_retrieval_config(q_min=None)
     assert toy.retrieval_config["q_min"] is None
+    toy.set_retrieval_config(sim_margin=0.25)
+    assert toy.retrieval_config["sim_margin"] == 0.25
+    toy.set_retrieval_config(sim_margin=None)
+    assert toy.retrieval_config["sim_margin"] is None
+    with pytest.raises(memrl.InvalidInputError, match="sim_margin"):
+        toy.set_retrieval_config(sim_margin=2.5)
     toy.set_retrieval_config(clip_zsim=True)
     assert toy.retrieval_config["clip_zsim"] is True
     with pytest.raises(TypeError, match="clip_zsim"):

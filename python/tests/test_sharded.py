@@ -106,6 +106,8 @@ class Sequence:
                     options.update(thompson=0.5, seed=self.rng.randrange(1000))
                 elif choice < 0.35:
                     options["ucb"] = 0.3
+                if self.rng.random() < 0.3:
+                    options["sim_margin"] = self.rng.choice([0.0, 0.1, 0.4])
                 out.append(("retrieve", (self.vectors(self.rng.randint(1, 8)), options)))
             elif kind == "feedback":
                 out.append(("feedback", self.rng.choice([-1.0, 0.0, 1.0, 0.5])))

@@ -6,7 +6,9 @@
 //! - zq is clipped to [-z_clip, z_clip]; zsim is not, unless `clip_zsim` asks for it (the spec
 //!   and the authors' code clip only zq: a pool of more than 10 members, which intent sharing or
 //!   a k1 above 10 gives, can hold a |zsim| above 3).
-//! - `q_min` removes members before the statistics are taken.
+//! - `q_min` removes members before the statistics are taken, and so does `sim_margin` (off by
+//!   default): members less similar than the pool's most similar one by more than the margin
+//!   (measured over the whole pool, before `q_min`).
 //! - Exploration: a query explores with probability epsilon; it then ranks its (filtered) pool
 //!   by uniform random keys instead of scores, which picks k2 members uniformly without
 //!   replacement. Its hits still carry their real zsim, zq and score.
@@ -177,8 +179,10 @@ fn rank_pool(pool: &[Candidate], index: usize, cfg: &RetrievalConfig) -> Vec<Ran
             explore_keys = Some(pool.iter().map(|_| exploration_key(&mut rng)).collect());
         }
     }
+    let nearest = pool.iter().map(|c| c.sim).fold(f32::NEG_INFINITY, f32::max);
     let members: Vec<usize> = (0..pool.len())
         .filter(|&j| cfg.q_min.is_none_or(|q_min| pool[j].q >= q_min))
+        .filter(|&j| cfg.sim_margin.is_none_or(|m| pool[j].sim >= nearest - m))
         .collect();
     let n = members.len();
     if n == 0 {
@@ -468,5 +472,34 @@ mod tests {
             ..off
         };
         assert!(ids(&p, &filtered).is_empty());
+    }
+
+    #[test]
+    fn the_margin_keeps_members_near_the_most_similar_one() {
+        // At lambda 1 the far memory's high Q wins; within a margin of 0.2 of the nearest
+        // similarity (0.9) it is not a candidate, whatever its Q. The margin is taken before
+        // q_min, and off changes nothing.
+        let p = pool(&[(1, 0.9, -0.5), (2, 0.8, 0.0), (3, 0.4, 0.9)]);
+        let q_first = RetrievalConfig {
+            k2: 3,
+            lambda: 1.0,
+            ..RetrievalConfig::default()
+        };
+        assert_eq!(ids(&p, &q_first), vec![3, 2, 1]);
+        let margin = RetrievalConfig {
+            sim_margin: Some(0.2),
+            ..q_first.clone()
+        };
+        assert_eq!(ids(&p, &margin), vec![2, 1]);
+        let both = RetrievalConfig {
+            q_min: Some(-0.1),
+            ..margin.clone()
+        };
+        assert_eq!(ids(&p, &both), vec![2]);
+        let everything = RetrievalConfig {
+            sim_margin: Some(2.0),
+            ..margin
+        };
+        assert_eq!(ids(&p, &everything), ids(&p, &q_first));
     }
 }

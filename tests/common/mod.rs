@@ -208,8 +208,13 @@ impl RefBank {
                 explore_keys = Some(pool.iter().map(|_| rng.key_f32()).collect());
             }
         }
+        let nearest = pool.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
         let survivors: Vec<usize> = (0..pool.len())
             .filter(|&i| cfg.q_min.is_none_or(|qm| pool[i].1.q >= qm))
+            .filter(|&i| {
+                cfg.sim_margin
+                    .is_none_or(|m| pool[i].0 >= nearest - m as f64)
+            })
             .collect();
         if survivors.is_empty() {
             return (Vec::new(), Vec::new());

@@ -55,8 +55,9 @@ fn a_seeded_run_is_reproducible() {
     assert_ne!(figures(&a)["seeds"], figures(&c)["seeds"]);
     // Every policy of the config is reported, per seed and over seeds.
     let names: Vec<String> = config.policies().into_iter().map(|p| p.name).collect();
-    // The paper's 9, the 5 option policies, and the best combination's 4 other lambdas.
-    assert_eq!(names.len(), 18);
+    // The paper's 9, the 6 option policies, and the 4 other lambdas of the best combination
+    // and of the margin.
+    assert_eq!(names.len(), 23);
     let paper_only = SimConfig {
         options: false,
         ..config.clone()
@@ -204,6 +205,7 @@ fn the_options_run_seeded_and_do_what_their_fields_say() {
         ucb: 0.5,
         baseline_rate: Some(0.3),
         q_init_failure: Some(-0.6),
+        sim_margin: Some(0.3),
     };
     let policy = Policy::memrl_with("all", 0.5, 0.3, options);
     let a = run_policy(&world, &policy, &setup, &device).unwrap();

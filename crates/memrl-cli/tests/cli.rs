@@ -560,6 +560,7 @@ fn simulate_writes_the_table_the_json_and_the_pictures() {
         "| MemRL+UCB |",
         "| MemRL+failure prior |",
         "| MemRL+best |",
+        "| MemRL+margin |",
         "| 0.25 |",
     ] {
         assert!(out.contains(row), "{row} missing from:\n{out}");
@@ -568,7 +569,7 @@ fn simulate_writes_the_table_the_json_and_the_pictures() {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).unwrap()).unwrap();
     assert_eq!(json["seeds"].as_array().unwrap().len(), 2);
-    assert_eq!(json["policies"].as_array().unwrap().len(), 18);
+    assert_eq!(json["policies"].as_array().unwrap().len(), 23);
     assert_eq!(
         std::fs::read_to_string(out_dir.join("results.md")).unwrap(),
         out.split("figures:").next().unwrap().trim_end().to_string() + "\n"

@@ -596,6 +596,14 @@ fn every_retrieval_and_learning_option_is_reachable() {
         .iter()
         .all(|h| h["q"].as_f64().unwrap() >= 0.4));
     assert_eq!(q(&["--q-min", "off"]).len(), 3);
+    // A margin of 0 keeps only the members as similar as the best; off keeps them all.
+    let nearest = q(&["--sim-margin", "0"]);
+    let best = q(&["--sim-margin", "off"])
+        .iter()
+        .map(|h| h["sim"].as_f64().unwrap())
+        .fold(f64::NEG_INFINITY, f64::max);
+    assert!(!nearest.is_empty() && nearest.iter().all(|h| h["sim"].as_f64().unwrap() == best));
+    assert_eq!(q(&["--sim-margin", "off"]).len(), 3);
     // z-clip bounds zq; --clip-zsim bounds zsim too.
     for h in q(&["--z-clip", "0.5", "--clip-zsim"]) {
         assert!(

@@ -146,7 +146,8 @@ fn every_route_answers() {
         Some(
             &json!({"vector": vector(1), "k1": 5, "k2": 1, "delta": -1.0, "lambda": 0.0,
                      "zsim": {"mode": "fixed", "mean": 0.1, "std": 0.2}, "z_clip": 2.0,
-                     "q_min": null, "epsilon": 0.0, "seed": 7}),
+                     "q_min": null, "epsilon": 0.0, "seed": 7, "thompson": 0.0, "ucb": 0.0,
+                     "sim_margin": 2.0}),
         ),
     );
     assert_eq!(rv["hits"][0]["id"], 100);

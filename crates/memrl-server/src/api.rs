@@ -745,6 +745,8 @@ pub struct RetrieveIn {
     seed: Option<u64>,
     thompson: Option<f32>,
     ucb: Option<f32>,
+    #[serde(default, deserialize_with = "nullable")]
+    sim_margin: Option<Option<f32>>,
 }
 
 impl RetrieveIn {
@@ -761,6 +763,7 @@ impl RetrieveIn {
             || self.seed.is_some()
             || self.thompson.is_some()
             || self.ucb.is_some()
+            || self.sim_margin.is_some()
     }
 
     /// The stored config with this request's options, checked.
@@ -794,6 +797,9 @@ impl RetrieveIn {
         c.seed = self.seed.unwrap_or(c.seed);
         c.thompson = self.thompson.unwrap_or(c.thompson);
         c.ucb = self.ucb.unwrap_or(c.ucb);
+        if let Some(margin) = self.sim_margin {
+            c.sim_margin = margin;
+        }
         c.validate()?;
         Ok(c)
     }

@@ -39,6 +39,7 @@ const FIELDS: &[&str] = &[
     "seed",
     "thompson",
     "ucb",
+    "sim_margin",
     "baseline_rate",
     "q_init_failure",
     "memories",

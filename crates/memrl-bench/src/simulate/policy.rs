@@ -63,6 +63,9 @@ pub struct LearningOptions {
     pub baseline_rate: Option<f32>,
     /// [`LearningConfig::q_init_failure`]: Q of a memory written by a failed attempt.
     pub q_init_failure: Option<f32>,
+    /// [`RetrievalConfig::sim_margin`]: Phase B ranks only the members within this of the
+    /// pool's best similarity (`None` = off).
+    pub sim_margin: Option<f32>,
 }
 
 impl LearningOptions {
@@ -323,6 +326,7 @@ fn select(
             if !policy.options.is_paper() {
                 cfg.thompson = policy.options.thompson;
                 cfg.ucb = policy.options.ucb;
+                cfg.sim_margin = policy.options.sim_margin;
                 cfg.seed = world.seed().wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ episode;
             }
             let hits = bank.retrieve_with(query, &cfg)?;

@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use memrl::{LearningConfig, OutOfRange, RetrievalConfig, RewardRange, ZSim};
 
-/// `--q-min X` or `--q-min off`.
+/// `--q-min X` or `--q-min off` (and `--sim-margin`, alike).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct QMin(Option<f32>);
 
@@ -109,13 +109,17 @@ pub(crate) struct RetrievalArgs {
     /// (>= 0; default 0, off).
     #[arg(long)]
     pub(crate) ucb: Option<f32>,
+    /// Rank only the pool members whose similarity is within this of the most similar one, in
+    /// [0, 2]; `off` ranks every member (the default).
+    #[arg(long, value_parser = parse_q_min, value_name = "MARGIN|off")]
+    pub(crate) sim_margin: Option<QMin>,
 }
 
 impl RetrievalArgs {
     /// The flags given, by name.
     pub(crate) fn given(&self) -> Vec<&'static str> {
         let mut given = Vec::new();
-        let flags: [(&'static str, bool); 12] = [
+        let flags: [(&'static str, bool); 13] = [
             ("--k1", self.k1.is_some()),
             ("--k2", self.k2.is_some()),
             ("--delta", self.delta.is_some()),
@@ -128,6 +132,7 @@ impl RetrievalArgs {
             ("--seed", self.seed.is_some()),
             ("--thompson", self.thompson.is_some()),
             ("--ucb", self.ucb.is_some()),
+            ("--sim-margin", self.sim_margin.is_some()),
         ];
         for (name, set) in flags {
             if set {
@@ -154,6 +159,9 @@ impl RetrievalArgs {
         cfg.seed = self.seed.unwrap_or(cfg.seed);
         cfg.thompson = self.thompson.unwrap_or(cfg.thompson);
         cfg.ucb = self.ucb.unwrap_or(cfg.ucb);
+        if let Some(QMin(margin)) = self.sim_margin {
+            cfg.sim_margin = margin;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -335,6 +343,27 @@ mod tests {
         let cfg = explore.apply(&cfg).unwrap();
         assert_eq!((cfg.thompson, cfg.ucb, cfg.k2), (0.5, 1.0, 3));
         assert_eq!(explore.given(), vec!["--thompson", "--ucb"]);
+        let margin = RetrievalArgs {
+            sim_margin: Some(QMin(Some(0.3))),
+            ..Default::default()
+        };
+        let cfg = margin.apply(&cfg).unwrap();
+        assert_eq!(cfg.sim_margin, Some(0.3));
+        assert_eq!(margin.given(), vec!["--sim-margin"]);
+        let off = RetrievalArgs {
+            sim_margin: Some(QMin(None)),
+            ..Default::default()
+        };
+        assert_eq!(off.apply(&cfg).unwrap().sim_margin, None);
+        let wide = RetrievalArgs {
+            sim_margin: Some(QMin(Some(3.0))),
+            ..Default::default()
+        };
+        assert!(wide
+            .apply(&cfg)
+            .unwrap_err()
+            .to_string()
+            .contains("sim_margin"));
         let bad = RetrievalArgs {
             ucb: Some(-1.0),
             ..Default::default()

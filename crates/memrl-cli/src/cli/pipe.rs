@@ -37,7 +37,8 @@ never ends the loop; an unknown field is an error naming it.
 
   retrieve    {\"text\": \"...\"} | {\"texts\": [...]} | {\"embedding\": [...]} | {\"embeddings\": [[...]]},
               any retrieval option (k1, k2, delta, lambda, zsim (\"pool\" or {\"mean\", \"std\"}),
-              z_clip, clip_zsim, q_min (null: off), epsilon, seed, thompson, ucb) for this request
+              z_clip, clip_zsim, q_min (null: off), epsilon, seed, thompson, ucb, sim_margin (null: off))
+              for this request
               -> {\"retrieval\": \"R\", \"hits\": [...]} (one query) or {\"results\": [{\"retrieval\", \"hits\"}, ...]}
   feedback    {\"retrieval\": \"R\", \"reward\": 1} | {\"memory_ids\": [3, 17], \"reward\": 1}
               | {\"rewards\": [{\"retrieval\", \"reward\"}, ...]} | {\"outcomes\": [{\"memory_ids\", \"reward\"}, ...]},
@@ -171,7 +172,7 @@ fn retrieval_id(value: &Value, name: &str) -> Result<RetrievalId, Failure> {
     })
 }
 
-const RETRIEVAL_FIELDS: [&str; 12] = [
+const RETRIEVAL_FIELDS: [&str; 13] = [
     "k1",
     "k2",
     "delta",
@@ -184,6 +185,7 @@ const RETRIEVAL_FIELDS: [&str; 12] = [
     "seed",
     "thompson",
     "ucb",
+    "sim_margin",
 ];
 
 /// `base` with the retrieval options of `request` applied, validated.
@@ -204,6 +206,9 @@ fn retrieval_config(
     cfg.ucb = field(request, "ucb")?.unwrap_or(cfg.ucb);
     if request.contains_key("q_min") {
         cfg.q_min = field(request, "q_min")?;
+    }
+    if request.contains_key("sim_margin") {
+        cfg.sim_margin = field(request, "sim_margin")?;
     }
     match request.get("zsim") {
         None => {}

@@ -9,7 +9,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use memrl::ingest::{read_jsonl, TaskRecord};
 use memrl::{LearningConfig, RetrievalConfig};
-use memrl_bench::simulate::{simulate, MeanStd, Report, SimConfig, Simulation, Variant, BEST};
+use memrl_bench::simulate::{
+    simulate, MeanStd, Report, SimConfig, Simulation, Variant, SWEPT_OPTIONS,
+};
 
 use super::plot::learning_curves;
 use super::ModelArgs;
@@ -25,7 +27,8 @@ half of it, and harms tasks of other sources however alike they read. Every atte
 memory. Policies: No memory, RAG (lambda 0), MemP (the MemRL loop with alpha 0), MemRL (lambda \
 0.5, alpha 0.3), an oracle re-ranker that knows the hidden effects, a lambda sweep, and the \
 engine's learning options beside the paper's rule (MemRL+baseline, +Thompson, +UCB, +failure \
-prior, and their best combination MemRL+best with its own lambda sweep; --paper-only leaves them \
+prior, their best combination MemRL+best, and MemRL+margin, the last two each with its own \
+lambda sweep; --paper-only leaves them \
 out); all see the same world and the same random draws. --variant picks a declared world variant. Delta is calibrated per world (the paper's top-20% \
 pairwise similarity) unless --delta is given.
 
@@ -248,14 +251,24 @@ pub(crate) fn markdown(report: &Report) -> String {
             fit(p.q_vs_task_ease),
         );
     }
-    let best_sweep = report.policy(BEST).is_some();
+    let swept: Vec<&str> = SWEPT_OPTIONS
+        .into_iter()
+        .filter(|name| report.policy(name).is_some())
+        .collect();
     let _ = writeln!(
         s,
         "\nMemRL lambda sweep (alpha {}){}:\n\n| lambda | epoch 1 | last epoch | CSR | forgetting |{}\n|---|---|---|---|---|{}",
         config.learning.alpha,
-        if best_sweep { ", and the same sweep of MemRL+best" } else { "" },
-        if best_sweep { " MemRL+best: last epoch | forgetting |" } else { "" },
-        if best_sweep { "---|---|" } else { "" },
+        if swept.is_empty() {
+            String::new()
+        } else {
+            format!(", and the same sweep of {}", swept.join(" and "))
+        },
+        swept
+            .iter()
+            .map(|name| format!(" {name}: last epoch | forgetting |"))
+            .collect::<String>(),
+        "---|---|".repeat(swept.len()),
     );
     for point in &report.sweep {
         if let Some(p) = report.policy(&point.policy) {
@@ -268,18 +281,20 @@ pub(crate) fn markdown(report: &Report) -> String {
                 cell(m.csr, n),
                 cell(m.forgetting, n)
             );
-            let best = if point.lambda == config.lambda {
-                report.policy(BEST)
-            } else {
-                report.policy(&format!("{BEST} lambda={}", point.lambda))
-            };
-            if let Some(b) = best {
-                let _ = write!(
-                    row,
-                    " {} | {} |",
-                    cell(b.summary.last_epoch, n),
-                    cell(b.summary.forgetting, n)
-                );
+            for name in &swept {
+                let option = if point.lambda == config.lambda {
+                    report.policy(name)
+                } else {
+                    report.policy(&format!("{name} lambda={}", point.lambda))
+                };
+                if let Some(o) = option {
+                    let _ = write!(
+                        row,
+                        " {} | {} |",
+                        cell(o.summary.last_epoch, n),
+                        cell(o.summary.forgetting, n)
+                    );
+                }
             }
             let _ = writeln!(s, "{row}");
         }
