@@ -153,9 +153,9 @@ class MemrlStore(BaseStore):
     default ``["$"]``, the whole value). Retrieval options (``k1``, ``delta``, ``lambda_``,
     ``zsim``, ``z_clip``, ``clip_zsim``, ``q_min``, ``epsilon``, ``seed``, ``thompson``,
     ``ucb``, ``sim_margin``) apply to every search; the store's default ``delta`` is -1 (no
-    similarity gate: a search ranks every candidate, as LangGraph stores do), and ``k1`` is raised to
-    ``offset + limit`` when a page needs more. Learning options (``alpha``, ``q_init``, ...) are
-    set on each new bank. ``sync`` is the banks' sync policy.
+    similarity gate: a search ranks every candidate, as LangGraph stores do), and ``k1`` is
+    raised to ``offset + limit`` when a page needs more. Learning options (``alpha``,
+    ``q_init``, ...) are set on each new bank. ``sync`` is the banks' sync policy.
     """
 
     supports_ttl = False
