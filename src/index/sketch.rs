@@ -806,6 +806,11 @@ const MIN_CHUNK_KEYS: usize = 256;
 /// stays parallel.
 const SEED_KEYS: usize = 8192;
 const SEED_SHARE: usize = 16;
+/// Queries per pass at most: a worker keeps `queries x chunk` integer dots, so a larger batch
+/// goes through in blocks of this many (a multiple of 4, so that every query keeps its group of
+/// the fused scan, and its bits).
+const MAX_PASS_QUERIES: usize = 1024;
+const _: () = assert!(MAX_PASS_QUERIES.is_multiple_of(4));
 
 /// The best `k` keys of each of the `b` queries (unit rows of `queries`), exactly as the fused
 /// scan over `keys` returns them (`scan::fused_cpu_scan`, whatever `b`), reading the keys
@@ -822,6 +827,18 @@ pub(crate) fn top_keys(
     let n = sketch.len();
     if b == 0 || d == 0 || k == 0 || n <= k || queries.len() != b * d {
         return None;
+    }
+    if b > MAX_PASS_QUERIES {
+        let mut out = TopKeys {
+            sims: Vec::with_capacity(b),
+            rows: Vec::with_capacity(b),
+        };
+        for block in queries.chunks(MAX_PASS_QUERIES * d) {
+            let part = top_keys(block, block.len() / d, keys, sketch, k)?;
+            out.sims.extend(part.sims);
+            out.rows.extend(part.rows);
+        }
+        return Some(out);
     }
     let mut codes = vec![0i8; b * d];
     let qs: Vec<SketchQuery> = codes
@@ -1175,6 +1192,14 @@ mod tests {
             large >= 3,
             "only {large} of 4 large batches used the sketch"
         );
+    }
+
+    #[test]
+    fn a_batch_larger_than_a_pass_goes_through_in_blocks_with_the_same_lists() {
+        // 1030 queries: a block of 1024, then 6 (one group of four and two alone, as in the
+        // fused scan over all 1030).
+        let b = MAX_PASS_QUERIES + 6;
+        assert!(check(3000, 16, b, 5, false, 4), "the sketch fell back");
     }
 
     #[test]
