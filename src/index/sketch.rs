@@ -531,16 +531,11 @@ impl KLargest {
     }
 }
 
-/// Whether any value of a block is above `t` (`at_least`: at or above). An OR of compares, not
-/// a maximum: float maxima do not vectorise as a reduction, this does.
+/// Whether any value of a block is above `t`. An OR of compares, not a maximum: float maxima
+/// do not vectorise as a reduction, this does.
 #[inline(always)]
-fn any_reaches(block: &[f32], t: f32, at_least: bool) -> bool {
-    let hits = if at_least {
-        block.iter().fold(0u32, |acc, &v| acc | u32::from(v >= t))
-    } else {
-        block.iter().fold(0u32, |acc, &v| acc | u32::from(v > t))
-    };
-    hits != 0
+fn any_above(block: &[f32], t: f32) -> bool {
+    block.iter().fold(0u32, |acc, &v| acc | u32::from(v > t)) != 0
 }
 
 /// A query as the sketch pass sees it: its scale, the weights of a key's two error terms in
@@ -674,7 +669,6 @@ fn bound_pass(pass: &mut QueryPass<'_>, slack: f32) {
         kept,
     } = pass;
     let gate = Gate::new(q, keys, slack);
-    let gate = |bar: f64| gate.at(bar);
     let (dot_blocks, dot_rest) = dots.as_chunks::<16>();
     let (scale_blocks, _) = keys.scales.as_chunks::<16>();
     // The intervals of the keys of block `at` (the last one may be short).
@@ -699,24 +693,24 @@ fn bound_pass(pass: &mut QueryPass<'_>, slack: f32) {
     let whole = dot_blocks.len();
     let rest = usize::from(!dot_rest.is_empty());
 
-    let mut floor_gate = gate(lows.floor);
+    let mut floor_gate = gate.at(lows.floor);
     for at in 0..whole + rest {
         if at < whole && !any_product_reaches(&dot_blocks[at], &scale_blocks[at], floor_gate) {
             continue;
         }
         let len = intervals_of(at, &mut lo, &mut hi);
         // Lower ends are f32 values, so the floor converts exactly.
-        if any_reaches(&lo[..len], lows.floor as f32, false) {
+        if any_above(&lo[..len], lows.floor as f32) {
             for &l in &lo[..len] {
                 lows.offer(f64::from(l));
             }
-            floor_gate = gate(lows.floor);
+            floor_gate = gate.at(lows.floor);
         }
     }
     // The k-th lower end so far is at most the global one: a key whose upper end falls below
     // it can never be among the best k.
     let threshold = lows.kth();
-    let threshold_gate = gate(threshold);
+    let threshold_gate = gate.at(threshold);
     let threshold = threshold as f32;
     for at in 0..whole + rest {
         if at < whole && !any_product_reaches(&dot_blocks[at], &scale_blocks[at], threshold_gate) {

@@ -179,10 +179,13 @@ fn rank_pool(pool: &[Candidate], index: usize, cfg: &RetrievalConfig) -> Vec<Ran
             explore_keys = Some(pool.iter().map(|_| exploration_key(&mut rng)).collect());
         }
     }
-    let nearest = pool.iter().map(|c| c.sim).fold(f32::NEG_INFINITY, f32::max);
+    let sim_floor = cfg.sim_margin.map(|m| {
+        let nearest = pool.iter().map(|c| c.sim).fold(f32::NEG_INFINITY, f32::max);
+        nearest - m
+    });
     let members: Vec<usize> = (0..pool.len())
         .filter(|&j| cfg.q_min.is_none_or(|q_min| pool[j].q >= q_min))
-        .filter(|&j| cfg.sim_margin.is_none_or(|m| pool[j].sim >= nearest - m))
+        .filter(|&j| sim_floor.is_none_or(|floor| pool[j].sim >= floor))
         .collect();
     let n = members.len();
     if n == 0 {

@@ -6,16 +6,16 @@ use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use memrl::{LearningConfig, OutOfRange, RetrievalConfig, RewardRange, ZSim};
 
-/// `--q-min X` or `--q-min off` (and `--sim-margin`, alike).
+/// A number or `off` (`--q-min`, `--sim-margin`, `--baseline-rate`, ...).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct QMin(Option<f32>);
+pub(crate) struct NumberOrOff(Option<f32>);
 
-fn parse_q_min(text: &str) -> Result<QMin, String> {
+fn parse_number_or_off(text: &str) -> Result<NumberOrOff, String> {
     if text == "off" {
-        return Ok(QMin(None));
+        return Ok(NumberOrOff(None));
     }
     text.parse::<f32>()
-        .map(|v| QMin(Some(v)))
+        .map(|v| NumberOrOff(Some(v)))
         .map_err(|_| format!("expected a number or `off`, got `{text}`"))
 }
 
@@ -91,8 +91,8 @@ pub(crate) struct RetrievalArgs {
     pub(crate) clip_zsim: Option<bool>,
     /// Drop pool members whose Q is below this before ranking; `off` keeps every member (the
     /// default).
-    #[arg(long, value_parser = parse_q_min, value_name = "Q|off")]
-    pub(crate) q_min: Option<QMin>,
+    #[arg(long, value_parser = parse_number_or_off, value_name = "Q|off")]
+    pub(crate) q_min: Option<NumberOrOff>,
     /// Probability, per query, of returning k2 pool members drawn uniformly instead, in [0, 1]
     /// (default 0).
     #[arg(long)]
@@ -111,8 +111,8 @@ pub(crate) struct RetrievalArgs {
     pub(crate) ucb: Option<f32>,
     /// Rank only the pool members whose similarity is within this of the most similar one, in
     /// [0, 2]; `off` ranks every member (the default).
-    #[arg(long, value_parser = parse_q_min, value_name = "MARGIN|off")]
-    pub(crate) sim_margin: Option<QMin>,
+    #[arg(long, value_parser = parse_number_or_off, value_name = "MARGIN|off")]
+    pub(crate) sim_margin: Option<NumberOrOff>,
 }
 
 impl RetrievalArgs {
@@ -152,14 +152,14 @@ impl RetrievalArgs {
         cfg.zsim = self.zsim.unwrap_or(cfg.zsim);
         cfg.z_clip = self.z_clip.unwrap_or(cfg.z_clip);
         cfg.clip_zsim = self.clip_zsim.unwrap_or(cfg.clip_zsim);
-        if let Some(QMin(q_min)) = self.q_min {
+        if let Some(NumberOrOff(q_min)) = self.q_min {
             cfg.q_min = q_min;
         }
         cfg.epsilon = self.epsilon.unwrap_or(cfg.epsilon);
         cfg.seed = self.seed.unwrap_or(cfg.seed);
         cfg.thompson = self.thompson.unwrap_or(cfg.thompson);
         cfg.ucb = self.ucb.unwrap_or(cfg.ucb);
-        if let Some(QMin(margin)) = self.sim_margin {
+        if let Some(NumberOrOff(margin)) = self.sim_margin {
             cfg.sim_margin = margin;
         }
         cfg.validate()?;
@@ -185,8 +185,8 @@ pub(crate) struct UpdateArgs {
     /// Baseline-corrected credit: each intent key learns what its episodes earn anyway at this
     /// rate, in (0, 1], and an injected memory is credited with the reward minus that baseline;
     /// `off` is the paper's rule (the default).
-    #[arg(long, value_parser = parse_q_min, value_name = "RATE|off")]
-    pub(crate) baseline_rate: Option<QMin>,
+    #[arg(long, value_parser = parse_number_or_off, value_name = "RATE|off")]
+    pub(crate) baseline_rate: Option<NumberOrOff>,
 }
 
 impl UpdateArgs {
@@ -227,7 +227,7 @@ impl UpdateArgs {
                 OutOfRangeArg::Reject => OutOfRange::Reject,
             };
         }
-        if let Some(QMin(rate)) = self.baseline_rate {
+        if let Some(NumberOrOff(rate)) = self.baseline_rate {
             cfg.baseline_rate = rate;
         }
         cfg.validate()?;
@@ -250,12 +250,12 @@ pub(crate) struct LearningArgs {
     /// for failures too (the default, the paper's).
     #[arg(
         long,
-        value_parser = parse_q_min,
+        value_parser = parse_number_or_off,
         value_name = "Q|off",
         allow_hyphen_values = true,
         help_heading = "Learning options (unset: the bank's stored value)"
     )]
-    pub(crate) q_init_failure: Option<QMin>,
+    pub(crate) q_init_failure: Option<NumberOrOff>,
 }
 
 impl LearningArgs {
@@ -274,7 +274,7 @@ impl LearningArgs {
     pub(crate) fn apply(&self, base: &LearningConfig) -> Result<LearningConfig> {
         let mut cfg = self.update.apply(base)?;
         cfg.q_init = self.q_init.unwrap_or(cfg.q_init);
-        if let Some(QMin(q)) = self.q_init_failure {
+        if let Some(NumberOrOff(q)) = self.q_init_failure {
             cfg.q_init_failure = q;
         }
         cfg.validate()?;
@@ -302,9 +302,9 @@ mod tests {
                 "{bad}"
             );
         }
-        assert_eq!(parse_q_min("off"), Ok(QMin(None)));
-        assert_eq!(parse_q_min("-0.8"), Ok(QMin(Some(-0.8))));
-        assert!(parse_q_min("low").is_err());
+        assert_eq!(parse_number_or_off("off"), Ok(NumberOrOff(None)));
+        assert_eq!(parse_number_or_off("-0.8"), Ok(NumberOrOff(Some(-0.8))));
+        assert!(parse_number_or_off("low").is_err());
         assert_eq!(parse_range("-1,1"), Ok(RangeArg(Some((-1.0, 1.0)))));
         assert_eq!(parse_range("off"), Ok(RangeArg(None)));
         assert!(parse_range("1").is_err());
@@ -314,7 +314,7 @@ mod tests {
     fn flags_apply_over_the_stored_config_and_are_validated() {
         let args = RetrievalArgs {
             k2: Some(3),
-            q_min: Some(QMin(Some(-0.5))),
+            q_min: Some(NumberOrOff(Some(-0.5))),
             clip_zsim: Some(true),
             ..Default::default()
         };
@@ -324,7 +324,7 @@ mod tests {
             (3, Some(-0.5), true, 10)
         );
         let off = RetrievalArgs {
-            q_min: Some(QMin(None)),
+            q_min: Some(NumberOrOff(None)),
             ..Default::default()
         };
         assert_eq!(off.apply(&cfg).unwrap().q_min, None);
@@ -344,19 +344,19 @@ mod tests {
         assert_eq!((cfg.thompson, cfg.ucb, cfg.k2), (0.5, 1.0, 3));
         assert_eq!(explore.given(), vec!["--thompson", "--ucb"]);
         let margin = RetrievalArgs {
-            sim_margin: Some(QMin(Some(0.3))),
+            sim_margin: Some(NumberOrOff(Some(0.3))),
             ..Default::default()
         };
         let cfg = margin.apply(&cfg).unwrap();
         assert_eq!(cfg.sim_margin, Some(0.3));
         assert_eq!(margin.given(), vec!["--sim-margin"]);
         let off = RetrievalArgs {
-            sim_margin: Some(QMin(None)),
+            sim_margin: Some(NumberOrOff(None)),
             ..Default::default()
         };
         assert_eq!(off.apply(&cfg).unwrap().sim_margin, None);
         let wide = RetrievalArgs {
-            sim_margin: Some(QMin(Some(3.0))),
+            sim_margin: Some(NumberOrOff(Some(3.0))),
             ..Default::default()
         };
         assert!(wide
@@ -374,12 +374,12 @@ mod tests {
             alpha: Some(0.0),
             reward_range: Some(RangeArg(Some((-1.0, 1.0)))),
             out_of_range: Some(OutOfRangeArg::Reject),
-            baseline_rate: Some(QMin(Some(0.25))),
+            baseline_rate: Some(NumberOrOff(Some(0.25))),
         };
         let learning = LearningArgs {
             update,
             q_init: Some(0.25),
-            q_init_failure: Some(QMin(Some(-0.5))),
+            q_init_failure: Some(NumberOrOff(Some(-0.5))),
         }
         .apply(&LearningConfig::default())
         .unwrap();
@@ -390,17 +390,17 @@ mod tests {
         );
         let off = LearningArgs {
             update: UpdateArgs {
-                baseline_rate: Some(QMin(None)),
+                baseline_rate: Some(NumberOrOff(None)),
                 ..Default::default()
             },
-            q_init_failure: Some(QMin(None)),
+            q_init_failure: Some(NumberOrOff(None)),
             ..Default::default()
         }
         .apply(&learning)
         .unwrap();
         assert_eq!((off.baseline_rate, off.q_init_failure), (None, None));
         let bad_rate = UpdateArgs {
-            baseline_rate: Some(QMin(Some(0.0))),
+            baseline_rate: Some(NumberOrOff(Some(0.0))),
             ..Default::default()
         };
         assert!(bad_rate
